@@ -1,0 +1,1 @@
+"""sparse_rt: a sparse inference runtime for pruned and structured models."""
