@@ -1,0 +1,76 @@
+"""The public entry points: convert, load, save (re-exported by sparse_rt)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import onnx
+import torch
+
+from sparse_rt.converters.lowering import lower_linear_layers
+from sparse_rt.converters.onnx import import_onnx
+from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph
+from sparse_rt.ir.onnx_io import load as load_graph
+from sparse_rt.ir.onnx_io import read_model_proto
+from sparse_rt.ir.onnx_io import save as save_graph
+
+ModelLike = Graph | str | os.PathLike | bytes | onnx.ModelProto
+
+
+def convert(
+    model: Any,
+    example_inputs: Sequence[torch.Tensor] | None = None,
+    *,
+    batch_sizes: Sequence[int] = (1,),
+    device: str | torch.device = "cpu",
+    tune: bool = True,
+    lower: bool = True,
+    progress: bool = False,
+) -> Graph:
+    """Convert a model to a sparse_rt Graph with its linear layers lowered.
+
+    model: an ONNX path, bytes or ModelProto, or a torch.nn.Module (then
+    `example_inputs` is required). batch_sizes: the rows per call to tune for
+    (tokens per call for sequence models). tune=False picks kernels by a
+    deterministic heuristic, without timing.
+    """
+    from sparse_rt.scheduler.plan import make_chooser
+
+    if isinstance(model, torch.nn.Module):
+        from sparse_rt.converters.torch import export_module
+
+        model = export_module(model, example_inputs)
+    elif example_inputs is not None:
+        raise TypeError("example_inputs: only used when converting a torch.nn.Module")
+    if isinstance(model, Graph):
+        graph = model
+    else:
+        graph = import_onnx(model)
+    if lower:
+        chooser = make_chooser(device=torch.device(device), batch_sizes=tuple(batch_sizes), tune=tune, progress=progress)
+        lower_linear_layers(graph, chooser)
+    return graph
+
+
+def save(graph: Graph, path: str | os.PathLike) -> None:
+    """Write a converted graph as an ONNX file (SparseLinear in domain ai.sparse_rt)."""
+    save_graph(graph, path)
+
+
+def load(path: str | os.PathLike | bytes) -> Graph:
+    """Read a file written by `save` (no code is run: protobuf only)."""
+    return load_graph(path)
+
+
+def ensure_graph(model: Any, device: torch.device) -> Graph:
+    """Graph for a session: a Graph as is, a sparse_rt file loaded, plain ONNX converted."""
+    if isinstance(model, Graph):
+        model.validate()
+        return model
+    if isinstance(model, torch.nn.Module):
+        raise TypeError("model: a torch.nn.Module must first go through sparse_rt.convert(module, example_inputs)")
+    proto = read_model_proto(model)
+    if any(o.domain == SPARSE_DOMAIN for o in proto.opset_import):
+        return load_graph(proto)
+    return convert(proto, device=device, tune=False)

@@ -1,0 +1,1 @@
+"""Converters: ONNX and torch models to the IR, and lowering of linear layers."""

@@ -1,0 +1,160 @@
+"""Lowering of linear layers to SparseLinear nodes.
+
+Recognised (after constant folding, so weights are constants):
+  Gemm(x, B, C)           transA=0, transB 0 or 1; alpha and beta folded into W and b
+  MatMul(x, W[in, out])   W constant and 2-D; a following Add of a constant [out] bias is fused
+  Conv(x, W[out, in, 1, 1]) 1x1 kernel, group 1, stride 1, no padding (1-D and 2-D convs):
+                          Transpose to channels-last, SparseLinear, Transpose back
+Each linear layer's weight goes to `choose(layer)`, which returns the format,
+kernel and config to use (a heuristic or the autotuner, see sparse_rt.scheduler).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sparse_rt.formats.base import WeightFormat
+from sparse_rt.ir.graph import Graph, Node
+from sparse_rt.kernels.registry import Config
+from sparse_rt.ops.sparse_linear import sparse_linear_node
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    """A linear layer found in a graph: weight [out, in] float32, bias [out] or None."""
+
+    name: str
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What runs a layer: the weight in some format, a kernel of that format and its config."""
+
+    weight: WeightFormat
+    kernel: str
+    config: Config
+
+
+Chooser = Callable[[LinearLayer], Choice]
+
+
+def lower_linear_layers(graph: Graph, choose: Chooser) -> int:
+    """Replace every recognised linear layer by a SparseLinear node; returns how many."""
+    consumers = graph.consumers()
+    graph_outputs = {v.name for v in graph.outputs}
+    replaced: dict[int, list[Node]] = {}
+    absorbed: set[int] = set()
+    for node in graph.nodes:
+        if id(node) in absorbed or node.domain:
+            continue
+        match = _match(graph, node, consumers, graph_outputs)
+        if match is None:
+            continue
+        layer, x, y, extra = match
+        absorbed.update(id(n) for n in extra)
+        replaced[id(node)] = _emit(graph, node, layer, x, y, choose)
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        if id(node) in replaced:
+            nodes.extend(replaced[id(node)])
+        elif id(node) not in absorbed:
+            nodes.append(node)
+    graph.nodes = nodes
+    graph.prune_unused()
+    graph.validate()
+    return len(replaced)
+
+
+def _float_constant(graph: Graph, name: str) -> np.ndarray | None:
+    array = graph.constants.get(name) if name else None
+    if array is None or array.dtype != np.float32:
+        return None
+    return array
+
+
+def _match(graph, node, consumers, graph_outputs):
+    """(layer, x name, y name, nodes absorbed) if `node` is a lowerable linear layer."""
+    label = node.label()
+    if node.op_type == "Gemm":
+        b = _float_constant(graph, node.inputs[1])
+        if b is None or b.ndim != 2 or node.attributes.get("transA", 0):
+            return None
+        alpha = float(node.attributes.get("alpha", 1.0))
+        beta = float(node.attributes.get("beta", 1.0))
+        weight = b if node.attributes.get("transB", 0) else b.T
+        weight = weight * np.float32(alpha) if alpha != 1.0 else weight
+        bias = None
+        if len(node.inputs) > 2 and node.inputs[2]:
+            c = _float_constant(graph, node.inputs[2])
+            if c is None or c.size not in (1, weight.shape[0]) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+                return None
+            bias = np.broadcast_to(c.reshape(-1), (weight.shape[0],)) * np.float32(beta)
+        return LinearLayer(label, np.ascontiguousarray(weight), _contiguous(bias)), node.inputs[0], node.outputs[0], []
+    if node.op_type == "MatMul":
+        w = _float_constant(graph, node.inputs[1])
+        if w is None or w.ndim != 2 or node.inputs[0] in graph.constants:
+            return None
+        weight = np.ascontiguousarray(w.T)
+        y, extra, bias = node.outputs[0], [], None
+        users = consumers.get(y, [])
+        if y not in graph_outputs and len(users) == 1 and users[0].op_type == "Add" and not users[0].domain:
+            add = users[0]
+            other = add.inputs[1] if add.inputs[0] == y else add.inputs[0]
+            c = _float_constant(graph, other)
+            if c is not None and c.size == weight.shape[0] and c.shape[-1] == weight.shape[0] and c.ndim <= 1:
+                bias, y, extra = c.reshape(-1), add.outputs[0], [add]
+        return LinearLayer(label, weight, _contiguous(bias)), node.inputs[0], y, extra
+    if node.op_type == "Conv":
+        w = _float_constant(graph, node.inputs[1])
+        if w is None or w.ndim not in (3, 4) or any(k != 1 for k in w.shape[2:]):
+            return None
+        attrs = node.attributes
+        spatial = w.ndim - 2
+        if attrs.get("group", 1) != 1 or any(s != 1 for s in attrs.get("strides", [1] * spatial)):
+            return None
+        if any(p != 0 for p in attrs.get("pads", [0] * 2 * spatial)) or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            return None
+        bias = _float_constant(graph, node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        if len(node.inputs) > 2 and node.inputs[2] and bias is None:
+            return None
+        weight = np.ascontiguousarray(w.reshape(w.shape[0], w.shape[1]))
+        return LinearLayer(label, weight, _contiguous(bias)), node.inputs[0], node.outputs[0], []
+    return None
+
+
+def _contiguous(array: np.ndarray | None) -> np.ndarray | None:
+    return None if array is None else np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _emit(graph: Graph, node: Node, layer: LinearLayer, x: str, y: str, choose: Chooser) -> list[Node]:
+    choice = choose(layer)
+    base = graph.fresh_name(layer.name.replace("/", "_").strip("_") or "linear")
+    arrays: dict[str, str] = {}
+    for field_name, tensor in choice.weight.arrays().items():
+        const = graph.fresh_name(f"{base}.{field_name}")
+        graph.constants[const] = _to_numpy(tensor)
+        arrays[field_name] = const
+    bias = ""
+    if layer.bias is not None:
+        bias = graph.fresh_name(f"{base}.bias")
+        graph.constants[bias] = layer.bias
+    if node.op_type != "Conv":
+        return [sparse_linear_node(base, x, y, bias, arrays, choice.weight, choice.kernel, choice.config)]
+    rank = graph.constants[node.inputs[1]].ndim
+    to_last, to_first = ([0, 2, 1], [0, 2, 1]) if rank == 3 else ([0, 2, 3, 1], [0, 3, 1, 2])
+    x_last, y_last = graph.fresh_name(f"{base}.x_channels_last"), graph.fresh_name(f"{base}.y_channels_last")
+    return [
+        Node("Transpose", [x], [x_last], {"perm": to_last}, f"{base}.to_channels_last"),
+        sparse_linear_node(base, x_last, y_last, bias, arrays, choice.weight, choice.kernel, choice.config),
+        Node("Transpose", [y_last], [y], {"perm": to_first}, f"{base}.to_channels_first"),
+    ]
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().cpu().numpy())

@@ -1,0 +1,223 @@
+"""Graph <-> ONNX ModelProto, and reading/writing model files.
+
+On disk a graph is a standard ONNX model: dense ops stay standard ONNX, the
+project's own ops (SparseLinear) live in domain `ai.sparse_rt`, their format
+arrays are initializers. Reading parses protobuf only: no code is ever run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+from sparse_rt.ir.graph import SPARSE_DOMAIN, Dim, Graph, Node, Value
+
+SPARSE_DOMAIN_VERSION = 1
+PRODUCER = "sparse_rt"
+CHECKSUM_KEY = "sparse_rt.sha256"
+
+
+class ModelFormatError(ValueError):
+    """A model file or object that is not a readable ONNX model."""
+
+
+def read_model_proto(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    """Parse a path, serialized bytes or a ModelProto; errors name the source."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return _parse(bytes(model), "model bytes")
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+        if not path.is_file():
+            raise ModelFormatError(f"model file {str(path)!r}: expected a file, found a directory")
+        proto = _parse(path.read_bytes(), f"model file {str(path)!r}")
+        if any(_uses_external_data(t) for t in proto.graph.initializer):
+            onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+        return proto
+    raise TypeError(
+        "model: expected a path, bytes, onnx.ModelProto, sparse_rt Graph or torch.nn.Module, "
+        f"got {type(model).__name__}"
+    )
+
+
+def _parse(data: bytes, source: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelFormatError(f"{source}: empty, expected a serialized ONNX ModelProto")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ModelFormatError(
+            f"{source}: not a valid ONNX model ({type(exc).__name__}: {exc}); "
+            "the file is truncated, corrupted or of another kind"
+        ) from None
+    if not proto.HasField("graph") or not proto.opset_import:
+        raise ModelFormatError(
+            f"{source}: parsed, but holds no ONNX graph or opset import; "
+            "it is not an ONNX model (or is corrupted)"
+        )
+    _verify_checksum(proto, source)
+    return proto
+
+
+def _checksum(proto: onnx.ModelProto) -> str:
+    """sha256 of the model serialized without its checksum entry."""
+    unsigned = onnx.ModelProto()
+    unsigned.CopyFrom(proto)
+    entries = [(p.key, p.value) for p in unsigned.metadata_props if p.key != CHECKSUM_KEY]
+    del unsigned.metadata_props[:]
+    for key, value in entries:
+        unsigned.metadata_props.add(key=key, value=value)
+    return hashlib.sha256(unsigned.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _verify_checksum(proto: onnx.ModelProto, source: str) -> None:
+    recorded = next((p.value for p in proto.metadata_props if p.key == CHECKSUM_KEY), None)
+    if recorded is not None and recorded != _checksum(proto):
+        raise ModelFormatError(
+            f"{source}: checksum mismatch (expected sha256 {recorded[:12]}..., found "
+            f"{_checksum(proto)[:12]}...): the file was corrupted or edited after it was saved"
+        )
+
+
+def _uses_external_data(tensor: TensorProto) -> bool:
+    return tensor.data_location == TensorProto.EXTERNAL
+
+
+def onnx_dtype_name(elem_type: int) -> str:
+    """ONNX element type -> numpy dtype name ("float32")."""
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+
+
+def _value_from_proto(info: onnx.ValueInfoProto) -> Value:
+    tensor_type = info.type.tensor_type
+    dtype = onnx_dtype_name(tensor_type.elem_type) if tensor_type.elem_type else "float32"
+    shape: tuple[Dim, ...] | None = None
+    if tensor_type.HasField("shape"):
+        dims: list[Dim] = []
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                dims.append(int(dim.dim_value))
+            elif dim.HasField("dim_param") and dim.dim_param:
+                dims.append(dim.dim_param)
+            else:
+                dims.append(None)
+        shape = tuple(dims)
+    return Value(info.name, dtype, shape)
+
+
+def _value_to_proto(value: Value) -> onnx.ValueInfoProto:
+    elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(value.dtype))
+    shape = None if value.shape is None else list(value.shape)
+    return helper.make_tensor_value_info(value.name, elem_type, shape)
+
+
+def _attribute_value(attr: AttributeProto, node_label: str) -> Any:
+    if attr.type == AttributeProto.TENSOR:
+        return numpy_helper.to_array(attr.t)
+    if attr.type == AttributeProto.STRING:
+        return attr.s.decode("utf-8")
+    if attr.type == AttributeProto.STRINGS:
+        return [s.decode("utf-8") for s in attr.strings]
+    if attr.type == AttributeProto.INTS:
+        return [int(v) for v in attr.ints]
+    if attr.type == AttributeProto.FLOATS:
+        return [float(v) for v in attr.floats]
+    if attr.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+        raise ModelFormatError(
+            f"node {node_label!r}: attribute {attr.name!r} holds a subgraph; "
+            "control flow (If/Loop/Scan) is not supported"
+        )
+    return helper.get_attribute_value(attr)
+
+
+def _attribute_proto(name: str, value: Any) -> AttributeProto:
+    if isinstance(value, np.ndarray):
+        return helper.make_attribute(name, numpy_helper.from_array(value))
+    if isinstance(value, (list, tuple)) and len(value) == 0:
+        return helper.make_attribute(name, [], attr_type=AttributeProto.INTS)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, np.integer)) for v in value):
+        return helper.make_attribute(name, [int(v) for v in value], attr_type=AttributeProto.INTS)
+    return helper.make_attribute(name, value)
+
+
+def graph_from_proto(proto: onnx.ModelProto) -> Graph:
+    """A faithful IR copy of an ONNX model (no folding, no lowering)."""
+    onnx_graph = proto.graph
+    constants = {t.name: numpy_helper.to_array(t) for t in onnx_graph.initializer}
+    nodes: list[Node] = []
+    for index, n in enumerate(onnx_graph.node):
+        label = n.name or (n.output[0] if n.output else f"#{index}")
+        attributes = {a.name: _attribute_value(a, label) for a in n.attribute}
+        domain = "" if n.domain in ("", "ai.onnx") else n.domain
+        nodes.append(Node(n.op_type, list(n.input), list(n.output), attributes, n.name, domain))
+    inputs = [_value_from_proto(v) for v in onnx_graph.input if v.name not in constants]
+    outputs = [_value_from_proto(v) for v in onnx_graph.output]
+    value_info = {v.name: _value_from_proto(v) for v in onnx_graph.value_info}
+    opset = next(
+        (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None
+    )
+    if opset is None:
+        raise ModelFormatError("model imports no version of the default ONNX domain ('ai.onnx')")
+    graph = Graph(inputs, outputs, nodes, constants, value_info, int(opset), onnx_graph.name or "graph")
+    return graph
+
+
+def graph_to_proto(graph: Graph) -> onnx.ModelProto:
+    """The ONNX ModelProto of a graph (opset imports for ai.onnx and ai.sparse_rt)."""
+    nodes = []
+    for node in graph.nodes:
+        proto_node = helper.make_node(
+            node.op_type, node.inputs, node.outputs, name=node.name or None, domain=node.domain or None
+        )
+        proto_node.attribute.extend(_attribute_proto(k, v) for k, v in node.attributes.items())
+        nodes.append(proto_node)
+    onnx_graph = helper.make_graph(
+        nodes,
+        graph.name,
+        [_value_to_proto(v) for v in graph.inputs],
+        [_value_to_proto(v) for v in graph.outputs],
+        initializer=[numpy_helper.from_array(np.asarray(a), name) for name, a in graph.constants.items()],
+        value_info=[_value_to_proto(v) for v in graph.value_info.values()],
+    )
+    opsets = [helper.make_opsetid("", graph.opset)]
+    if any(n.domain == SPARSE_DOMAIN for n in graph.nodes):
+        opsets.append(helper.make_opsetid(SPARSE_DOMAIN, SPARSE_DOMAIN_VERSION))
+    model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name=PRODUCER)
+    model.ir_version = min(model.ir_version, 10)
+    return model
+
+
+def save(graph: Graph, path: str | os.PathLike) -> None:
+    """Write a graph as an ONNX file, atomically (a crash never leaves half a file)."""
+    if not isinstance(graph, Graph):
+        raise TypeError(f"save: expected a sparse_rt Graph, got {type(graph).__name__}")
+    proto = graph_to_proto(graph)
+    proto.metadata_props.add(key=CHECKSUM_KEY, value=_checksum(proto))
+    data = proto.SerializeToString(deterministic=True)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
+    """Read a model saved by `save` (or any ONNX model) into a Graph, as it is."""
+    graph = graph_from_proto(read_model_proto(model))
+    graph.validate()
+    return graph

@@ -1,0 +1,93 @@
+"""The project's own op: SparseLinear (domain ai.sparse_rt), y = x @ W.T + b.
+
+Node layout (the same in memory and on disk):
+  inputs:     [x, bias or "", *format arrays]  (arrays and bias are constants)
+  attributes: format (str), arrays (names of the format fields, in input order),
+              kernel (str), config (JSON str), and the format's own attributes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from sparse_rt.formats.base import WeightFormat, get_format
+from sparse_rt.ir.graph import SPARSE_DOMAIN, Node
+from sparse_rt.kernels.registry import Config, Kernel, kernels_for
+from sparse_rt.ops.registry import BindContext, register_op
+
+_RESERVED = ("format", "arrays", "kernel", "config")
+
+
+def sparse_linear_node(
+    name: str,
+    x: str,
+    y: str,
+    bias: str,
+    weight_arrays: dict[str, str],
+    weight: WeightFormat,
+    kernel: str,
+    config: Config,
+) -> Node:
+    """Build a SparseLinear node; `weight_arrays` maps format field -> constant name."""
+    attributes: dict[str, Any] = {
+        "format": weight.name,
+        "arrays": list(weight_arrays),
+        "kernel": kernel,
+        "config": json.dumps(config, sort_keys=True),
+    }
+    for key, value in weight.attributes().items():
+        if key in _RESERVED:
+            raise ValueError(f"format {weight.name!r}: attribute name {key!r} is reserved")
+        attributes[key] = list(value) if isinstance(value, (tuple, list)) else int(value)
+    return Node("SparseLinear", [x, bias, *weight_arrays.values()], [y], attributes, name, SPARSE_DOMAIN)
+
+
+def weight_of(node: Node, constants: dict[str, np.ndarray]) -> WeightFormat:
+    """Rebuild the weight format of a SparseLinear node from the graph's constants."""
+    fields = node.attributes["arrays"]
+    names = node.inputs[2:]
+    if len(fields) != len(names):
+        raise ValueError(
+            f"SparseLinear {node.label()!r}: expected {len(fields)} weight arrays {fields}, got {len(names)} inputs"
+        )
+    missing = [n for n in names if n not in constants]
+    if missing:
+        raise ValueError(f"SparseLinear {node.label()!r}: weight arrays {missing} are not constants")
+    arrays = {f: torch.from_numpy(np.array(constants[n])) for f, n in zip(fields, names)}
+    attributes = {k: v for k, v in node.attributes.items() if k not in _RESERVED}
+    return get_format(node.attributes["format"]).from_arrays(arrays, attributes)
+
+
+def bias_of(node: Node, constants: dict[str, np.ndarray]) -> torch.Tensor | None:
+    name = node.inputs[1]
+    if not name:
+        return None
+    if name not in constants:
+        raise ValueError(f"SparseLinear {node.label()!r}: bias {name!r} is not a constant")
+    return torch.from_numpy(np.array(constants[name]))
+
+
+def choose_kernel(node: Node, weight: WeightFormat, device: torch.device) -> tuple[Kernel, Config]:
+    """The node's recorded kernel if it runs here, else the default kernel for this device."""
+    name = node.attributes.get("kernel", "")
+    available = kernels_for(weight, device)
+    for kernel in available:
+        if kernel.name == name:
+            return kernel, json.loads(node.attributes.get("config", "{}") or "{}")
+    if not available:
+        raise ValueError(f"no kernel for format {weight.name!r} on device {device}")
+    kernel = available[0]
+    return kernel, kernel.configs(weight, device)[0]
+
+
+@register_op("SparseLinear", domain=SPARSE_DOMAIN)
+def bind_sparse_linear(node: Node, ctx: BindContext):
+    weight = weight_of(node, ctx.constants)
+    bias = bias_of(node, ctx.constants)
+    kernel, config = choose_kernel(node, weight, ctx.device)
+    return kernel.bind(weight, bias, config, ctx.device)
+

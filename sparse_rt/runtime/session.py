@@ -1,0 +1,249 @@
+"""InferenceSession: run a Graph with onnxruntime's calling convention.
+
+Nodes are bound to implementations once, at construction; `run` is a plain loop
+over a dict of values. A value is dropped as soon as its last consumer has run.
+`run` keeps all state in locals, so concurrent calls on one session are safe.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from sparse_rt.ir.graph import Graph, Value
+from sparse_rt.ops.registry import BindContext, OpCallable, lookup
+
+_TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """Like onnxruntime's NodeArg: name, shape (ints, symbolic names or None), type string."""
+
+    name: str
+    shape: list[int | str | None]
+    type: str
+
+
+def _node_arg(value: Value) -> NodeArg:
+    shape = [] if value.shape is None else list(value.shape)
+    return NodeArg(value.name, shape, f"tensor({_onnx_type_name(value.dtype)})")
+
+
+def _onnx_type_name(dtype: str) -> str:
+    return {"float32": "float", "float64": "double", "float16": "float16"}.get(dtype, dtype)
+
+
+@dataclass
+class _Step:
+    fn: OpCallable
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    release: tuple[str, ...]
+    label: str
+
+
+class UnsupportedOpError(ValueError):
+    """The graph holds ops the registry does not implement (all of them are listed)."""
+
+
+def bind_nodes(graph: Graph, device: torch.device, options: dict[str, Any] | None = None) -> list:
+    """Bind every node to its implementation; report all unsupported ops at once."""
+    missing: dict[str, list[str]] = {}
+    specs = []
+    for node in graph.nodes:
+        spec = lookup(node.op_type, node.domain, graph.opset)
+        if spec is None:
+            key = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+            missing.setdefault(key, []).append(node.label())
+        specs.append(spec)
+    if missing:
+        listing = "; ".join(f"{op} (nodes: {', '.join(names[:3])})" for op, names in missing.items())
+        raise UnsupportedOpError(
+            f"{len(missing)} unsupported op type(s) at opset {graph.opset}: {listing}"
+        )
+    ctx = BindContext(device=device, opset=graph.opset, constants=graph.constants, options=options or {})
+    bound = []
+    for node, spec in zip(graph.nodes, specs):
+        try:
+            bound.append(spec.bind(node, ctx))
+        except (ValueError, TypeError, NotImplementedError) as exc:
+            raise type(exc)(f"node {node.label()!r} ({node.op_type}): {exc}") from exc
+    return bound
+
+
+class InferenceSession:
+    """Run a model: `InferenceSession(model, device="cpu", threads=None)`.
+
+    model: a Graph, a path to an ONNX file (saved by sparse_rt or plain ONNX,
+    which is converted), or its bytes. threads: intra-op threads for torch and
+    the CPU kernels (process-wide, as torch's setting is).
+    """
+
+    def __init__(
+        self,
+        model: Graph | str | os.PathLike | bytes,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        **options: Any,
+    ):
+        from sparse_rt.api import ensure_graph
+
+        self.device = torch.device(device)
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads: expected a positive integer, got {threads}")
+            set_threads(threads)
+        self.graph = ensure_graph(model, device=self.device)
+        self._inputs = list(self.graph.inputs)
+        self._outputs = list(self.graph.outputs)
+        self._constants = {
+            name: torch.from_numpy(np.array(array, copy=True)).to(self.device)
+            for name, array in self.graph.constants.items()
+        }
+        fns = bind_nodes(self.graph, self.device, options)
+        self._steps = self._plan(fns)
+
+    def _plan(self, fns: list[OpCallable]) -> list[_Step]:
+        keep = {v.name for v in self._outputs} | set(self._constants)
+        last_use: dict[str, int] = {}
+        for index, node in enumerate(self.graph.nodes):
+            for name in node.inputs:
+                if name:
+                    last_use[name] = index
+        steps = []
+        for index, (node, fn) in enumerate(zip(self.graph.nodes, fns)):
+            dying = {n for n in node.inputs if n and last_use.get(n) == index and n not in keep}
+            # outputs nobody reads are dropped right away
+            dying |= {o for o in node.outputs if o and o not in last_use and o not in keep}
+            steps.append(_Step(fn, tuple(node.inputs), tuple(node.outputs), tuple(sorted(dying)), node.label()))
+        return steps
+
+    def get_inputs(self) -> list[NodeArg]:
+        return [_node_arg(v) for v in self._inputs]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [_node_arg(v) for v in self._outputs]
+
+    def run(
+        self,
+        output_names: Sequence[str] | None,
+        input_feed: Mapping[str, Any],
+    ) -> list:
+        """Compute the named outputs (all when None) from `input_feed` {name: array}.
+
+        Returns numpy arrays, or torch tensors if the inputs were torch tensors.
+        """
+        wanted = self._check_output_names(output_names)
+        values, as_torch = self._check_feed(input_feed)
+        values.update(self._constants)
+        with torch.inference_mode():
+            for step in self._steps:
+                args = [values[name] if name else None for name in step.inputs]
+                try:
+                    result = step.fn(*args)
+                except Exception as exc:
+                    raise RuntimeError(f"node {step.label!r} failed: {type(exc).__name__}: {exc}") from exc
+                if isinstance(result, torch.Tensor):
+                    values[step.outputs[0]] = result
+                else:
+                    for name, tensor in zip(step.outputs, result):
+                        if name:
+                            values[name] = tensor
+                for name in step.release:
+                    values.pop(name, None)
+        results = [values[name] for name in wanted]
+        if as_torch:
+            return results
+        return [_to_numpy(t) for t in results]
+
+    def _check_output_names(self, output_names: Sequence[str] | None) -> list[str]:
+        known = [v.name for v in self._outputs]
+        if output_names is None:
+            return known
+        if isinstance(output_names, str):
+            raise TypeError(f"output_names: expected a list of names or None, got the string {output_names!r}")
+        for name in output_names:
+            if name not in known:
+                raise ValueError(f"unknown output {name!r}; the model's outputs are {known}")
+        return list(output_names)
+
+    def _check_feed(self, input_feed: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], bool]:
+        if not isinstance(input_feed, Mapping):
+            raise TypeError(f"input_feed: expected a dict {{name: array}}, got {type(input_feed).__name__}")
+        expected = {v.name: v for v in self._inputs}
+        unknown = [name for name in input_feed if name not in expected]
+        if unknown:
+            raise ValueError(f"unknown input(s) {unknown}; the model's inputs are {list(expected)}")
+        missing = [name for name in expected if name not in input_feed]
+        if missing:
+            raise ValueError(f"missing input(s) {missing}; the model's inputs are {list(expected)}")
+        values: dict[str, torch.Tensor] = {}
+        kinds = set()
+        symbols: dict[str, int] = {}
+        for name, value in expected.items():
+            array = input_feed[name]
+            if isinstance(array, torch.Tensor):
+                kinds.add("torch")
+                tensor = array.detach()
+                dtype = str(tensor.dtype).removeprefix("torch.")
+            else:
+                kinds.add("numpy")
+                if not isinstance(array, np.ndarray):
+                    array = np.asarray(array)
+                dtype = array.dtype.name
+                if dtype not in _TORCH_DTYPES:
+                    raise TypeError(f"input {name!r}: expected {value.describe()}, got unsupported dtype {dtype}")
+                tensor = torch.from_numpy(np.ascontiguousarray(array))
+            _check_input(name, value, dtype, tuple(tensor.shape), symbols)
+            values[name] = tensor.to(self.device)
+        return values, kinds == {"torch"}
+
+
+def _check_input(name: str, value: Value, dtype: str, shape: tuple[int, ...], symbols: dict[str, int]) -> None:
+    found = f"{dtype} [{', '.join(map(str, shape))}]"
+    if dtype != value.dtype:
+        raise TypeError(f"input {name!r}: expected {value.describe()}, got {found}")
+    if value.shape is None:
+        return
+    if len(shape) != len(value.shape):
+        raise ValueError(
+            f"input {name!r}: expected rank {len(value.shape)} {value.describe()}, got rank {len(shape)} {found}"
+        )
+    for axis, (want, got) in enumerate(zip(value.shape, shape)):
+        if isinstance(want, int) and want != got:
+            raise ValueError(f"input {name!r}: expected {value.describe()}, got {found} (axis {axis})")
+        if isinstance(want, str):
+            if symbols.setdefault(want, got) != got:
+                raise ValueError(
+                    f"input {name!r}: dim {want!r} is {got} here but {symbols[want]} in another input"
+                )
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()
+    return tensor.detach().cpu().numpy()
+
+
+def set_threads(threads: int) -> None:
+    """Set the intra-op threads of torch and of the compiled CPU kernels."""
+    import numba
+
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

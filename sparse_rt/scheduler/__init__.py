@@ -1,0 +1,1 @@
+"""Per-layer choice of weight format, kernel and config (heuristic or autotuned)."""

@@ -1,0 +1,21 @@
+"""Shared test utilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def relative_error(actual, expected) -> float:
+    """max |actual - expected| / max |expected| (the scale of the reference)."""
+    a = np.asarray(actual.detach().cpu() if isinstance(actual, torch.Tensor) else actual, dtype=np.float64)
+    e = np.asarray(expected.detach().cpu() if isinstance(expected, torch.Tensor) else expected, dtype=np.float64)
+    assert a.shape == e.shape, f"shape mismatch: got {a.shape}, expected {e.shape}"
+    scale = max(float(np.abs(e).max(initial=0.0)), 1e-12)
+    return float(np.abs(a - e).max(initial=0.0)) / scale
+
+
+def assert_close(actual, expected, rtol: float = 1e-4) -> None:
+    """Assert max abs error <= rtol * max |expected| (tolerance relative to the reference's scale)."""
+    err = relative_error(actual, expected)
+    assert err <= rtol, f"relative error {err:.3g} exceeds {rtol:.3g}"
