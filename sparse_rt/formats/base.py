@@ -42,10 +42,7 @@ class WeightFormat:
     """
 
     name: ClassVar[str]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        raise NotImplementedError
+    shape: tuple[int, int]  # a dataclass field or a property of the subclass
 
     @classmethod
     def from_dense(cls: type[FormatT], weight: torch.Tensor, **params) -> FormatT:
