@@ -1,0 +1,369 @@
+"""Load test of the HTTP server on loopback: N concurrent clients for T seconds, batching on vs off.
+
+    python benchmarks/serve_load.py                      # 64 clients x 30 s, the default model
+    python benchmarks/serve_load.py --model m.onnx --clients 16 --duration 10 --json out.json
+
+Default model: a seeded zoo MLP (256-1024-1024-10, GELU) pruned to 90% by
+magnitude and converted by sparse_rt: small, so the server's own costs show. For each mode a server process is
+started (`python -m sparse_rt serve`), warmed up, loaded by `--clients` keep-alive
+connections each sending one request after another for `--duration` seconds,
+then stopped with SIGTERM. Every answer is checked against the session run in
+this process: the table reports errors (non-200 answers), lost requests (no
+answer: connection dropped or client timeout), wrong results, throughput, p50
+and p99 latency, and the mean rows per model run read from /metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+REQUEST_TIMEOUT_S = 30.0
+POOL = 16  # distinct request payloads, cycled by the clients
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    max_batch: int
+    max_delay_ms: float
+    requests: int
+    errors: int
+    lost: int
+    wrong: int
+    throughput_rps: float
+    p50_ms: float
+    p99_ms: float
+    rows_per_run: float
+
+
+@dataclass
+class Payload:
+    body: bytes
+    header_length: int
+    expected: dict[str, np.ndarray]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="ONNX file to serve (default: a 90%% sparse MLP built here)")
+    parser.add_argument("--widths", default="256,1024,1024,10", help="layer widths of the default MLP (default: %(default)s)")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent connections (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per mode (default: %(default)s)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per mode (default: %(default)s)")
+    parser.add_argument("--rows", type=int, default=1, help="rows per request (default: %(default)s)")
+    parser.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                        help="size of a named dynamic dim other than the batch dim (default 16)")
+    parser.add_argument("--max-batch", type=int, default=32, help="server --max-batch when batching is on")
+    parser.add_argument("--max-delay-ms", type=float, default=2.0, help="server --max-delay-ms when batching is on")
+    parser.add_argument("--modes", nargs="+", choices=("on", "off"), default=["on", "off"])
+    parser.add_argument("--threads", type=int, help="server --threads")
+    parser.add_argument("--encoding", choices=("binary", "json"), default="binary", help="tensor encoding")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    if args.clients < 1 or args.duration <= 0 or args.warmup < 0 or args.rows < 1:
+        parser.error("--clients and --rows must be >= 1, --duration > 0 and --warmup >= 0")
+    return args
+
+
+def default_model(workdir: Path, widths: tuple[int, ...]) -> Path:
+    """A seeded zoo MLP of `widths`, pruned to 90% by magnitude, converted (heuristic kernel choice) and saved."""
+    import onnx
+    import torch
+
+    import sparse_rt
+    from sparse_rt import zoo
+    from sparse_rt.bench import prune
+    from sparse_rt.converters.torch import export_module
+
+    module = zoo.seeded(zoo.MLP(widths))
+    prune(module, 0.9, "unstructured")
+    proto, _ = export_module(module, (torch.randn(1, widths[0]),))
+    path = workdir / "mlp.onnx"
+    onnx.save(proto, path)
+    sparse_rt.save(sparse_rt.convert(str(path), tune=False), path)
+    return path
+
+
+def make_payloads(model: Path, rows: int, dims: dict[str, int], encoding: str) -> list[Payload]:
+    """POOL request bodies with the outputs this process's session gives for them."""
+    import sparse_rt
+    from sparse_rt.serve.protocol import DATATYPES, datatype_of_onnx_type
+
+    session = sparse_rt.InferenceSession(model)
+    rng = np.random.default_rng(0)
+    payloads = []
+    for _ in range(POOL):
+        feeds = {}
+        for arg in session.get_inputs():
+            shape = [rows] + [d if isinstance(d, int) else dims.get(d, 16) for d in arg.shape[1:]]
+            dtype = DATATYPES[datatype_of_onnx_type(arg.type)]
+            if dtype.kind == "f":
+                feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
+            else:
+                feeds[arg.name] = rng.integers(0, 2, shape).astype(dtype)
+        expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+        payloads.append(encode(feeds, encoding, expected))
+    return payloads
+
+
+def encode(feeds: dict[str, np.ndarray], encoding: str, expected: dict[str, np.ndarray]) -> Payload:
+    from sparse_rt.serve.protocol import datatype_of_dtype
+
+    binary = encoding == "binary"
+    inputs = []
+    for name, array in feeds.items():
+        tensor = {"name": name, "shape": list(array.shape), "datatype": datatype_of_dtype(array.dtype)}
+        if binary:
+            tensor["parameters"] = {"binary_data_size": array.nbytes}
+        else:
+            tensor["data"] = array.ravel().tolist()
+        inputs.append(tensor)
+    header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": binary}}).encode()
+    body = header + b"".join(a.tobytes() for a in feeds.values()) if binary else header
+    return Payload(body, len(header) if binary else 0, expected)
+
+
+def decode(body: bytes, header_length: int | None) -> dict[str, np.ndarray]:
+    from sparse_rt.serve.protocol import DATATYPES
+
+    header = json.loads(body[:header_length] if header_length else body)
+    outputs, offset = {}, header_length or 0
+    for tensor in header["outputs"]:
+        dtype = DATATYPES[tensor["datatype"]]
+        if "data" in tensor:
+            outputs[tensor["name"]] = np.array(tensor["data"], dtype).reshape(tensor["shape"])
+        else:
+            size = tensor["parameters"]["binary_data_size"]
+            outputs[tensor["name"]] = np.frombuffer(body[offset:offset + size], dtype).reshape(tensor["shape"])
+            offset += size
+    return outputs
+
+
+def matches(outputs: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> bool:
+    """Same names and shapes, values within 1e-3 of the reference's scale (batched runs sum in another order)."""
+    if outputs.keys() != expected.keys():
+        return False
+    for name, reference in expected.items():
+        if outputs[name].shape != reference.shape:
+            return False
+        scale = max(float(np.abs(reference).max(initial=0.0)), 1e-12)
+        if float(np.abs(outputs[name].astype(np.float64) - reference).max(initial=0.0)) > 1e-3 * scale:
+            return False
+    return True
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection sending POSTs one at a time."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, payload: Payload) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        extra = f"Inference-Header-Content-Length: {payload.header_length}\r\n" if payload.header_length else ""
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(payload.body)}\r\n{extra}\r\n"
+        self.writer.write(head.encode() + payload.body)
+        await self.writer.drain()
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        body = await self.reader.readexactly(int(headers.get("content-length", 0)))
+        if headers.get("connection") == "close":
+            self.close()
+        return status, headers, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+
+async def load(port: int, model: str, payloads: list[Payload], clients: int, warmup: float, duration: float) -> dict:
+    """Drive the server; counts and latencies of the requests sent during the measured window."""
+    path = f"/v2/models/{model}/infer"
+    loop = asyncio.get_running_loop()
+    start = loop.time() + warmup
+    stop = start + duration
+    latencies: list[float] = []
+    counts = {"requests": 0, "errors": 0, "lost": 0, "wrong": 0}
+
+    async def client(index: int) -> None:
+        connection = Connection(port)
+        sent = 0
+        while loop.time() < stop:
+            payload = payloads[(index + sent) % len(payloads)]
+            sent += 1
+            began = loop.time()
+            measured = began >= start
+            try:
+                status, headers, body = await asyncio.wait_for(connection.post(path, payload), REQUEST_TIMEOUT_S)
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+                connection.close()
+                if measured:
+                    counts["requests"] += 1
+                    counts["lost"] += 1
+                continue
+            if not measured:
+                continue
+            counts["requests"] += 1
+            if status != 200:
+                counts["errors"] += 1
+                continue
+            header_length = headers.get("inference-header-content-length")
+            if not matches(decode(body, int(header_length) if header_length else None), payload.expected):
+                counts["wrong"] += 1
+            latencies.append(loop.time() - began)
+        connection.close()
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return {**counts, "latencies": latencies, "window": max(loop.time(), stop) - start}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except OSError:
+        return 0, b""
+
+
+def batch_totals(port: int, model: str) -> tuple[float, float]:
+    """(runs, rows) of the model so far, from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {}
+    for family in text_string_to_metric_families(get(port, "/metrics")[1].decode()):
+        for sample in family.samples:
+            if sample.name in ("sparse_rt_batch_size_count", "sparse_rt_batch_size_sum") and sample.labels["model"] == model:
+                values[sample.name] = sample.value
+    return values.get("sparse_rt_batch_size_count", 0.0), values.get("sparse_rt_batch_size_sum", 0.0)
+
+
+def start_server(model: Path, port: int, max_batch: int, max_delay_ms: float, threads: int | None) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "sparse_rt", "serve", str(model), "--port", str(port),
+        "--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--log-level", "warning",
+    ]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen(command, cwd=REPO, env=env)
+    deadline = time.monotonic() + 120
+    while get(port, "/v2/health/ready")[0] != 200:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"server for {model} did not become ready (exit code {process.poll()})")
+        time.sleep(0.2)
+    return process
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_mode(mode: str, model: Path, payloads: list[Payload], args: argparse.Namespace) -> ModeResult:
+    max_batch, max_delay_ms = (args.max_batch, args.max_delay_ms) if mode == "on" else (1, 0.0)
+    port = free_port()
+    process = start_server(model, port, max_batch, max_delay_ms, args.threads)
+    try:
+        name = model.stem
+        runs_before = rows_before = 0.0
+
+        async def measure() -> dict:
+            nonlocal runs_before, rows_before
+            task = asyncio.create_task(load(port, name, payloads, args.clients, args.warmup, args.duration))
+            await asyncio.sleep(args.warmup)
+            runs_before, rows_before = await asyncio.to_thread(batch_totals, port, name)
+            return await task
+
+        outcome = asyncio.run(measure())
+        runs, rows = batch_totals(port, name)
+    finally:
+        stop_server(process)
+    latencies = np.array(outcome["latencies"]) * 1e3
+    completed = len(latencies)
+    return ModeResult(
+        mode="batching" if mode == "on" else "no batching",
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        requests=outcome["requests"],
+        errors=outcome["errors"],
+        lost=outcome["lost"],
+        wrong=outcome["wrong"],
+        throughput_rps=completed / outcome["window"],
+        p50_ms=float(np.percentile(latencies, 50)) if completed else float("nan"),
+        p99_ms=float(np.percentile(latencies, 99)) if completed else float("nan"),
+        rows_per_run=(rows - rows_before) / max(runs - runs_before, 1.0),
+    )
+
+
+def format_table(results: list[ModeResult]) -> str:
+    lines = [
+        "| mode | max batch | delay ms | requests | errors | lost | wrong | req/s | p50 ms | p99 ms | rows/run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.mode} | {r.max_batch} | {r.max_delay_ms:g} | {r.requests} | {r.errors} | {r.lost} | {r.wrong} | "
+            f"{r.throughput_rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.rows_per_run:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    dims = {}
+    for item in args.dim:
+        name, _, size = item.partition("=")
+        if not size.isdigit():
+            raise SystemExit(f"--dim: expected NAME=SIZE, got {item!r}")
+        dims[name] = int(size)
+    with tempfile.TemporaryDirectory() as workdir:
+        model = args.model or default_model(Path(workdir), tuple(int(w) for w in args.widths.split(",")))
+        payloads = make_payloads(model, args.rows, dims, args.encoding)
+        print(
+            f"model {model.name}: {args.clients} clients x {args.duration:g} s (+{args.warmup:g} s warm-up), "
+            f"{args.rows} row(s)/request, {args.encoding} tensors, loopback",
+            flush=True,
+        )
+        results = [run_mode(mode, model, payloads, args) for mode in args.modes]
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"model": str(args.model or f"mlp {args.widths} 90% sparse"), "clients": args.clients,
+                                         "duration_s": args.duration, "rows": args.rows, "encoding": args.encoding,
+                                         "results": [asdict(r) for r in results]}, indent=2))
+    failed = sum(r.errors + r.lost + r.wrong for r in results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The HTTP app: Open Inference Protocol v2 endpoints over BatchingEngines, plus /metrics.
+
+    GET  /v2                                  server metadata
+    GET  /v2/health/live, /v2/health/ready    liveness, readiness (200 or 503)
+    GET  /v2/models/{name}[/versions/1]       model metadata
+    GET  /v2/models/{name}[/versions/1]/ready model readiness
+    POST /v2/models/{name}[/versions/1]/infer inference (JSON or binary tensor data)
+    GET  /metrics                             Prometheus metrics
+
+Every error answers {"error": "..."}: 400 bad request, 404 unknown model or path,
+413 body over the limit, 415 compressed body, 503 shutting down, 504 timeout, 500 internal error.
+Model runs happen on the engines' worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Mapping
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+import sparse_rt
+from sparse_rt.serve.batching import BatchingEngine, EngineClosedError, check_settings
+from sparse_rt.serve.metrics import UNKNOWN_MODEL, ServeMetrics
+from sparse_rt.serve.protocol import (
+    BINARY_HEADER,
+    RequestError,
+    check_inputs,
+    datatype_of_onnx_type,
+    decode_request,
+    encode_response,
+    metadata_shape,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Server limits and batching settings (max_batch 1 or max_delay_ms 0: no batching)."""
+
+    max_batch: int = 32
+    max_delay_ms: float = 2.0
+    workers: int = 1
+    max_body_bytes: int = 64 << 20
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        check_settings(self.max_batch, self.max_delay_ms, self.workers)
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes: expected a positive integer, got {self.max_body_bytes}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s: expected a positive number, got {self.timeout_s}")
+
+
+@dataclass
+class _Model:
+    name: str
+    engine: BatchingEngine
+    inputs: list[Any]  # the session's NodeArgs
+    metadata: dict[str, Any]
+
+
+class ModelServer:
+    """The served models, their engines and metrics; `app` is the ASGI app serving them."""
+
+    def __init__(self, sessions: Mapping[str, Any], config: ServeConfig = ServeConfig()):
+        if not sessions:
+            raise ValueError("sessions: expected at least one model to serve, got none")
+        self.config = config
+        self.metrics = ServeMetrics()
+        self.models: dict[str, _Model] = {}
+        for name, session in sessions.items():
+            engine = BatchingEngine(
+                session, max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,
+                workers=config.workers, on_batch=self.metrics.batch_observer(name),
+            )
+            self.metrics.track_queue(name, engine)
+            self.models[name] = _Model(name, engine, session.get_inputs(), _model_metadata(name, session))
+        self.ready = False
+        self.app = Starlette(
+            routes=self._routes(),
+            exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+            lifespan=self._lifespan,
+        )
+
+    def engine(self, name: str) -> BatchingEngine:
+        return self.models[name].engine
+
+    def close(self) -> None:
+        """Stop taking requests and finish the queued ones."""
+        self.ready = False
+        for model in self.models.values():
+            model.engine.close(drain=True)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.ready = True
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+    def _routes(self) -> list[Route]:
+        routes = [
+            Route("/v2", self._server_metadata),
+            Route("/v2/health/live", self._live),
+            Route("/v2/health/ready", self._ready),
+            Route("/metrics", self._metrics),
+        ]
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            routes += [
+                Route(prefix, self._model_metadata),
+                Route(prefix + "/ready", self._model_ready),
+                Route(prefix + "/infer", self._infer, methods=["POST"]),
+            ]
+        return routes
+
+    # -- endpoints ---------------------------------------------------------------
+
+    async def _server_metadata(self, request: Request) -> Response:
+        return JSONResponse({"name": "sparse_rt", "version": sparse_rt.__version__, "extensions": ["binary_tensor_data"]})
+
+    async def _live(self, request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def _ready(self, request: Request) -> Response:
+        return JSONResponse({"ready": self.ready}, status_code=200 if self.ready else 503)
+
+    async def _metrics(self, request: Request) -> Response:
+        body, content_type = self.metrics.render()
+        return Response(body, headers={"content-type": content_type})
+
+    async def _model_metadata(self, request: Request) -> Response:
+        return JSONResponse(self._find(request).metadata)
+
+    async def _model_ready(self, request: Request) -> Response:
+        self._find(request)
+        return JSONResponse({"ready": self.ready}, status_code=200 if self.ready else 503)
+
+    async def _infer(self, request: Request) -> Response:
+        start = time.perf_counter()
+        label = request.path_params["model"] if request.path_params["model"] in self.models else UNKNOWN_MODEL
+        try:
+            model = self._find(request)
+            response = await self._run(model, request)
+        except RequestError as exc:
+            response = _error(str(exc), exc.status)
+        except HTTPException as exc:
+            response = _error(str(exc.detail), exc.status_code)
+        except Exception as exc:
+            response = await _internal_error(request, exc)
+        self.metrics.observe_request(label, response.status_code, time.perf_counter() - start)
+        return response
+
+    async def _run(self, model: _Model, request: Request) -> Response:
+        encoding = request.headers.get("content-encoding", "identity")
+        if encoding != "identity":
+            raise RequestError(f"Content-Encoding: expected identity (uncompressed), got {encoding!r}", 415)
+        body = await _read_body(request, self.config.max_body_bytes)
+        decoded = decode_request(body, request.headers.get(BINARY_HEADER))
+        check_inputs(decoded.inputs, model.inputs, model.name)
+        if decoded.outputs is None:
+            wanted = [(name, decoded.binary_output) for name in model.engine.output_names]
+        else:
+            wanted = [(output.name, output.binary) for output in decoded.outputs]
+        timeout = min(self.config.timeout_s, decoded.timeout_s or self.config.timeout_s)
+        try:
+            results = await asyncio.wait_for(
+                model.engine.infer(decoded.inputs, [name for name, _ in wanted]), timeout
+            )
+        except asyncio.TimeoutError:
+            return _error(f"model {model.name!r}: inference did not finish within {timeout:g} s", 504)
+        except EngineClosedError:
+            return _error(f"model {model.name!r}: the server is shutting down", 503)
+        except (ValueError, TypeError) as exc:
+            return _error(f"model {model.name!r}: {exc}", 400)
+        except Exception as exc:
+            logger.exception("model %r: inference failed", model.name)
+            return _error(f"model {model.name!r}: inference failed: {type(exc).__name__}: {exc}", 500)
+        body, headers = encode_response(
+            model.name, decoded.id, [(name, results[name], binary) for name, binary in wanted]
+        )
+        return Response(body, headers=headers)
+
+    def _find(self, request: Request) -> _Model:
+        name = request.path_params["model"]
+        version = request.path_params.get("version", MODEL_VERSION)
+        model = self.models.get(name)
+        if model is None:
+            raise HTTPException(404, f"unknown model {name!r}; served models: {sorted(self.models)}")
+        if version != MODEL_VERSION:
+            raise HTTPException(404, f"model {name!r}: unknown version {version!r}; served versions: ['{MODEL_VERSION}']")
+        return model
+
+
+def create_app(sessions: Mapping[str, Any], config: ServeConfig = ServeConfig()) -> Starlette:
+    """The ASGI app serving `sessions` ({model name: InferenceSession}); its ModelServer is `app.state.server`."""
+    server = ModelServer(sessions, config)
+    server.app.state.server = server
+    return server.app
+
+
+def _model_metadata(name: str, session: Any) -> dict[str, Any]:
+    def tensor(arg: Any) -> dict[str, Any]:
+        return {"name": arg.name, "datatype": datatype_of_onnx_type(arg.type), "shape": metadata_shape(arg.shape)}
+
+    return {
+        "name": name,
+        "versions": [MODEL_VERSION],
+        "platform": "sparse_rt",
+        "inputs": [tensor(arg) for arg in session.get_inputs()],
+        "outputs": [tensor(arg) for arg in session.get_outputs()],
+    }
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body; RequestError 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes", 413)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"request body exceeds the limit of {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    headers = {"connection": "close"} if status == 413 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    return _error(str(exc.detail), exc.status_code)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    logger.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(f"internal error: {type(exc).__name__}: {exc}", 500)
