@@ -120,8 +120,11 @@ def _fold_node(graph: Graph, node: Node, ctx: BindContext) -> list[np.ndarray] |
         return None  # source ops such as RandomNormal-free generators with no inputs stay
     spec = lookup(node.op_type, node.domain, graph.opset)
     args = [torch.from_numpy(np.array(graph.constants[n])) if n else None for n in node.inputs]
-    with torch.inference_mode():
-        result = spec.bind(node, ctx)(*args)
+    try:
+        with torch.inference_mode():
+            result = spec.bind(node, ctx)(*args)
+    except Exception as exc:
+        raise ValueError(f"node {node.label()!r} ({node.op_type}): constant folding failed: {type(exc).__name__}: {exc}") from exc
     results = [result] if isinstance(result, torch.Tensor) else list(result)
     if any(r.numel() > _MAX_FOLDED_ELEMENTS for r in results):
         return None

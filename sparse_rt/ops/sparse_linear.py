@@ -19,7 +19,7 @@ from sparse_rt.ir.graph import SPARSE_DOMAIN, Node
 from sparse_rt.kernels.registry import Config, Kernel, kernels_for
 from sparse_rt.ops.registry import BindContext, register_op
 
-_RESERVED = ("format", "arrays", "kernel", "config")
+_RESERVED = ("format", "arrays", "kernel", "config", "timings")
 
 
 def sparse_linear_node(
@@ -31,14 +31,20 @@ def sparse_linear_node(
     weight: WeightFormat,
     kernel: str,
     config: Config,
+    timings: dict[str, dict[int, float]] | None = None,
 ) -> Node:
-    """Build a SparseLinear node; `weight_arrays` maps format field -> constant name."""
+    """Build a SparseLinear node; `weight_arrays` maps format field -> constant name.
+
+    timings (optional): the tuner's measurements, kept for `explain`.
+    """
     attributes: dict[str, Any] = {
         "format": weight.name,
         "arrays": list(weight_arrays),
         "kernel": kernel,
         "config": json.dumps(config, sort_keys=True),
     }
+    if timings is not None:
+        attributes["timings"] = json.dumps(timings, sort_keys=True)
     for key, value in weight.attributes().items():
         if key in _RESERVED:
             raise ValueError(f"format {weight.name!r}: attribute name {key!r} is reserved")

@@ -8,6 +8,8 @@ over a dict of values. A value is dropped as soon as its last consumer has run.
 from __future__ import annotations
 
 import os
+import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -27,6 +29,9 @@ _TORCH_DTYPES = {
     "int16": torch.int16,
     "int8": torch.int8,
     "uint8": torch.uint8,
+    "uint16": torch.uint16,
+    "uint32": torch.uint32,
+    "uint64": torch.uint64,
     "bool": torch.bool,
 }
 
@@ -116,6 +121,7 @@ class InferenceSession:
             name: torch.from_numpy(np.array(array, copy=True)).to(self.device)
             for name, array in self.graph.constants.items()
         }
+        self._constant_storages = {_storage(t) for t in self._constants.values()}
         fns = bind_nodes(self.graph, self.device, options)
         self._steps = self._plan(fns)
 
@@ -131,7 +137,8 @@ class InferenceSession:
             dying = {n for n in node.inputs if n and last_use.get(n) == index and n not in keep}
             # outputs nobody reads are dropped right away
             dying |= {o for o in node.outputs if o and o not in last_use and o not in keep}
-            steps.append(_Step(fn, tuple(node.inputs), tuple(node.outputs), tuple(sorted(dying)), node.label()))
+            label = f"{node.label()} ({node.op_type})"
+            steps.append(_Step(fn, tuple(node.inputs), tuple(node.outputs), tuple(sorted(dying)), label))
         return steps
 
     def get_inputs(self) -> list[NodeArg]:
@@ -151,14 +158,35 @@ class InferenceSession:
         """
         wanted = self._check_output_names(output_names)
         values, as_torch = self._check_feed(input_feed)
+        shared = {_storage(t) for t in values.values()} | self._constant_storages
+        self._execute(values)
+        # outputs never alias the caller's inputs or the session's constants (Identity, Reshape views)
+        results = [values[name].clone() if _storage(values[name]) in shared else values[name] for name in wanted]
+        if as_torch:
+            return results
+        return [_to_numpy(t) for t in results]
+
+    def profile(self, input_feed: Mapping[str, Any], repeats: int = 5) -> list[tuple[str, float]]:
+        """Median seconds per node over `repeats` runs, slowest first: [(\"label (op)\", seconds)]."""
+        samples: dict[str, list[float]] = {}
+        for _ in range(repeats):
+            values, _ = self._check_feed(input_feed)
+            self._execute(values, samples)
+        medians = [(label, sorted(times)[len(times) // 2]) for label, times in samples.items()]
+        return sorted(medians, key=lambda item: -item[1])
+
+    def _execute(self, values: dict[str, torch.Tensor], timings: dict[str, list[float]] | None = None) -> None:
         values.update(self._constants)
         with torch.inference_mode():
             for step in self._steps:
                 args = [values[name] if name else None for name in step.inputs]
+                start = time.perf_counter() if timings is not None else 0.0
                 try:
                     result = step.fn(*args)
                 except Exception as exc:
-                    raise RuntimeError(f"node {step.label!r} failed: {type(exc).__name__}: {exc}") from exc
+                    raise RuntimeError(f"node {step.label} failed: {type(exc).__name__}: {exc}") from exc
+                if timings is not None:
+                    timings.setdefault(step.label, []).append(time.perf_counter() - start)
                 if isinstance(result, torch.Tensor):
                     values[step.outputs[0]] = result
                 else:
@@ -167,10 +195,6 @@ class InferenceSession:
                             values[name] = tensor
                 for name in step.release:
                     values.pop(name, None)
-        results = [values[name] for name in wanted]
-        if as_torch:
-            return results
-        return [_to_numpy(t) for t in results]
 
     def _check_output_names(self, output_names: Sequence[str] | None) -> list[str]:
         known = [v.name for v in self._outputs]
@@ -209,7 +233,7 @@ class InferenceSession:
                 dtype = array.dtype.name
                 if dtype not in _TORCH_DTYPES:
                     raise TypeError(f"input {name!r}: expected {value.describe()}, got unsupported dtype {dtype}")
-                tensor = torch.from_numpy(np.ascontiguousarray(array))
+                tensor = _from_numpy(array)
             _check_input(name, value, dtype, tuple(tensor.shape), symbols)
             values[name] = tensor.to(self.device)
         return values, kinds == {"torch"}
@@ -233,6 +257,17 @@ def _check_input(name: str, value: Value, dtype: str, shape: tuple[int, ...], sy
                 raise ValueError(
                     f"input {name!r}: dim {want!r} is {got} here but {symbols[want]} in another input"
                 )
+
+
+def _from_numpy(array: np.ndarray) -> torch.Tensor:
+    """Zero-copy tensor of a numpy array (read-only arrays too: ops never write their inputs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(array).reshape(array.shape))
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage().data_ptr()
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
