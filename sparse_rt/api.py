@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import onnx
 import torch
@@ -22,7 +22,7 @@ def convert(
     model: Any,
     example_inputs: Sequence[torch.Tensor] | None = None,
     *,
-    batch_sizes: Sequence[int] = (1,),
+    batch_sizes: Sequence[int] | Mapping[int, float] = (1,),
     device: str | torch.device = "cpu",
     tune: bool = True,
     lower: bool = True,
@@ -32,15 +32,15 @@ def convert(
 
     model: an ONNX path, bytes or ModelProto, or a torch.nn.Module (then
     `example_inputs` is required). batch_sizes: the rows per call to tune for
-    (tokens per call for sequence models). tune=False picks kernels by a
-    deterministic heuristic, without timing.
+    (tokens per call for sequence models), or {batch: weight}. tune=False picks
+    kernels by a deterministic heuristic, without timing. progress: a progress
+    bar over the layers while tuning.
     """
-    from sparse_rt.scheduler.plan import make_chooser
-
+    structured = None
     if isinstance(model, torch.nn.Module):
         from sparse_rt.converters.torch import export_module
 
-        model = export_module(model, example_inputs)
+        model, structured = export_module(model, example_inputs)
     elif example_inputs is not None:
         raise TypeError("example_inputs: only used when converting a torch.nn.Module")
     if isinstance(model, Graph):
@@ -48,8 +48,10 @@ def convert(
     else:
         graph = import_onnx(model)
     if lower:
-        chooser = make_chooser(device=torch.device(device), batch_sizes=tuple(batch_sizes), tune=tune, progress=progress)
-        lower_linear_layers(graph, chooser)
+        from sparse_rt.scheduler.plan import make_chooser
+
+        chooser = make_chooser(torch.device(device), batch_sizes, tune=tune, structured=structured)
+        lower_linear_layers(graph, chooser, progress=progress)
     return graph
 
 

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from sparse_rt.formats.base import WeightFormat
 from sparse_rt.ir.graph import Graph, Node
@@ -34,31 +35,38 @@ class LinearLayer:
 
 @dataclass(frozen=True)
 class Choice:
-    """What runs a layer: the weight in some format, a kernel of that format and its config."""
+    """What runs a layer: the weight in some format, a kernel of that format and its config.
+
+    timings: when tuned, {candidate label: {batch: seconds}} (saved with the model).
+    """
 
     weight: WeightFormat
     kernel: str
     config: Config
+    timings: dict[str, dict[int, float]] | None = None
 
 
 Chooser = Callable[[LinearLayer], Choice]
 
 
-def lower_linear_layers(graph: Graph, choose: Chooser) -> int:
-    """Replace every recognised linear layer by a SparseLinear node; returns how many."""
+def lower_linear_layers(graph: Graph, choose: Chooser, progress: bool = False) -> int:
+    """Replace every recognised linear layer by a SparseLinear node; returns how many.
+
+    progress: show a progress bar over the layers while `choose` runs (tuning).
+    """
     consumers = graph.consumers()
     graph_outputs = {v.name for v in graph.outputs}
-    replaced: dict[int, list[Node]] = {}
+    matches = []
     absorbed: set[int] = set()
     for node in graph.nodes:
         if id(node) in absorbed or node.domain:
             continue
         match = _match(graph, node, consumers, graph_outputs)
-        if match is None:
-            continue
-        layer, x, y, extra = match
-        absorbed.update(id(n) for n in extra)
-        replaced[id(node)] = _emit(graph, node, layer, x, y, choose)
+        if match is not None:
+            matches.append((node, *match))
+            absorbed.update(id(n) for n in match[3])
+    layers = tqdm(matches, desc="tuning layers", unit="layer", disable=not progress, leave=False)
+    replaced = {id(node): _emit(graph, node, layer, x, y, choose(layer)) for node, layer, x, y, _ in layers}
     nodes: list[Node] = []
     for node in graph.nodes:
         if id(node) in replaced:
@@ -95,12 +103,12 @@ def _match(graph, node, consumers, graph_outputs):
             if c is None or c.size not in (1, weight.shape[0]) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
                 return None
             bias = np.broadcast_to(c.reshape(-1), (weight.shape[0],)) * np.float32(beta)
-        return LinearLayer(label, np.ascontiguousarray(weight), _contiguous(bias)), node.inputs[0], node.outputs[0], []
+        return LinearLayer(label, _contiguous(weight), _contiguous(bias)), node.inputs[0], node.outputs[0], []
     if node.op_type == "MatMul":
         w = _float_constant(graph, node.inputs[1])
         if w is None or w.ndim != 2 or node.inputs[0] in graph.constants:
             return None
-        weight = np.ascontiguousarray(w.T)
+        weight = _contiguous(w.T)
         y, extra, bias = node.outputs[0], [], None
         users = consumers.get(y, [])
         if y not in graph_outputs and len(users) == 1 and users[0].op_type == "Add" and not users[0].domain:
@@ -123,17 +131,17 @@ def _match(graph, node, consumers, graph_outputs):
         bias = _float_constant(graph, node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
         if len(node.inputs) > 2 and node.inputs[2] and bias is None:
             return None
-        weight = np.ascontiguousarray(w.reshape(w.shape[0], w.shape[1]))
+        weight = _contiguous(w.reshape(w.shape[0], w.shape[1]))
         return LinearLayer(label, weight, _contiguous(bias)), node.inputs[0], node.outputs[0], []
     return None
 
 
 def _contiguous(array: np.ndarray | None) -> np.ndarray | None:
-    return None if array is None else np.ascontiguousarray(array, dtype=np.float32)
+    """A private, writable, C-contiguous float32 copy (constants may be read-only views)."""
+    return None if array is None else np.array(array, dtype=np.float32, order="C", copy=True)
 
 
-def _emit(graph: Graph, node: Node, layer: LinearLayer, x: str, y: str, choose: Chooser) -> list[Node]:
-    choice = choose(layer)
+def _emit(graph: Graph, node: Node, layer: LinearLayer, x: str, y: str, choice: Choice) -> list[Node]:
     base = graph.fresh_name(layer.name.replace("/", "_").strip("_") or "linear")
     arrays: dict[str, str] = {}
     for field_name, tensor in choice.weight.arrays().items():
@@ -144,14 +152,18 @@ def _emit(graph: Graph, node: Node, layer: LinearLayer, x: str, y: str, choose: 
     if layer.bias is not None:
         bias = graph.fresh_name(f"{base}.bias")
         graph.constants[bias] = layer.bias
+    def linear(x_name: str, y_name: str) -> Node:
+        return sparse_linear_node(base, x_name, y_name, bias, arrays, choice.weight, choice.kernel, choice.config,
+                                  choice.timings)
+
     if node.op_type != "Conv":
-        return [sparse_linear_node(base, x, y, bias, arrays, choice.weight, choice.kernel, choice.config)]
+        return [linear(x, y)]
     rank = graph.constants[node.inputs[1]].ndim
     to_last, to_first = ([0, 2, 1], [0, 2, 1]) if rank == 3 else ([0, 2, 3, 1], [0, 3, 1, 2])
     x_last, y_last = graph.fresh_name(f"{base}.x_channels_last"), graph.fresh_name(f"{base}.y_channels_last")
     return [
         Node("Transpose", [x], [x_last], {"perm": to_last}, f"{base}.to_channels_last"),
-        sparse_linear_node(base, x_last, y_last, bias, arrays, choice.weight, choice.kernel, choice.config),
+        linear(x_last, y_last),
         Node("Transpose", [y_last], [y], {"perm": to_first}, f"{base}.to_channels_first"),
     ]
 

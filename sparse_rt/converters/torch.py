@@ -6,19 +6,26 @@ masks in any of the usual forms (torch.nn.utils.prune's weight_orig * weight_mas
 hooks, torch.ao parametrizations, sparse_rt.pruning masks) are traced as
 initializer arithmetic, which the ONNX converter folds into the masked weight.
 
-The leading dim of every example input is exported as dynamic ("batch"), and for
-inputs of rank >= 2 whose second dim is not a feature size, the caller can name
-more dynamic dims with `dynamic_dims`.
+Structured layers (any module with a `to_format()` method returning a weight
+format, such as ButterflyLinear and PermutedBlockLinear) are exported as plain
+linear layers of the same map, and their formats are returned keyed by the
+signature of that weight, so lowering gives them back their structured format.
+
+The leading dim of every example input is exported as dynamic ("batch"); name
+more dynamic dims with `dynamic_dims` (e.g. {1: "seq"}).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from typing import Sequence
 
 import onnx
 import torch
+
+from sparse_rt.formats.base import WeightFormat
 
 DEFAULT_OPSET = 18
 
@@ -30,13 +37,14 @@ def export_module(
     dynamic_dims: dict[int, str] | None = None,
     opset: int = DEFAULT_OPSET,
     exporter: str = "torchscript",
-) -> onnx.ModelProto:
+) -> tuple[onnx.ModelProto, dict[str, WeightFormat]]:
     """Export `module` (in eval mode) to ONNX with a dynamic batch dim.
 
     example_inputs: tensors like the ones the model will see. dynamic_dims: extra
     {axis: name} dynamic dims applied to every input of sufficient rank, e.g.
     {1: "seq"} for [batch, seq, ...] inputs. exporter: "torchscript" (fast, the
-    default) or "dynamo" (torch.export based).
+    default) or "dynamo" (torch.export based). Returns the model and the
+    structured formats found, {weight signature: format}. `module` is not modified.
     """
     if example_inputs is None:
         raise TypeError("example_inputs: required to convert a torch.nn.Module (a tuple of example tensors)")
@@ -48,18 +56,43 @@ def export_module(
         raise TypeError(f"example_inputs: expected torch.Tensors, got {kinds}")
     names = [f"input_{i}" if len(example_inputs) > 1 else "input" for i in range(len(example_inputs))]
     axes = {0: "batch", **(dynamic_dims or {})}
-    was_training = module.training
-    module.eval()
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            if exporter == "torchscript":
-                return _export_torchscript(module, example_inputs, names, axes, opset)
-            if exporter == "dynamo":
-                return _export_dynamo(module, example_inputs, names, axes, opset)
-            raise ValueError(f"exporter: expected 'torchscript' or 'dynamo', got {exporter!r}")
-    finally:
-        module.train(was_training)
+    if exporter not in ("torchscript", "dynamo"):
+        raise ValueError(f"exporter: expected 'torchscript' or 'dynamo', got {exporter!r}")
+    module = copy.deepcopy(module).eval()
+    structured = _replace_structured_layers(module)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            proto = _export_torchscript(module, example_inputs, names, axes, opset)
+        else:
+            proto = _export_dynamo(module, example_inputs, names, axes, opset)
+    return proto, structured
+
+
+class _StructuredAsLinear(torch.nn.Linear):
+    """Stand-in for a structured layer during export: the same linear map, densely."""
+
+
+def _replace_structured_layers(module: torch.nn.Module) -> dict[str, WeightFormat]:
+    from sparse_rt.scheduler.tune import weight_signature
+
+    found: dict[str, WeightFormat] = {}
+    for parent in list(module.modules()):
+        for child_name, child in list(parent.named_children()):
+            to_format = getattr(child, "to_format", None)
+            if not callable(to_format):
+                continue
+            fmt = to_format()
+            weight = fmt.to_dense().to(torch.float32)
+            bias = getattr(child, "bias", None)
+            linear = _StructuredAsLinear(weight.shape[1], weight.shape[0], bias=bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(weight)
+                if bias is not None:
+                    linear.bias.copy_(bias.detach())
+            setattr(parent, child_name, linear)
+            found[weight_signature(linear.weight)] = fmt
+    return found
 
 
 def _export_torchscript(module, inputs, names, axes, opset) -> onnx.ModelProto:

@@ -1,8 +1,8 @@
 """Deterministic, timing-free choice of format and kernel for a linear layer.
 
-The thresholds come from benchmarks/layers.py on the development machine (2 AVX2
-cores): below them the sparse kernel beats the dense one at every batch size
-measured, above them dense wins or ties.
+On the CPU backend the choice comes from the CPU kernels' own measured rules
+(`sparse_rt.kernels.cpu.heuristic`); elsewhere a density rule picks the format
+and the first registered kernel with its default config runs it.
 """
 
 from __future__ import annotations
@@ -11,50 +11,28 @@ import torch
 
 from sparse_rt.converters.lowering import Choice, LinearLayer
 from sparse_rt.formats import get_format
-from sparse_rt.kernels.registry import kernels_for
+from sparse_rt.formats.base import WeightFormat
+from sparse_rt.kernels.cpu.heuristic import pick_cpu_kernel
+from sparse_rt.kernels.registry import backend_for, get_kernel, kernels_for
 
-# Unstructured: CSR beats dense below this density (batch 1..32).
-CSR_MAX_DENSITY = 0.30
-# Block-sparse: use BSR when the kept blocks hold at most this share of the matrix
-# and pad it with at most this many explicit zeros per nonzero.
-BSR_MAX_BLOCK_DENSITY = 0.35
-BSR_MAX_FILL_OVERHEAD = 1.25
-BSR_BLOCK_SHAPES = ((32, 32), (16, 16), (8, 8), (4, 4), (1, 8), (8, 1), (1, 4), (4, 1))
+# Non-CPU backends: CSR below this density, dense above.
+SPARSE_MAX_DENSITY = 0.3
 
 
-def heuristic_format(weight: torch.Tensor) -> tuple[str, dict]:
-    """(format name, from_dense params) for a dense [out, in] float weight."""
-    nonzero = weight != 0
-    nnz = int(nonzero.sum())
-    density = nnz / max(weight.numel(), 1)
-    if nnz == 0:
-        return "csr", {}
-    for r, c in BSR_BLOCK_SHAPES:
-        kept = _kept_blocks(nonzero, r, c)
-        stored = kept * r * c
-        if stored / weight.numel() <= BSR_MAX_BLOCK_DENSITY and stored <= BSR_MAX_FILL_OVERHEAD * nnz:
-            return "bsr", {"block_shape": (r, c)}
-    if density <= CSR_MAX_DENSITY:
-        return "csr", {}
-    return "dense", {}
-
-
-def _kept_blocks(nonzero: torch.Tensor, r: int, c: int) -> int:
-    out, inp = nonzero.shape
-    padded = torch.zeros((-(-out // r)) * r, (-(-inp // c)) * c, dtype=torch.bool)
-    padded[:out, :inp] = nonzero
-    blocks = padded.reshape(padded.shape[0] // r, r, padded.shape[1] // c, c)
-    return int(blocks.any(dim=3).any(dim=1).sum())
-
-
-def heuristic_choice(layer: LinearLayer, device: torch.device) -> Choice:
-    """Format by `heuristic_format`, then the first kernel and default config for the device."""
+def heuristic_choice(layer: LinearLayer, device: torch.device, structured: WeightFormat | None = None) -> Choice:
     weight = torch.from_numpy(layer.weight)
-    name, params = heuristic_format(weight)
-    fmt = get_format(name).from_dense(weight, **params)
+    if structured is not None:
+        fmt = structured
+    elif backend_for(device) == "cpu":
+        name, params, kernel, config = pick_cpu_kernel(weight, batch=1)
+        fmt = get_format(name).from_dense(weight, **params)
+        get_kernel(kernel)  # fails loudly if the rule names an unknown kernel
+        return Choice(fmt, kernel, config)
+    else:
+        density = float((weight != 0).float().mean()) if weight.numel() else 0.0
+        fmt = get_format("csr" if density <= SPARSE_MAX_DENSITY else "dense").from_dense(weight)
     kernels = kernels_for(fmt, device)
     if not kernels:
         fmt = get_format("dense").from_dense(weight)
         kernels = kernels_for(fmt, device)
-    kernel = kernels[0]
-    return Choice(fmt, kernel.name, kernel.configs(fmt, device)[0])
+    return Choice(fmt, kernels[0].name, kernels[0].configs(fmt, device)[0])

@@ -2,16 +2,58 @@
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import torch
 
-from sparse_rt.converters.lowering import Chooser, LinearLayer
+from sparse_rt.converters.lowering import Choice, Chooser, LinearLayer
+from sparse_rt.formats.base import WeightFormat
+from sparse_rt.scheduler.cache import TuningCache
 from sparse_rt.scheduler.heuristic import heuristic_choice
+from sparse_rt.scheduler.tune import Timer, tune_layer, wall_clock_timer, weight_signature
 
 
-def make_chooser(device: torch.device, batch_sizes: tuple[int, ...], tune: bool, progress: bool = False) -> Chooser:
-    """A function LinearLayer -> Choice for `device`, tuned at `batch_sizes` when `tune`."""
+def batch_weights(batch_sizes: Sequence[int] | Mapping[int, float]) -> dict[int, float]:
+    """{batch: weight} from a list of batch sizes (equal weights) or a mapping; validated."""
+    weights = dict(batch_sizes) if isinstance(batch_sizes, Mapping) else {int(b): 1.0 for b in batch_sizes}
+    if not weights or any(int(b) != b or b < 1 for b in weights) or any(w <= 0 for w in weights.values()):
+        raise ValueError(f"batch_sizes: expected positive integers (with positive weights), got {batch_sizes!r}")
+    return {int(b): float(w) for b, w in weights.items()}
 
-    def choose(layer: LinearLayer):
-        return heuristic_choice(layer, device)
+
+def make_chooser(
+    device: torch.device,
+    batch_sizes: Sequence[int] | Mapping[int, float] = (1,),
+    tune: bool = True,
+    cache: TuningCache | None = None,
+    timer: Timer = wall_clock_timer,
+    structured: Mapping[str, WeightFormat] | None = None,
+) -> Chooser:
+    """A function LinearLayer -> Choice for `device`.
+
+    tune=False: the deterministic heuristic. tune=True: time the candidates at
+    `batch_sizes` through `cache` (the default on-disk cache when None).
+    structured: {weight_signature: format} for layers that arrived as a
+    structured format (butterfly, permuted): that format joins the candidates
+    and is the heuristic's pick.
+    """
+    weights = batch_weights(batch_sizes)
+    structured = dict(structured or {})
+    if tune and cache is None:
+        cache = TuningCache()
+
+    def structured_format(layer: LinearLayer) -> WeightFormat | None:
+        if not structured:
+            return None
+        return structured.get(weight_signature(torch.from_numpy(layer.weight)))
+
+    def choose(layer: LinearLayer) -> Choice:
+        known = structured_format(layer)
+        if not tune:
+            return heuristic_choice(layer, device, known)
+        try:
+            return tune_layer(layer, device, weights, cache, timer, known)
+        finally:
+            cache.save()
 
     return choose

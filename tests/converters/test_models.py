@@ -54,7 +54,7 @@ def exported(request):
     torch.manual_seed(0)
     module, make_inputs, dims = MODELS[name]()
     _prune(module, 0.8)
-    proto = export_module(module, make_inputs(2, 6), dynamic_dims=dims, exporter=exporter)
+    proto, _ = export_module(module, make_inputs(2, 6), dynamic_dims=dims, exporter=exporter)
     return proto, make_inputs
 
 

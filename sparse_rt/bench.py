@@ -1,0 +1,478 @@
+"""`python -m sparse_rt.bench`: dense onnxruntime, dense torch and sparse_rt, side by side.
+
+With no arguments: a BERT-base-shaped encoder (12 layers, hidden 768, FFN 3072,
+12 heads, seq 128, seeded random weights) pruned to 90% by magnitude, exported
+to ONNX, converted and tuned, then timed in one process against onnxruntime on
+the same pruned file and against the pruned torch module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+from tqdm.auto import tqdm
+
+import sparse_rt
+from sparse_rt import zoo
+from sparse_rt.converters.torch import export_module
+from sparse_rt.runtime.session import set_threads
+
+MODELS = ("bert", "mlp", "cnn")
+
+
+@dataclass
+class Workload:
+    """A model to benchmark: the torch module (None for a file), its ONNX file, inputs per batch size."""
+
+    name: str
+    onnx_path: Path
+    make_feeds: Callable[[int], dict[str, np.ndarray]]
+    rows_per_sample: int
+    module: torch.nn.Module | None = None
+
+
+@dataclass
+class Latency:
+    engine: str
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    throughput: float  # samples per second at p50
+    runs: int
+    speedup_vs_ort: float | None = None
+    max_rel_error_vs_ort: float | None = None
+
+
+@dataclass
+class Report:
+    model: str
+    sparsity: float | None
+    pattern: str
+    threads: int
+    convert_seconds: float
+    weight_bytes: dict[str, int]
+    rss_mb: dict[str, float]
+    peak_rss_mb: float
+    latencies: list[Latency] = field(default_factory=list)
+    per_layer: list[dict] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def build_workload(kind: str, sparsity: float, pattern: str, seq_len: int, workdir: Path) -> Workload:
+    """Build a seeded zoo model, prune its linear layers, export it to ONNX."""
+    torch.manual_seed(0)
+    if kind == "bert":
+        module = zoo.seeded(zoo.Encoder(zoo.BERT_BASE))
+        vocab = zoo.BERT_BASE.vocab_size
+
+        def make_inputs(batch: int) -> tuple[torch.Tensor, ...]:
+            g = torch.Generator().manual_seed(batch)
+            return (torch.randint(0, vocab, (batch, seq_len), generator=g),
+                    torch.ones(batch, seq_len, dtype=torch.int64))
+
+        dims, rows = {1: "seq"}, seq_len
+    elif kind == "mlp":
+        module = zoo.seeded(zoo.MLP((768, 3072, 768, 3072, 768, 3072, 768, 3072, 768)))
+
+        def make_inputs(batch: int) -> tuple[torch.Tensor, ...]:
+            return (torch.randn(batch, 768, generator=torch.Generator().manual_seed(batch)),)
+
+        dims, rows = {}, 1
+    elif kind == "cnn":
+        module = zoo.seeded(zoo.SmallCNN(channels=128, blocks=4, classes=1000))
+
+        def make_inputs(batch: int) -> tuple[torch.Tensor, ...]:
+            return (torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(batch)),)
+
+        dims, rows = {}, 16 * 16
+    else:
+        raise ValueError(f"model: expected one of {MODELS} or a path, got {kind!r}")
+    prune(module, sparsity, pattern)
+    proto, _ = export_module(module, make_inputs(1), dynamic_dims=dims)
+    path = workdir / f"{kind}.onnx"
+    onnx.save(proto, str(path))
+    names = [i.name for i in proto.graph.input]
+
+    def make_feeds(batch: int) -> dict[str, np.ndarray]:
+        return {n: t.numpy() for n, t in zip(names, make_inputs(batch))}
+
+    return Workload(kind, path, make_feeds, rows, module)
+
+
+def prune(module: torch.nn.Module, sparsity: float, pattern: str) -> None:
+    """Prune every linear (and 1x1 conv) layer with the project's pruners, then bake the zeros in."""
+    from sparse_rt.pruning.magnitude import magnitude_prune
+    from sparse_rt.pruning.masks import finalize
+    from sparse_rt.pruning.structured import block_prune, nm_prune
+
+    if sparsity <= 0 and not pattern.startswith("n:m"):
+        return
+    kind, _, arg = pattern.partition(":")
+    if kind == "unstructured":
+        magnitude_prune(module, sparsity)
+    elif kind == "block":
+        magnitude_block = parse_block(arg)
+        block_prune(module, sparsity, magnitude_block)
+    elif pattern == "n:m" or kind.isdigit():
+        n, m = parse_nm(pattern)
+        nm_prune(module, n, m)
+    else:
+        raise ValueError(f"pattern: expected unstructured, block:RxC or N:M (e.g. 2:4), got {pattern!r}")
+    finalize(module)
+
+
+def parse_block(text: str) -> tuple[int, int]:
+    try:
+        r, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"pattern block: expected block:RxC such as block:4x4, got block:{text!r}") from None
+    return r, c
+
+
+def parse_nm(pattern: str) -> tuple[int, int]:
+    try:
+        n, m = (int(v) for v in pattern.split(":"))
+    except ValueError:
+        raise ValueError(f"pattern: expected N:M such as 2:4, got {pattern!r}") from None
+    if not 0 < n < m:
+        raise ValueError(f"pattern: expected 0 < N < M, got {pattern!r}")
+    return n, m
+
+
+def file_workload(path: str) -> Workload:
+    """A workload from any ONNX file (or one saved by sparse_rt): random inputs from its signature.
+
+    Dynamic dims are filled with the batch size (axis 0) or 16 (other axes);
+    integer inputs get zeros and ones (valid ids and masks).
+    """
+    if _is_sparse_rt_file(path):
+        described = sparse_rt.InferenceSession(path).get_inputs()
+    else:
+        import onnxruntime as ort
+
+        described = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).get_inputs()
+    types = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
+
+    def make_feeds(batch: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(batch)
+        feeds = {}
+        for arg in described:
+            dims = [d if isinstance(d, int) and d > 0 else (batch if axis == 0 else 16) for axis, d in enumerate(arg.shape)]
+            dtype = types.get(arg.type, arg.type[len("tensor("):-1])
+            if dtype.startswith("float"):
+                feeds[arg.name] = rng.standard_normal(dims).astype(dtype)
+            else:
+                feeds[arg.name] = rng.integers(0, 2, dims).astype(dtype)
+        return feeds
+
+    return Workload(Path(path).stem, Path(path), make_feeds, 1)
+
+
+def _is_sparse_rt_file(path: str) -> bool:
+    proto = onnx.load(path, load_external_data=False)
+    return any(o.domain == "ai.sparse_rt" for o in proto.opset_import)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def measure(fn: Callable[[], object], warmup: int, iters: int | None, seconds: float) -> list[float]:
+    """Latencies in seconds of warm calls: `iters` of them, or as many as fit in `seconds` (at least 3)."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+        if iters is not None:
+            if len(samples) >= iters:
+                break
+        elif len(samples) >= 3 and time.perf_counter() - start >= seconds:
+            break
+    return samples
+
+
+def percentile(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples), q))
+
+
+def rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def max_relative_error(actual: list[np.ndarray], expected: list[np.ndarray]) -> float:
+    worst = 0.0
+    for a, e in zip(actual, expected):
+        scale = max(float(np.abs(e).max(initial=0.0)), 1e-12)
+        worst = max(worst, float(np.abs(a.astype(np.float64) - e).max(initial=0.0)) / scale)
+    return worst
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run_bench(args: argparse.Namespace) -> Report:
+    set_threads(args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="sparse_rt_bench_"))
+    stages = ["build", "convert", "measure"]
+    bar = tqdm(total=len(stages), desc="bench", unit="stage", disable=args.quiet, leave=False)
+    bar.set_postfix_str("building and pruning the model")
+    if args.model in MODELS:
+        workload = build_workload(args.model, args.sparsity, args.pattern, args.seq_len, workdir)
+    elif Path(args.model).exists():
+        workload = file_workload(args.model)
+    else:
+        raise ValueError(f"--model: expected one of {MODELS} or an existing ONNX file, got {args.model!r}")
+    bar.update(1)
+
+    bar.set_postfix_str("converting and tuning")
+    rss0 = rss_mb()
+    start = time.perf_counter()
+    if _is_sparse_rt_file(str(workload.onnx_path)):
+        graph = sparse_rt.load(workload.onnx_path)
+    else:
+        rows = [b * workload.rows_per_sample for b in args.batch_sizes]
+        graph = sparse_rt.convert(str(workload.onnx_path), batch_sizes=rows, tune=not args.no_tune, progress=not args.quiet)
+    ours = sparse_rt.InferenceSession(graph, threads=args.threads)
+    convert_seconds = time.perf_counter() - start
+    rss = {"sparse_rt": rss_mb() - rss0}
+    bar.update(1)
+
+    engines: dict[str, Callable[[dict], list[np.ndarray]]] = {"sparse_rt": lambda feeds: ours.run(None, feeds)}
+    ort_session = None
+    if not args.no_compare and not _is_sparse_rt_file(str(workload.onnx_path)):
+        import onnxruntime as ort
+
+        rss0 = rss_mb()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        options.inter_op_num_threads = 1
+        ort_session = ort.InferenceSession(str(workload.onnx_path), options, providers=["CPUExecutionProvider"])
+        rss["onnxruntime"] = rss_mb() - rss0
+        engines = {"onnxruntime": lambda feeds: ort_session.run(None, feeds), **engines}
+        if workload.module is not None:
+            module = workload.module
+
+            def torch_run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+                with torch.inference_mode():
+                    out = module(*(torch.from_numpy(v) for v in feeds.values()))
+                return [out.numpy()]
+
+            engines = {"onnxruntime": engines["onnxruntime"], "torch": torch_run, "sparse_rt": engines["sparse_rt"]}
+
+    report = Report(
+        model=workload.name, sparsity=args.sparsity if args.model in MODELS else None, pattern=args.pattern,
+        threads=args.threads, convert_seconds=convert_seconds, weight_bytes=weight_bytes(graph),
+        rss_mb=rss, peak_rss_mb=0.0, environment=environment(),
+    )
+    bar.set_postfix_str("measuring")
+    for batch in args.batch_sizes:
+        feeds = workload.make_feeds(batch)
+        reference = engines["onnxruntime"](feeds) if "onnxruntime" in engines else None
+        base = None
+        for name, engine in engines.items():
+            samples = measure(lambda: engine(feeds), args.warmup, args.iters, args.seconds)
+            p50 = percentile(samples, 50)
+            row = Latency(name, batch, p50 * 1e3, percentile(samples, 90) * 1e3, percentile(samples, 99) * 1e3,
+                          batch / p50, len(samples))
+            if name == "onnxruntime":
+                base = p50
+            if base is not None:
+                row.speedup_vs_ort = base / p50
+            if reference is not None and name != "onnxruntime":
+                row.max_rel_error_vs_ort = max_relative_error(engine(feeds), reference)
+            report.latencies.append(row)
+    if args.per_layer:
+        profile = ours.profile(workload.make_feeds(args.batch_sizes[0]))
+        report.per_layer = [{"node": label, "ms": seconds * 1e3} for label, seconds in profile]
+    report.peak_rss_mb = peak_rss_mb()
+    bar.update(1)
+    bar.close()
+    return report
+
+
+def weight_bytes(graph: sparse_rt.Graph) -> dict[str, int]:
+    """Bytes of the linear layers' weights as converted vs as dense float32, and of all constants."""
+    from sparse_rt.ops.sparse_linear import weight_of
+
+    linear, dense = 0, 0
+    for node in graph.nodes:
+        if node.op_type == "SparseLinear":
+            w = weight_of(node, graph.constants)
+            linear += w.nbytes
+            dense += w.shape[0] * w.shape[1] * 4
+    constants = sum(a.nbytes for a in graph.constants.values())
+    return {"linear_sparse_rt": linear, "linear_dense": dense, "all_constants_sparse_rt": constants}
+
+
+def environment() -> dict[str, str]:
+    import onnxruntime
+
+    from sparse_rt.scheduler.cache import _cpu_model
+
+    return {
+        "date": time.strftime("%Y-%m-%d"), "cpu": _cpu_model(), "python": platform.python_version(),
+        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "sparse_rt": sparse_rt.__version__,
+    }
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def format_table(report: Report) -> str:
+    lines = [
+        f"model {report.model}" + (f", {report.sparsity:.0%} {report.pattern}" if report.sparsity is not None else "")
+        + f", {report.threads} threads; {report.environment.get('cpu', '')}",
+        f"{'engine':<12} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'samples/s':>10} {'vs ort':>7} {'max rel err':>11}",
+    ]
+    for r in report.latencies:
+        speed = f"{r.speedup_vs_ort:.2f}x" if r.speedup_vs_ort is not None else "-"
+        err = f"{r.max_rel_error_vs_ort:.1e}" if r.max_rel_error_vs_ort is not None else "-"
+        lines.append(f"{r.engine:<12} {r.batch:>5} {r.p50_ms:>9.2f} {r.p90_ms:>9.2f} {r.p99_ms:>9.2f} "
+                     f"{r.throughput:>10.1f} {speed:>7} {err:>11}")
+    wb = report.weight_bytes
+    if wb["linear_dense"]:
+        lines.append(f"linear weights: sparse_rt {wb['linear_sparse_rt'] / 2**20:.1f} MiB vs dense "
+                     f"{wb['linear_dense'] / 2**20:.1f} MiB ({wb['linear_sparse_rt'] / wb['linear_dense']:.1%})")
+    lines.append("memory added (RSS): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in report.rss_mb.items())
+                 + f"; process peak {report.peak_rss_mb:.0f} MiB")
+    lines.append(f"convert + tune: {report.convert_seconds:.1f} s")
+    if report.per_layer:
+        lines.append("slowest nodes (sparse_rt, batch %d):" % report.latencies[0].batch)
+        lines.extend(f"  {row['ms']:8.3f} ms  {row['node']}" for row in report.per_layer[:15])
+    return "\n".join(lines)
+
+
+def write_plot(reports: list[Report], path: str) -> None:
+    """PNG: speedup over onnxruntime vs sparsity (if several), and time per layer (if measured)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'sparse_rt[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_layer = reports[-1].per_layer
+    fig, axes = plt.subplots(1, 2 if per_layer else 1, figsize=(13 if per_layer else 7, 5), squeeze=False)
+    ax = axes[0][0]
+    batches = sorted({r.batch for rep in reports for r in rep.latencies})
+    for batch in batches:
+        points = sorted((rep.sparsity or 0.0, r.speedup_vs_ort) for rep in reports for r in rep.latencies
+                        if r.engine == "sparse_rt" and r.batch == batch and r.speedup_vs_ort)
+        if points:
+            xs, ys = zip(*points)
+            ax.plot([x * 100 for x in xs], ys, marker="o", label=f"batch {batch}")
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("sparsity of linear layers (%)")
+    ax.set_ylabel("speedup over onnxruntime dense")
+    ax.set_title(f"sparse_rt on {reports[-1].model}")
+    ax.legend()
+    if per_layer:
+        ax2 = axes[0][1]
+        top = per_layer[:20][::-1]
+        ax2.barh([row["node"][:40] for row in top], [row["ms"] for row in top])
+        ax2.set_xlabel("ms per call (median)")
+        ax2.set_title("slowest nodes")
+        ax2.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m sparse_rt.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="bert", help=f"built-in {'|'.join(MODELS)} or a path to an ONNX file")
+    parser.add_argument("--sparsity", type=float, default=0.9, help="fraction of linear weights pruned (built-in models)")
+    parser.add_argument("--pattern", default="unstructured", help="unstructured | block:RxC | N:M")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2) if os.cpu_count() else 1)
+    parser.add_argument("--warmup", type=int, default=2)
+    runs = parser.add_mutually_exclusive_group()
+    runs.add_argument("--iters", type=int, default=None, help="timed runs per engine and batch")
+    runs.add_argument("--seconds", type=float, default=4.0, help="time budget per engine and batch (default)")
+    parser.add_argument("--suite", choices=["layers", "models"], default=None, help="run a named suite instead")
+    parser.add_argument("--json", dest="json_path", default=None, help="write every figure to this JSON file")
+    parser.add_argument("--per-layer", action="store_true", help="time each node of sparse_rt's graph")
+    parser.add_argument("--plot", default=None, help="write a PNG (speedup vs sparsity, time per layer)")
+    parser.add_argument("--no-compare", action="store_true", help="time sparse_rt only")
+    parser.add_argument("--no-tune", action="store_true", help="heuristic kernel choice (no autotuning)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.sparsity < 1.0:
+        parser.error(f"--sparsity: expected a fraction in [0, 1), got {args.sparsity}")
+    if any(b < 1 for b in args.batch_sizes):
+        parser.error(f"--batch-sizes: expected positive integers, got {args.batch_sizes}")
+    if args.seq_len < 1 or args.threads < 1 or args.warmup < 0 or (args.iters is not None and args.iters < 1):
+        parser.error("--seq-len, --threads and --iters must be positive, --warmup non-negative")
+    try:
+        kind = args.pattern.partition(":")[0]
+        if kind == "block":
+            parse_block(args.pattern.partition(":")[2])
+        elif kind != "unstructured":
+            parse_nm(args.pattern)
+    except ValueError as exc:
+        parser.error(f"--pattern: {exc}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.suite == "layers":
+        from sparse_rt.bench_layers import main as layers_main
+
+        return layers_main(["--threads", str(args.threads)] + (["--json", args.json_path] if args.json_path else []))
+    if args.suite == "models":
+        from sparse_rt.bench_models import run_models_suite
+
+        reports = run_models_suite(args)
+    else:
+        try:
+            reports = [run_bench(args)]
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(format_table(reports[0]))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps([asdict(r) for r in reports], indent=2))
+    if args.plot:
+        write_plot(reports, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The `models` suite of the bench: built-in models x sparsity x pattern, one table."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+from tqdm.auto import tqdm
+
+from sparse_rt.bench import Report, run_bench
+
+SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98)
+PATTERNS = ("unstructured", "block:16x16")
+# BERT-base takes about a minute per point here: fewer points for it
+SUITE = (
+    [("mlp", s, p) for p in PATTERNS for s in SPARSITIES]
+    + [("cnn", s, p) for p in PATTERNS for s in SPARSITIES]
+    + [("bert", 0.0, "unstructured"), ("bert", 0.9, "unstructured"), ("bert", 0.9, "block:16x16")]
+)
+
+
+def run_models_suite(args: argparse.Namespace) -> list[Report]:
+    """Run every (model, sparsity, pattern) point with the caller's batch sizes and timing options."""
+    reports = []
+    for model, sparsity, pattern in tqdm(SUITE, desc="models suite", unit="point", disable=args.quiet):
+        point = copy.copy(args)
+        point.model, point.sparsity, point.pattern = model, sparsity, pattern
+        point.per_layer, point.quiet, point.no_compare = False, True, False
+        reports.append(run_bench(point))
+    print(markdown_table(reports))
+    return reports
+
+
+def markdown_table(reports: list[Report]) -> str:
+    """One row per (model, pattern, sparsity, batch): medians in ms and speedup over onnxruntime."""
+    lines = [
+        "| model | pattern | sparsity | batch | onnxruntime ms | torch ms | sparse_rt ms | vs onnxruntime | linear weights MiB (sparse_rt / dense) | max rel err |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rep in reports:
+        for batch in sorted({r.batch for r in rep.latencies}):
+            rows = {r.engine: r for r in rep.latencies if r.batch == batch}
+            ours = rows["sparse_rt"]
+
+            def ms(engine: str) -> str:
+                return f"{rows[engine].p50_ms:.2f}" if engine in rows else "-"
+
+            wb = rep.weight_bytes
+            lines.append(
+                f"| {rep.model} | {rep.pattern} | {rep.sparsity or 0:.0%} | {batch} | {ms('onnxruntime')} | {ms('torch')} | "
+                f"{ours.p50_ms:.2f} | {ours.speedup_vs_ort:.2f}x | {wb['linear_sparse_rt'] / 2**20:.1f} / "
+                f"{wb['linear_dense'] / 2**20:.1f} | {ours.max_rel_error_vs_ort:.1e} |"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""`explain`: per-layer report of a converted model's choices and tuning measurements."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph
+from sparse_rt.ops.sparse_linear import weight_of
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    name: str
+    shape: tuple[int, int]
+    density: float
+    format: str
+    kernel: str
+    nbytes: int
+    dense_nbytes: int
+    timings: dict[str, dict[int, float]]  # candidate label -> {batch: seconds}
+    chosen: str | None                    # label of the chosen candidate, if tuned
+
+    def seconds(self, label: str | None, batch: int) -> float | None:
+        return self.timings.get(label, {}).get(batch) if label else None
+
+    def dense_label(self) -> str | None:
+        return next((label for label in self.timings if label.startswith("dense")), None)
+
+
+def layer_reports(graph: Graph) -> list[LayerReport]:
+    reports = []
+    for node in graph.nodes:
+        if node.domain != SPARSE_DOMAIN or node.op_type != "SparseLinear":
+            continue
+        weight = weight_of(node, graph.constants)
+        dense = weight.to_dense()
+        timings = {label: {int(b): t for b, t in per_batch.items()}
+                   for label, per_batch in json.loads(node.attributes.get("timings", "{}")).items()}
+        config = json.loads(node.attributes.get("config", "{}") or "{}")
+        chosen = next((label for label in timings if _matches(label, weight, node.attributes["kernel"], config)), None)
+        reports.append(LayerReport(
+            name=node.label(), shape=tuple(weight.shape), density=float((dense != 0).float().mean()) if dense.numel() else 0.0,
+            format=weight.name, kernel=node.attributes["kernel"], nbytes=weight.nbytes,
+            dense_nbytes=dense.numel() * 4, timings=timings, chosen=chosen,
+        ))
+    return reports
+
+
+def _matches(label: str, weight, kernel: str, config: dict) -> bool:
+    from sparse_rt.scheduler.candidates import Candidate
+
+    return label == Candidate(weight, kernel, config).label
+
+
+def format_report(reports: list[LayerReport], batch: int | None = None) -> str:
+    """A text table: one row per layer, then the totals and predicted speedup over dense."""
+    if not reports:
+        return "no SparseLinear layers in this model"
+    batches = sorted({b for r in reports for t in r.timings.values() for b in t})
+    batch = batch if batch is not None else (batches[0] if batches else None)
+    lines = [f"{'layer':<28} {'shape':>11} {'density':>7} {'choice':<34} {'bytes':>10} {'ms':>8} {'GB/s':>6}  candidates (ms at batch {batch})"]
+    total, total_dense = 0.0, 0.0
+    for r in reports:
+        chosen_s = r.seconds(r.chosen, batch) if batch else None
+        dense_s = r.seconds(r.dense_label(), batch) if batch else None
+        if chosen_s is not None and dense_s is not None:
+            total += chosen_s
+            total_dense += dense_s
+        ms = f"{chosen_s * 1e3:.3f}" if chosen_s else "-"
+        gbs = f"{r.nbytes / chosen_s / 1e9:.1f}" if chosen_s else "-"
+        ranked = sorted(((t.get(batch), label) for label, t in r.timings.items() if t.get(batch) is not None))
+        cands = ", ".join(f"{label} {t * 1e3:.3f}" for t, label in ranked[:4])
+        if len(ranked) > 4:
+            cands += f", ... ({len(ranked)} in all)"
+        choice = f"{r.format}/{r.kernel}"
+        lines.append(f"{r.name[:28]:<28} {r.shape[0]:>5}x{r.shape[1]:<5} {r.density:>7.1%} {choice[:34]:<34} "
+                     f"{r.nbytes:>10,} {ms:>8} {gbs:>6}  {cands or 'not tuned (heuristic choice)'}")
+    weight_bytes = sum(r.nbytes for r in reports)
+    dense_bytes = sum(r.dense_nbytes for r in reports)
+    lines.append(f"total: {len(reports)} layers, weights {weight_bytes:,} bytes ({weight_bytes / dense_bytes:.1%} of dense {dense_bytes:,})")
+    if total > 0:
+        lines.append(f"linear layers at batch {batch}: {total * 1e3:.3f} ms vs dense {total_dense * 1e3:.3f} ms "
+                     f"-> predicted speedup {total_dense / total:.2f}x")
+    return "\n".join(lines)

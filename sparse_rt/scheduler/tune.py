@@ -1,0 +1,93 @@
+"""Autotuning: time every candidate of a layer at the user's batch sizes, keep the fastest.
+
+The score of a candidate is the weighted sum of its median times over the batch
+sizes. Dense is always among the candidates, so a tuned layer is never slower
+than the dense one (up to timing noise). Measurements go through the tuning
+cache, so re-converting the same model on the same machine times nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import time
+from typing import Callable, Mapping
+
+import torch
+
+from sparse_rt.converters.lowering import Choice, LinearLayer
+from sparse_rt.formats.base import WeightFormat
+from sparse_rt.kernels.registry import BoundLinear, get_kernel
+from sparse_rt.scheduler.cache import TuningCache, device_fingerprint
+from sparse_rt.scheduler.candidates import Candidate, candidates
+
+Timer = Callable[[Candidate, BoundLinear, torch.Tensor], float]
+
+
+def median_time(fn: BoundLinear, x: torch.Tensor, warmup: int = 2, min_runs: int = 5,
+                max_runs: int = 30, budget_s: float = 0.03) -> float:
+    """Median wall time of fn(x) in seconds over warm runs, within a time budget."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn(x)
+        samples: list[float] = []
+        start = time.perf_counter()
+        while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter() - start < budget_s):
+            t0 = time.perf_counter()
+            fn(x)
+            samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def wall_clock_timer(candidate: Candidate, fn: BoundLinear, x: torch.Tensor) -> float:
+    return median_time(fn, x)
+
+
+def weight_signature(weight: torch.Tensor) -> str:
+    """A short content hash of a weight (cache keys are per weight, not just per shape)."""
+    data = weight.detach().contiguous().cpu().numpy().tobytes()
+    return hashlib.blake2b(data, digest_size=10).hexdigest()
+
+
+def _format_signature(fmt: WeightFormat) -> str:
+    params = ",".join(f"{k}={v}" for k, v in sorted(fmt.attributes().items()))
+    return f"{fmt.name}({params})"
+
+
+def tune_layer(
+    layer: LinearLayer,
+    device: torch.device,
+    batch_weights: Mapping[int, float],
+    cache: TuningCache,
+    timer: Timer = wall_clock_timer,
+    structured: WeightFormat | None = None,
+) -> Choice:
+    """Time every candidate of `layer` and return the fastest, with all timings."""
+    weight = torch.from_numpy(layer.weight)
+    bias = None if layer.bias is None else torch.from_numpy(layer.bias)
+    signature = weight_signature(weight)
+    fingerprint = device_fingerprint(device)
+    generator = torch.Generator().manual_seed(0)
+    inputs = {b: torch.randn(b, weight.shape[1], generator=generator).to(device) for b in batch_weights}
+    timings: dict[str, dict[int, float]] = {}
+    best: tuple[float, Candidate] | None = None
+    for candidate in candidates(weight, device, structured):
+        bound = None
+        per_batch: dict[int, float] = {}
+        for batch, x in inputs.items():
+            key = TuningCache.key(fingerprint, candidate.kernel, candidate.config, tuple(weight.shape),
+                                  f"{signature}:{_format_signature(candidate.weight)}", batch)
+            seconds = cache.get(key)
+            if seconds is None:
+                if bound is None:
+                    bound = get_kernel(candidate.kernel).bind(candidate.weight, bias, candidate.config, device)
+                seconds = timer(candidate, bound, x)
+                cache.put(key, seconds)
+            per_batch[batch] = seconds
+        timings[candidate.label] = per_batch
+        score = sum(batch_weights[b] * t for b, t in per_batch.items())
+        if best is None or score < best[0]:
+            best = (score, candidate)
+    assert best is not None  # dense is always a candidate
+    chosen = best[1]
+    return Choice(chosen.weight, chosen.kernel, chosen.config, timings)

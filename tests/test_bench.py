@@ -1,0 +1,68 @@
+"""The bench CLI: argument handling and small end-to-end runs."""
+
+import json
+
+import onnx
+import pytest
+
+from sparse_rt import bench
+from tests.scheduler.test_tuning import two_layer_model
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sparsity", "1.5"], "--sparsity"),
+        (["--batch-sizes", "0"], "--batch-sizes"),
+        (["--pattern", "block:4by4"], "--pattern"),
+        (["--pattern", "5:4"], "--pattern"),
+        (["--iters", "3", "--seconds", "1"], "not allowed with"),
+        (["--suite", "everything"], "--suite"),
+    ],
+)
+def test_bad_arguments_are_rejected(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.parse_args(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_defaults_describe_the_built_in_run():
+    args = bench.parse_args([])
+    assert (args.model, args.sparsity, args.pattern, args.seq_len, args.batch_sizes) == ("bert", 0.9, "unstructured", 128, [1, 8])
+
+
+def test_missing_model_file_is_a_clean_error(tmp_path, capsys):
+    assert bench.main(["--model", str(tmp_path / "nope.onnx"), "--quiet"]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_file_model_end_to_end_with_json_plot_and_per_layer(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SPARSE_RT_CACHE", str(tmp_path / "cache.json"))
+    model, json_path, png = tmp_path / "m.onnx", tmp_path / "r.json", tmp_path / "r.png"
+    onnx.save(two_layer_model(256, 1024, 64), str(model))
+    argv = ["--model", str(model), "--batch-sizes", "1", "4", "--iters", "3", "--warmup", "1", "--threads", "1", "--no-tune",
+            "--json", str(json_path), "--plot", str(png), "--per-layer", "--quiet"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime" in out and "sparse_rt" in out and "slowest nodes" in out
+    (report,) = json.loads(json_path.read_text())
+    engines = {(r["engine"], r["batch"]) for r in report["latencies"]}
+    assert engines == {("onnxruntime", 1), ("sparse_rt", 1), ("onnxruntime", 4), ("sparse_rt", 4)}
+    for row in report["latencies"]:
+        assert row["p50_ms"] > 0 and row["p50_ms"] <= row["p99_ms"] and row["runs"] == 3
+        if row["engine"] == "sparse_rt":
+            assert row["max_rel_error_vs_ort"] <= 1e-4 and row["speedup_vs_ort"] > 0
+    assert report["weight_bytes"]["linear_sparse_rt"] < report["weight_bytes"]["linear_dense"]
+    assert report["per_layer"] and report["convert_seconds"] > 0 and report["peak_rss_mb"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_built_in_mlp_with_torch_comparison(tmp_path, capsys):
+    argv = ["--model", "mlp", "--sparsity", "0.9", "--batch-sizes", "1", "--iters", "2", "--warmup", "0",
+            "--no-tune", "--quiet", "--json", str(tmp_path / "r.json")]
+    assert bench.main(argv) == 0
+    (report,) = json.loads((tmp_path / "r.json").read_text())
+    assert {r["engine"] for r in report["latencies"]} == {"onnxruntime", "torch", "sparse_rt"}
+    assert all(r["max_rel_error_vs_ort"] <= 1e-4 for r in report["latencies"] if r["engine"] != "onnxruntime")
+    assert 0.08 < report["weight_bytes"]["linear_sparse_rt"] / report["weight_bytes"]["linear_dense"] < 0.2
