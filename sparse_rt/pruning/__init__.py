@@ -15,28 +15,47 @@ from sparse_rt.pruning.masks import apply_masks, densities, finalize, get_masks,
 from sparse_rt.pruning.permuted import PermutedBlockLinear
 from sparse_rt.pruning.structured import block_masks, block_prune, nm_masks, nm_prune
 
-__all__ = [
-    "ButterflyLinear",
-    "CubicSchedule",
-    "GradualPruner",
-    "LotteryTicket",
-    "PermutedBlockLinear",
-    "apply_masks",
-    "block_masks",
-    "block_prune",
-    "densities",
-    "finalize",
-    "get_masks",
-    "imp_sparsities",
-    "magnitude_masks",
-    "magnitude_prune",
-    "nm_masks",
-    "nm_prune",
-    "prunable_layers",
-]
 from sparse_rt.pruning.dst import SET, CosineDropSchedule, DynamicSparseTraining, RigL, erk_densities
 from sparse_rt.pruning.dst import layer_keep_counts, random_masks
 from sparse_rt.pruning.init_pruning import grasp_prune, grasp_scores, snip_prune, snip_scores
 from sparse_rt.pruning.init_pruning import synflow_prune, synflow_scores
 from sparse_rt.pruning.reinit import sign_constant_reinit
 from sparse_rt.pruning.topologies import TOPOLOGIES, graph_metrics, network_laplacian, topology_mask
+
+__all__ = [
+    "apply_masks",
+    "block_masks",
+    "block_prune",
+    "ButterflyLinear",
+    "CosineDropSchedule",
+    "CubicSchedule",
+    "densities",
+    "DynamicSparseTraining",
+    "erk_densities",
+    "finalize",
+    "get_masks",
+    "GradualPruner",
+    "graph_metrics",
+    "grasp_prune",
+    "grasp_scores",
+    "imp_sparsities",
+    "layer_keep_counts",
+    "LotteryTicket",
+    "magnitude_masks",
+    "magnitude_prune",
+    "network_laplacian",
+    "nm_masks",
+    "nm_prune",
+    "PermutedBlockLinear",
+    "prunable_layers",
+    "random_masks",
+    "RigL",
+    "SET",
+    "sign_constant_reinit",
+    "snip_prune",
+    "snip_scores",
+    "synflow_prune",
+    "synflow_scores",
+    "TOPOLOGIES",
+    "topology_mask",
+]
