@@ -56,8 +56,12 @@ def _onnx_type_name(dtype: str) -> str:
 
 @dataclass
 class _Step:
+    """One bound node: `template` holds its constant (and omitted) inputs in place;
+    `dynamic` lists (position, value name) of the inputs computed at run time."""
+
     fn: OpCallable
-    inputs: tuple[str, ...]
+    template: tuple
+    dynamic: tuple[tuple[int, str], ...]
     outputs: tuple[str, ...]
     release: tuple[str, ...]
     label: str
@@ -138,7 +142,9 @@ class InferenceSession:
             # outputs nobody reads are dropped right away
             dying |= {o for o in node.outputs if o and o not in last_use and o not in keep}
             label = f"{node.label()} ({node.op_type})"
-            steps.append(_Step(fn, tuple(node.inputs), tuple(node.outputs), tuple(sorted(dying)), label))
+            template = tuple(self._constants.get(name) if name else None for name in node.inputs)
+            dynamic = tuple((i, name) for i, name in enumerate(node.inputs) if name and name not in self._constants)
+            steps.append(_Step(fn, template, dynamic, tuple(node.outputs), tuple(sorted(dying)), label))
         return steps
 
     def get_inputs(self) -> list[NodeArg]:
@@ -176,10 +182,14 @@ class InferenceSession:
         return sorted(medians, key=lambda item: -item[1])
 
     def _execute(self, values: dict[str, torch.Tensor], timings: dict[str, list[float]] | None = None) -> None:
-        values.update(self._constants)
+        for value in self._outputs:  # outputs that are constants
+            if value.name in self._constants:
+                values[value.name] = self._constants[value.name]
         with torch.inference_mode():
             for step in self._steps:
-                args = [values[name] if name else None for name in step.inputs]
+                args = list(step.template)
+                for position, name in step.dynamic:
+                    args[position] = values[name]
                 start = time.perf_counter() if timings is not None else 0.0
                 try:
                     result = step.fn(*args)
