@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import onnx
 import torch
 
+from sparse_rt.converters.fusion import fuse_graph
 from sparse_rt.converters.lowering import lower_linear_layers
 from sparse_rt.converters.onnx import import_onnx
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph
@@ -47,6 +48,7 @@ def convert(
         graph = model
     else:
         graph = import_onnx(model)
+        fuse_graph(graph)
     if lower:
         from sparse_rt.scheduler.plan import make_chooser
 
