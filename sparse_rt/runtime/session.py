@@ -287,8 +287,5 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def set_threads(threads: int) -> None:
-    """Set the intra-op threads of torch and of the compiled CPU kernels."""
-    import numba
-
+    """Set the intra-op threads of torch, which the compiled CPU kernels share."""
     torch.set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

@@ -1,0 +1,191 @@
+"""C kernels for CSR linear layers (and for N:M weights expanded to CSR).
+
+Batch 1 (`csr_gemv_<index>_u<unroll>`): each row is a gather dot product,
+`unroll` SIMD accumulators wide, the tail done with masked loads and gathers.
+
+Batched (`csr_gemm_<index>`): x [rows, in] is first transposed into a scratch
+xT [in, rows padded to VL], so that every nonzero (r, c) is one broadcast of its
+value times the contiguous batch tile xT[c, b0:b0 + tile], accumulated in
+registers for row r; the tile is `batch_vectors` SIMD registers wide.
+
+Both split the output rows into tasks whose boundaries (`task_rows`, [tasks + 1])
+balance nonzeros; the tasks run through `_pool.sr_parallel_for`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+from sparse_rt.kernels.cpu._native import declare, load_library
+
+SOURCE = r"""
+/* Accumulator sets per batch-tile width (NV registers): UK nonzeros in flight per step. */
+#define CSR_UK1 4
+#define CSR_UK2 2
+#define CSR_UK3 2
+#define CSR_UK4 1
+
+/* Batched outputs are computed ROW_GROUP rows at a time into a [ROW_GROUP, tile] buffer and
+   written with 8x8 transposes as runs of consecutive outputs of y [rows, out]: one float per
+   row would touch a new cache line per store (and, when out * 4 is a multiple of 4096, keep
+   hitting the same L1 set). */
+#define ROW_GROUP 8
+static inline void _store_tile(const float* tile, int64_t tile_width, int64_t rows_in_group,
+                               int lanes, float* y, int64_t out, int64_t r0, int64_t b0) {
+    int l0 = 0;
+    if (rows_in_group == ROW_GROUP)
+        for (; l0 + 8 <= lanes; l0 += 8)
+            _transpose_8x8(tile + l0, tile_width, y + (b0 + l0) * out + r0, out);
+    for (int l = l0; l < lanes; l++)
+        for (int64_t g = 0; g < rows_in_group; g++) y[(b0 + l) * out + r0 + g] = tile[g * tile_width + l];
+}
+
+struct csr_job {
+    const int64_t* task_rows;
+    const int64_t* row_offsets;
+    const void* column_indices;
+    const float *values, *bias, *x, *xt;
+    float* y;
+    int64_t rows, out, ldt, batch_vectors;
+};
+
+#define DEFINE_CSR_GEMV(IDX, ITYPE, UNROLL)                                                   \
+static void _csr_gemv_task_##IDX##_u##UNROLL(void* context, int64_t t, int worker) {         \
+    const struct csr_job* job = (const struct csr_job*)context;                              \
+    const int64_t* row_offsets = job->row_offsets;                                           \
+    const ITYPE* column_indices = (const ITYPE*)job->column_indices;                         \
+    const float *values = job->values, *bias = job->bias, *x = job->x;                       \
+    for (int64_t r = job->task_rows[t]; r < job->task_rows[t + 1]; r++) {                    \
+        int64_t k = row_offsets[r], end = row_offsets[r + 1];                                \
+        vf acc[UNROLL];                                                                      \
+        for (int u = 0; u < UNROLL; u++) acc[u] = vzero();                                   \
+        for (; k + UNROLL * VL <= end; k += UNROLL * VL) {                                   \
+            _Pragma("GCC unroll 4")                                                          \
+            for (int u = 0; u < UNROLL; u++)                                                 \
+                acc[u] = vfma(vload(values + k + u * VL),                                    \
+                              vgather(x, vi_load_##IDX(column_indices + k + u * VL)), acc[u]);  \
+        }                                                                                    \
+        for (; k + VL <= end; k += VL)                                                       \
+            acc[0] = vfma(vload(values + k), vgather(x, vi_load_##IDX(column_indices + k)), acc[0]); \
+        if (k < end) {                                                                       \
+            int n = (int)(end - k);                                                          \
+            acc[0] = vfma(vload_n(values + k, n),                                            \
+                          vgather_n(x, vi_load_##IDX##_n(column_indices + k, n), n), acc[0]); \
+        }                                                                                    \
+        for (int u = 1; u < UNROLL; u++) acc[0] = vadd(acc[0], acc[u]);                       \
+        job->y[r] = vsum(acc[0]) + (bias ? bias[r] : 0.0f);                                  \
+    }                                                                                        \
+}                                                                                            \
+void csr_gemv_##IDX##_u##UNROLL(int num_threads, int64_t tasks, const int64_t* task_rows,    \
+                                const int64_t* row_offsets, const ITYPE* column_indices,     \
+                                const float* values, const float* bias, const float* x,      \
+                                float* y) {                                                  \
+    struct csr_job job = {task_rows, row_offsets, column_indices, values, bias, x, NULL, y,  \
+                          1, 0, 0, 0};                                                       \
+    sr_parallel_for(num_threads, tasks, _csr_gemv_task_##IDX##_u##UNROLL, &job);             \
+}
+
+/* Rows r0..r1 against batch lanes b0 .. b0 + NV*VL of xT; UK nonzeros per step, each into its
+   own accumulators (hides the FMA latency). */
+#define DEFINE_CSR_ROWS(IDX, ITYPE, NV, UK)                                                   \
+static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, int64_t r0, int64_t r1,  \
+                                          int64_t b0, int lanes) {                            \
+    const int64_t* row_offsets = job->row_offsets;                                           \
+    const ITYPE* column_indices = (const ITYPE*)job->column_indices;                         \
+    const float *values = job->values, *bias = job->bias, *xt = job->xt;                     \
+    int64_t ldt = job->ldt;                                                                  \
+    float tile[ROW_GROUP * NV * VL];                                                         \
+    for (int64_t r = r0; r < r1; r++) {                                                      \
+        vf acc[UK][NV];                                                                      \
+        _Pragma("GCC unroll 8")                                                              \
+        for (int u = 0; u < UK; u++)                                                         \
+            _Pragma("GCC unroll 4")                                                          \
+            for (int j = 0; j < NV; j++) acc[u][j] = vzero();                                \
+        int64_t k = row_offsets[r], end = row_offsets[r + 1];                                \
+        for (; k + UK <= end; k += UK) {                                                     \
+            _Pragma("GCC unroll 8")                                                          \
+            for (int u = 0; u < UK; u++) {                                                   \
+                vf v = vset1(values[k + u]);                                                 \
+                const float* column = xt + (int64_t)column_indices[k + u] * ldt + b0;        \
+                _Pragma("GCC unroll 4")                                                      \
+                for (int j = 0; j < NV; j++)                                                 \
+                    acc[u][j] = vfma(v, vload(column + j * VL), acc[u][j]);                  \
+            }                                                                                \
+        }                                                                                    \
+        for (; k < end; k++) {                                                               \
+            vf v = vset1(values[k]);                                                         \
+            const float* column = xt + (int64_t)column_indices[k] * ldt + b0;                \
+            _Pragma("GCC unroll 4")                                                          \
+            for (int j = 0; j < NV; j++) acc[0][j] = vfma(v, vload(column + j * VL), acc[0][j]); \
+        }                                                                                    \
+        int64_t g = (r - r0) % ROW_GROUP;                                                    \
+        vf b = vset1(bias ? bias[r] : 0.0f);                                                 \
+        _Pragma("GCC unroll 4")                                                              \
+        for (int j = 0; j < NV; j++) {                                                       \
+            _Pragma("GCC unroll 8")                                                          \
+            for (int u = 1; u < UK; u++) acc[0][j] = vadd(acc[0][j], acc[u][j]);             \
+            vstore(tile + g * NV * VL + j * VL, vadd(acc[0][j], b));                         \
+        }                                                                                    \
+        if (g == ROW_GROUP - 1 || r == r1 - 1)                                               \
+            _store_tile(tile, NV * VL, g + 1, lanes, job->y, job->out, r - g, b0);           \
+    }                                                                                        \
+}
+
+#define DEFINE_CSR_GEMM(IDX, ITYPE)                                                          \
+DEFINE_CSR_ROWS(IDX, ITYPE, 1, CSR_UK1) DEFINE_CSR_ROWS(IDX, ITYPE, 2, CSR_UK2)            \
+DEFINE_CSR_ROWS(IDX, ITYPE, 3, CSR_UK3) DEFINE_CSR_ROWS(IDX, ITYPE, 4, CSR_UK4)            \
+static void _csr_gemm_task_##IDX(void* context, int64_t t, int worker) {                     \
+    const struct csr_job* job = (const struct csr_job*)context;                              \
+    int64_t r0 = job->task_rows[t], r1 = job->task_rows[t + 1], ldt = job->ldt;              \
+    for (int64_t b0 = 0; b0 < ldt; b0 += job->batch_vectors * VL) {                          \
+        int64_t nv = (ldt - b0) / VL < job->batch_vectors ? (ldt - b0) / VL : job->batch_vectors; \
+        int lanes = (int)(job->rows - b0 < nv * VL ? job->rows - b0 : nv * VL);              \
+        switch (nv) {                                                                        \
+        case 1: _csr_rows_##IDX##_1(job, r0, r1, b0, lanes); break;                          \
+        case 2: _csr_rows_##IDX##_2(job, r0, r1, b0, lanes); break;                          \
+        case 3: _csr_rows_##IDX##_3(job, r0, r1, b0, lanes); break;                          \
+        default: _csr_rows_##IDX##_4(job, r0, r1, b0, lanes); break;                         \
+        }                                                                                    \
+    }                                                                                        \
+}                                                                                            \
+void csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
+                    const int64_t* row_offsets, const ITYPE* column_indices,                 \
+                    const float* values, const float* bias, int64_t rows, int64_t in,        \
+                    int64_t out, const float* x, float* y, float* xt, int64_t batch_vectors) { \
+    int64_t ldt = (rows + VL - 1) / VL * VL;                                                 \
+    transpose_padded(num_threads, rows, ldt, in, x, in, xt, ldt);                            \
+    struct csr_job job = {task_rows, row_offsets, column_indices, values, bias, x, xt, y,    \
+                          rows, out, ldt, batch_vectors};                                    \
+    sr_parallel_for(num_threads, tasks, _csr_gemm_task_##IDX, &job);                         \
+}
+
+#define DEFINE_CSR(IDX, ITYPE)                                                               \
+DEFINE_CSR_GEMV(IDX, ITYPE, 1) DEFINE_CSR_GEMV(IDX, ITYPE, 2) DEFINE_CSR_GEMV(IDX, ITYPE, 4) \
+DEFINE_CSR_GEMM(IDX, ITYPE)
+
+DEFINE_CSR(i8, int8_t)
+DEFINE_CSR(i16, int16_t)
+DEFINE_CSR(i32, int32_t)
+"""
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+
+
+@functools.cache
+def csr_gemv(index: str, unroll: int):
+    """`csr_gemv_<index>_u<unroll>`: (threads, tasks, task_rows, row_offsets, column_indices,
+    values, bias or None, x, y)."""
+    library = load_library("csr", SOURCE)
+    return declare(library, f"csr_gemv_{index}_u{unroll}", [ctypes.c_int, _I, _P, _P, _P, _P, _P, _P, _P])
+
+
+@functools.cache
+def csr_gemm(index: str):
+    """`csr_gemm_<index>`: (threads, tasks, task_rows, row_offsets, column_indices, values,
+    bias or None, rows, in, out, x, y, xt scratch [in * ceil(rows / VL) * VL], batch_vectors)."""
+    library = load_library("csr", SOURCE)
+    return declare(
+        library, f"csr_gemm_{index}", [ctypes.c_int, _I, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _I]
+    )

@@ -1,0 +1,104 @@
+"""What every CPU launcher shares: input checks, the bias, thread count, balanced task splits.
+
+The C kernels take raw pointers: every tensor handed to them is a contiguous
+float32 (or integer) CPU tensor that the bound layer keeps alive.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+
+def rows_of(x: torch.Tensor, in_features: int, what: str) -> torch.Tensor:
+    """x: float32 [..., in_features] on the cpu -> a contiguous [rows, in_features] view or copy.
+
+    TypeError for anything but a float32 tensor, ValueError for a wrong shape or device.
+    """
+    if (
+        type(x) is torch.Tensor
+        and x.dtype == torch.float32
+        and x.dim() == 2
+        and x.shape[1] == in_features
+        and x.device.type == "cpu"
+        and x.is_contiguous()
+    ):
+        return x
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what}: input 'x': expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != torch.float32:
+        raise TypeError(
+            f"{what}: input 'x': expected float32 [..., {in_features}], got {str(x.dtype).removeprefix('torch.')} "
+            f"{list(x.shape)} (the CPU kernels compute in float32)"
+        )
+    if x.device.type != "cpu" or x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(
+            f"{what}: input 'x': expected float32 [..., {in_features}] on cpu, got {list(x.shape)} on {x.device}"
+        )
+    return x.reshape(-1, in_features).contiguous()
+
+
+def shaped_like(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """y [rows, out] reshaped to x's leading dims: [..., out]."""
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[1])
+
+
+def bias_of(bias: torch.Tensor | None, out_features: int, what: str) -> torch.Tensor | None:
+    """The bias as a contiguous float32 [out_features] tensor (None stays None)."""
+    if bias is None:
+        return None
+    if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
+        raise TypeError(f"{what}: bias: expected a floating torch.Tensor [{out_features}], got {bias!r}")
+    if bias.shape != (out_features,):
+        raise ValueError(f"{what}: bias: expected shape [{out_features}], got {list(bias.shape)}")
+    return bias.detach().to(device="cpu", dtype=torch.float32).contiguous()
+
+
+def check_cpu(device: torch.device | str, what: str) -> None:
+    """The CPU kernels bind only for the cpu device."""
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"{what}: expected device cpu, got {device}")
+
+
+def pointer(tensor: torch.Tensor | None) -> int | None:
+    """The data pointer ctypes passes for a tensor (None for a missing bias)."""
+    return None if tensor is None else tensor.data_ptr()
+
+
+def threads() -> int:
+    """Threads the kernels may use: the runtime's torch.set_num_threads setting."""
+    return torch.get_num_threads()
+
+
+def balanced_split(costs: torch.Tensor, parts: int) -> torch.Tensor:
+    """int64 [k + 1] boundaries cutting len(costs) items into k <= parts consecutive runs of
+    about equal total cost (every run non-empty; k = 0 when there are no items)."""
+    items = costs.shape[0]
+    if items == 0:
+        return torch.zeros(1, dtype=torch.int64)
+    parts = max(1, min(parts, items))
+    totals = torch.cat([torch.zeros(1, dtype=torch.float64), costs.to(torch.float64).cumsum(0)])
+    targets = torch.linspace(0.0, float(totals[-1]), parts + 1, dtype=torch.float64)
+    cuts = torch.searchsorted(totals, targets).clamp(0, items)
+    cuts[0], cuts[-1] = 0, items
+    return torch.unique_consecutive(cuts).to(torch.int64).contiguous()
+
+
+class TaskSplit:
+    """Task boundaries over items with `costs`, `tasks_per_thread` tasks for every thread,
+    computed once per thread count (the runtime may change it after binding)."""
+
+    def __init__(self, costs: torch.Tensor, tasks_per_thread: int) -> None:
+        self._costs = costs
+        self._tasks_per_thread = tasks_per_thread
+        self._splits: dict[int, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, num_threads: int) -> torch.Tensor:
+        split = self._splits.get(num_threads)
+        if split is None:
+            with self._lock:
+                split = balanced_split(self._costs, self._tasks_per_thread * num_threads)
+                self._splits[num_threads] = split
+        return split

@@ -1,0 +1,191 @@
+"""Options of the CPU kernels and the tuning spaces built over them.
+
+Each kernel family has a frozen dataclass of options; a config (what the registry
+and the saved model hold) is that dataclass as a JSON dict, and `parse_options`
+turns it back, saying what is wrong with a bad one.
+
+`<family>_configs(weight, device)` builds the space the scheduler times: the
+heuristic default first, then the product of the family's axes (other fields from
+the default). Axes that size register tiles depend on the SIMD width the kernels
+were compiled for (16 floats with AVX-512, 8 with AVX2): a tile must fit the 32
+(AVX-512) or 16 (AVX2) vector registers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields
+from typing import TypeVar
+
+import torch
+
+from sparse_rt.kernels.cpu._native import native_available, vector_width
+from sparse_rt.kernels.registry import Config
+
+OptionsT = TypeVar("OptionsT")
+
+# Measured on 2 cores (benchmarks/layers.py): a few tasks per thread balance the nnz-split rows
+# without paying for scheduling; 4 was within noise of the best on every shape tried.
+DEFAULT_TASKS_PER_THREAD = 4
+# Batch lanes per register tile of the batched sparse kernels: 32 lanes (two AVX-512 or four
+# AVX2 registers) was the fastest at batch 32 for CSR and BSR.
+DEFAULT_BATCH_LANES = 32
+
+
+def _check_int(options: object, name: str, allowed: Iterable[int]) -> None:
+    value = getattr(options, name)
+    allowed = tuple(allowed)
+    if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
+        raise ValueError(f"{type(options).__name__}: expected {name} in {list(allowed)}, got {value!r}")
+
+
+def _check_range(options: object, name: str, low: int, high: int) -> None:
+    value = getattr(options, name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{type(options).__name__}: expected {name} in [{low}, {high}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class DenseOptions:
+    """Native dense GEMM over panels of 2 * VL outputs.
+
+    panels_per_task: panels one task computes (tasks go to threads dynamically)
+    rows_per_tile:   input rows per register tile (1..8; AVX2 has registers for 6)
+    k_block:         inputs per reduction block (0: all at once)
+    """
+
+    panels_per_task: int
+    rows_per_tile: int
+    k_block: int
+
+    def __post_init__(self) -> None:
+        _check_range(self, "panels_per_task", 1, 1024)
+        _check_range(self, "rows_per_tile", 1, 8)
+        _check_range(self, "k_block", 0, 1 << 30)
+
+
+@dataclass(frozen=True)
+class TorchDenseOptions:
+    """torch's GEMM: layout "out_in" calls F.linear on W, "in_out" multiplies by a contiguous W.T."""
+
+    layout: str
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("out_in", "in_out"):
+            raise ValueError(f"TorchDenseOptions: expected layout 'out_in' or 'in_out', got {self.layout!r}")
+
+
+@dataclass(frozen=True)
+class CsrOptions:
+    """tasks_per_thread: nnz-balanced row ranges per thread.
+    unroll:        SIMD accumulators per row at batch 1 (1, 2 or 4).
+    batch_vectors: SIMD registers per batch tile when batched (1..4)."""
+
+    tasks_per_thread: int
+    unroll: int
+    batch_vectors: int
+
+    def __post_init__(self) -> None:
+        _check_range(self, "tasks_per_thread", 1, 256)
+        _check_int(self, "unroll", (1, 2, 4))
+        _check_range(self, "batch_vectors", 1, 4)
+
+
+@dataclass(frozen=True)
+class BlockOptions:
+    """BSR and N:M. tasks_per_thread: balanced row ranges per thread;
+    batch_vectors: SIMD registers per batch tile when batched (1, 2 or 4)."""
+
+    tasks_per_thread: int
+    batch_vectors: int
+
+    def __post_init__(self) -> None:
+        _check_range(self, "tasks_per_thread", 1, 256)
+        _check_int(self, "batch_vectors", (1, 2, 4))
+
+
+@dataclass(frozen=True)
+class RowsOptions:
+    """Butterfly and permuted: input rows per task (each row runs through every stage)."""
+
+    rows_per_task: int
+
+    def __post_init__(self) -> None:
+        _check_range(self, "rows_per_task", 1, 1 << 20)
+
+
+def parse_options(cls: type[OptionsT], config: Config) -> OptionsT:
+    """The options a config dict stands for; ValueError names missing and unknown keys."""
+    expected = {f.name for f in fields(cls)}
+    if set(config) != expected:
+        raise ValueError(f"{cls.__name__}: expected config keys {sorted(expected)}, got {sorted(config)}")
+    return cls(**config)
+
+
+def _space(default: OptionsT, axes: dict[str, Iterable], keep: Callable[[OptionsT], bool] = lambda o: True) -> list[Config]:
+    """[default] + every point of the product of `axes` (other fields from `default`) that `keep` accepts."""
+    configs = [asdict(default)]
+    base = asdict(default)
+    for values in itertools.product(*axes.values()):
+        candidate = type(default)(**{**base, **dict(zip(axes, values))})
+        config = asdict(candidate)
+        if keep(candidate) and config not in configs:
+            configs.append(config)
+    return configs
+
+
+def simd_width() -> int:
+    """Floats per SIMD register of the compiled kernels (8 when they cannot be built)."""
+    return vector_width() if native_available() else 8
+
+
+def _batch_vectors() -> int:
+    return max(1, min(4, DEFAULT_BATCH_LANES // simd_width()))
+
+
+def dense_configs(weight, device: torch.device) -> list[Config]:
+    """Native dense: panels per task, rows per register tile, reduction block."""
+    out_features = weight.shape[0]
+    panels = -(-out_features // (2 * simd_width()))
+    max_rows = 8 if simd_width() == 16 else 6
+    default = DenseOptions(panels_per_task=max(1, min(4, panels // 24)), rows_per_tile=max_rows, k_block=0)
+    axes = {"panels_per_task": [1, 4], "rows_per_tile": [4, max_rows], "k_block": [0, 256]}
+    return _space(default, axes)
+
+
+def torch_dense_configs(weight, device: torch.device) -> list[Config]:
+    """torch's GEMM on W or on a contiguous W.T."""
+    return _space(TorchDenseOptions(layout="out_in"), {"layout": ["out_in", "in_out"]})
+
+
+def csr_configs(weight, device: torch.device) -> list[Config]:
+    """CSR: tasks per thread, accumulators per row (batch 1), batch tile (batched)."""
+    lengths = weight.row_offsets.diff()
+    mean = float(lengths.float().mean()) if lengths.numel() else 0.0
+    # rows shorter than two registers cannot use more than one accumulator
+    unroll = 4 if mean >= 8 * simd_width() else (2 if mean >= 2 * simd_width() else 1)
+    default = CsrOptions(
+        tasks_per_thread=DEFAULT_TASKS_PER_THREAD,
+        unroll=unroll,
+        batch_vectors=_batch_vectors(),
+    )
+    axes = {
+        "tasks_per_thread": [1, DEFAULT_TASKS_PER_THREAD, 16],
+        "unroll": [1, 2, 4],
+        "batch_vectors": sorted({1, _batch_vectors()}),
+    }
+    return _space(default, axes)
+
+
+def block_configs(weight, device: torch.device) -> list[Config]:
+    """BSR and N:M: tasks per thread, batch tile (batched)."""
+    widest = 4 if simd_width() == 16 else 2
+    default = BlockOptions(tasks_per_thread=DEFAULT_TASKS_PER_THREAD, batch_vectors=min(widest, _batch_vectors()))
+    axes = {"tasks_per_thread": [1, DEFAULT_TASKS_PER_THREAD, 16], "batch_vectors": sorted({1, 2, widest})}
+    return _space(default, axes, lambda o: o.batch_vectors <= widest)
+
+
+def rows_configs(weight, device: torch.device) -> list[Config]:
+    """Butterfly and permuted: input rows per task."""
+    return _space(RowsOptions(rows_per_task=1), {"rows_per_task": [1, 4, 16]})

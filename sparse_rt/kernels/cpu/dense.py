@@ -1,0 +1,131 @@
+"""Dense linear on the CPU: y = x @ W.T + b with W in DenseFormat.
+
+`dense_cpu_native` packs W once into panels of 2 * VL outputs ([panels, in, 2 * VL],
+see `_dense_native`) and runs one C GEMM for every batch size: at batch 1 a panel
+streams through two accumulators, batched it feeds a rows_per_tile x 2 * VL register
+tile. On 2 cores it beat torch's F.linear (MKL) and onnxruntime's Gemm at batch
+1..32 (benchmarks/layers.py has the numbers).
+
+`dense_cpu_torch` calls torch's GEMM; it runs everywhere (also where the C kernels
+cannot be built) and is the scheduler's other dense candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sparse_rt.kernels.cpu._dense_native import dense_library
+from sparse_rt.kernels.cpu._launch import bias_of, check_cpu, pointer, rows_of, shaped_like, threads
+from sparse_rt.kernels.cpu._native import native_available
+from sparse_rt.kernels.cpu.configs import (
+    DenseOptions,
+    TorchDenseOptions,
+    dense_configs,
+    parse_options,
+    simd_width,
+    torch_dense_configs,
+)
+from sparse_rt.kernels.registry import Config, Kernel, register_kernel
+
+
+@dataclass(frozen=True)
+class DensePacked:
+    """W packed for the native GEMM.
+
+    panels: float32 [ceil(out / NR), in, NR], NR = 2 * VL; panels[p, k, j] = W[p * NR + j, k]
+    bias:   float32 [ceil(out / NR) * NR] (zeros past `out`, and everywhere without a bias)
+    """
+
+    shape: tuple[int, int]
+    panels: torch.Tensor
+    bias: torch.Tensor
+
+
+def pack_dense(weight, bias: torch.Tensor | None) -> DensePacked:
+    """Pack a DenseFormat (and bias [out]) into NR-wide panels."""
+    out_features, in_features = weight.shape
+    width = 2 * simd_width()
+    count = -(-out_features // width)
+    padded = torch.zeros(count * width, in_features, dtype=torch.float32)
+    padded[:out_features] = weight.to_dense()
+    padded_bias = torch.zeros(count * width, dtype=torch.float32)
+    bias = bias_of(bias, out_features, "dense_linear")
+    if bias is not None:
+        padded_bias[:out_features] = bias
+    panels = padded.view(count, width, in_features).transpose(1, 2).contiguous()
+    return DensePacked(shape=(out_features, in_features), panels=panels, bias=padded_bias)
+
+
+def dense_linear(x: torch.Tensor, packed: DensePacked, options: DenseOptions) -> torch.Tensor:
+    """x: float32 [..., in] -> y: float32 [..., out]."""
+    out_features, in_features = packed.shape
+    rows = rows_of(x, in_features, "dense_linear")
+    y = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
+    if rows.shape[0]:
+        dense_library()(
+            threads(), rows.shape[0], in_features, out_features, pointer(packed.panels), pointer(packed.bias),
+            pointer(rows), pointer(y), options.panels_per_task, options.rows_per_tile, options.k_block,
+        )
+    return shaped_like(y, x)
+
+
+def bind_dense(weight, bias: torch.Tensor | None, config: Config, device: torch.device):
+    """Kernel.bind: pack once, return x -> dense_linear(x)."""
+    check_cpu(device, "dense_linear")
+    options = parse_options(DenseOptions, config)
+    packed = pack_dense(weight, bias)
+    return lambda x: dense_linear(x, packed, options)
+
+
+def bind_torch_dense(weight, bias: torch.Tensor | None, config: Config, device: torch.device):
+    """Kernel.bind for torch's GEMM: W (or a contiguous W.T) in float32, then F.linear / addmm."""
+    check_cpu(device, "torch_dense_linear")
+    options = parse_options(TorchDenseOptions, config)
+    out_features, in_features = weight.shape
+    matrix = weight.to_dense().to(torch.float32).contiguous()
+    bias = bias_of(bias, out_features, "torch_dense_linear")
+    if options.layout == "in_out":
+        matrix_t = matrix.T.contiguous()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            rows = rows_of(x, in_features, "torch_dense_linear")
+            y = rows @ matrix_t if bias is None else torch.addmm(bias, rows, matrix_t)
+            return shaped_like(y, x)
+
+        return run
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        rows = rows_of(x, in_features, "torch_dense_linear")
+        return shaped_like(F.linear(rows, matrix, bias), x)
+
+    return run
+
+
+def dense_linear_reference(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
+    """Plain torch: x @ W.T + b."""
+    return F.linear(x, weight.to_dense().to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+DENSE_CPU_NATIVE = register_kernel(
+    Kernel(
+        name="dense_cpu_native",
+        format="dense",
+        backend="cpu",
+        bind=bind_dense,
+        configs=dense_configs,
+        supports=lambda weight, device: native_available(),
+    )
+)
+
+DENSE_CPU_TORCH = register_kernel(
+    Kernel(
+        name="dense_cpu_torch",
+        format="dense",
+        backend="cpu",
+        bind=bind_torch_dense,
+        configs=torch_dense_configs,
+    )
+)

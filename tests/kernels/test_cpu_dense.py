@@ -1,0 +1,63 @@
+"""CPU dense kernels (native panel GEMM and torch's), every config, against x @ W.T + b."""
+
+import pytest
+import torch
+
+from sparse_rt.formats import DenseFormat
+from sparse_rt.kernels.cpu.configs import simd_width
+from sparse_rt.kernels.cpu.dense import dense_linear_reference, pack_dense
+from sparse_rt.kernels.registry import kernels_for
+from tests.helpers import assert_close
+
+X_SHAPES = [(), (1,), (3,), (9,), (40,), (2, 5)]
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (64, 300), (1, 1), (200, 7)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_dense_every_kernel_and_config(shape, with_bias):
+    weight = torch.randn(*shape)
+    bias = torch.randn(shape[0]) if with_bias else None
+    fmt = DenseFormat.from_dense(weight)
+    kernels = kernels_for(fmt, "cpu")
+    assert [k.name for k in kernels] == ["dense_cpu_native", "dense_cpu_torch"]
+    for kernel in kernels:
+        for config in kernel.configs(fmt, torch.device("cpu")):
+            bound = kernel.bind(fmt, bias, config, torch.device("cpu"))
+            for lead in X_SHAPES:
+                x = torch.randn(*lead, shape[1])
+                y = bound(x)
+                assert y.shape == (*lead, shape[0])
+                assert_close(y, x @ weight.T + (0 if bias is None else bias), rtol=1e-5)
+
+
+def test_dense_k_blocks_and_row_tiles():
+    # a reduction split into blocks plus a partial last block, and every row-tile height
+    weight = torch.randn(70, 600)
+    fmt = DenseFormat.from_dense(weight)
+    (native, _) = kernels_for(fmt, "cpu")
+    x = torch.randn(23, 600)
+    for rows_per_tile in range(1, 9):
+        config = {"panels_per_task": 2, "rows_per_tile": rows_per_tile, "k_block": 256}
+        assert_close(native.bind(fmt, None, config, torch.device("cpu"))(x), x @ weight.T, rtol=1e-5)
+
+
+def test_pack_dense_layout():
+    weight = torch.randn(40, 6)
+    packed = pack_dense(DenseFormat.from_dense(weight), torch.ones(40))
+    width = 2 * simd_width()
+    assert packed.panels.shape == (-(-40 // width), 6, width)
+    assert torch.equal(packed.panels[0, :, 1], weight[1])
+    assert packed.bias[:40].eq(1).all() and packed.bias[40:].eq(0).all()
+
+
+def test_dense_reference_and_errors():
+    weight = torch.randn(8, 5)
+    fmt = DenseFormat.from_dense(weight)
+    x = torch.randn(3, 5)
+    assert_close(dense_linear_reference(x, fmt, None), x @ weight.T, rtol=1e-6)
+    native = kernels_for(fmt, "cpu")[0]
+    bound = native.bind(fmt, None, native.configs(fmt, torch.device("cpu"))[0], torch.device("cpu"))
+    with pytest.raises(TypeError, match="expected float32"):
+        bound(x.double())
+    with pytest.raises(ValueError, match="expected device cpu"):
+        native.bind(fmt, None, native.configs(fmt, torch.device("cpu"))[0], torch.device("meta"))
