@@ -3,10 +3,13 @@
 Batch 1 (`csr_gemv_<index>_u<unroll>`): each row is a gather dot product,
 `unroll` SIMD accumulators wide, the tail done with masked loads and gathers.
 
-Batched (`csr_gemm_<index>`): x [rows, in] is first transposed into a scratch
-xT [in, rows padded to VL], so that every nonzero (r, c) is one broadcast of its
-value times the contiguous batch tile xT[c, b0:b0 + tile], accumulated in
-registers for row r; the tile is `batch_vectors` SIMD registers wide.
+Batched (`csr_gemm_<index>`): x [rows, in] is first transposed into a scratch of
+batch tiles, tile b0 a contiguous xT block [in, width] (width = `batch_vectors` SIMD
+registers), so that every nonzero (r, c) is one broadcast of its value times the
+contiguous row c of the tile, accumulated in registers for row r. Tile-major
+scratch keeps the rows a nonzero run gathers width * 4 bytes apart: with one
+[in, rows] transpose they were rows * 4 bytes apart, a multiple of 4 KiB at batch
+1024, and all fell into one L1 set (3x slower at 1024 rows).
 
 Both split the output rows into tasks whose boundaries (`task_rows`, [tasks + 1])
 balance nonzeros; the tasks run through `_pool.sr_parallel_for`.
@@ -47,7 +50,7 @@ struct csr_job {
     const void* column_indices;
     const float *values, *bias, *x, *xt;
     float* y;
-    int64_t rows, out, ldt, batch_vectors;
+    int64_t rows, out, ldt, batch_vectors, in;
 };
 
 #define DEFINE_CSR_GEMV(IDX, ITYPE, UNROLL)                                                   \
@@ -93,8 +96,9 @@ static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, int64_t r0,
                                           int64_t b0, int lanes) {                            \
     const int64_t* row_offsets = job->row_offsets;                                           \
     const ITYPE* column_indices = (const ITYPE*)job->column_indices;                         \
-    const float *values = job->values, *bias = job->bias, *xt = job->xt;                     \
-    int64_t ldt = job->ldt;                                                                  \
+    const float *values = job->values, *bias = job->bias;                                    \
+    const float* xt = job->xt + b0 * job->in; /* this tile: [in, NV * VL] */                 \
+    const int64_t ldt = NV * VL;                                                             \
     float tile[ROW_GROUP * NV * VL];                                                         \
     for (int64_t r = r0; r < r1; r++) {                                                      \
         vf acc[UK][NV];                                                                      \
@@ -107,7 +111,7 @@ static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, int64_t r0,
             _Pragma("GCC unroll 8")                                                          \
             for (int u = 0; u < UK; u++) {                                                   \
                 vf v = vset1(values[k + u]);                                                 \
-                const float* column = xt + (int64_t)column_indices[k + u] * ldt + b0;        \
+                const float* column = xt + (int64_t)column_indices[k + u] * ldt;             \
                 _Pragma("GCC unroll 4")                                                      \
                 for (int j = 0; j < NV; j++)                                                 \
                     acc[u][j] = vfma(v, vload(column + j * VL), acc[u][j]);                  \
@@ -115,7 +119,7 @@ static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, int64_t r0,
         }                                                                                    \
         for (; k < end; k++) {                                                               \
             vf v = vset1(values[k]);                                                         \
-            const float* column = xt + (int64_t)column_indices[k] * ldt + b0;                \
+            const float* column = xt + (int64_t)column_indices[k] * ldt;                     \
             _Pragma("GCC unroll 4")                                                          \
             for (int j = 0; j < NV; j++) acc[0][j] = vfma(v, vload(column + j * VL), acc[0][j]); \
         }                                                                                    \
@@ -154,9 +158,15 @@ void csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,   
                     const float* values, const float* bias, int64_t rows, int64_t in,        \
                     int64_t out, const float* x, float* y, float* xt, int64_t batch_vectors) { \
     int64_t ldt = (rows + VL - 1) / VL * VL;                                                 \
-    transpose_padded(num_threads, rows, ldt, in, x, in, xt, ldt);                            \
+    /* xT tile by tile: tile b0 is a contiguous [in, width] block at xt + b0 * in, so the     \
+       columns a row gathers sit width * 4 bytes apart, not a multiple of 4 KiB */            \
+    for (int64_t b0 = 0; b0 < ldt; b0 += batch_vectors * VL) {                               \
+        int64_t width = ldt - b0 < batch_vectors * VL ? ldt - b0 : batch_vectors * VL;       \
+        int64_t real = rows - b0 < width ? rows - b0 : width;                                \
+        transpose_padded(num_threads, real, width, in, x + b0 * in, in, xt + b0 * in, width); \
+    }                                                                                        \
     struct csr_job job = {task_rows, row_offsets, column_indices, values, bias, x, xt, y,    \
-                          rows, out, ldt, batch_vectors};                                    \
+                          rows, out, ldt, batch_vectors, in};                                \
     sr_parallel_for(num_threads, tasks, _csr_gemm_task_##IDX, &job);                         \
 }
 

@@ -173,7 +173,7 @@ def csr_configs(weight, device: torch.device) -> list[Config]:
     axes = {
         "tasks_per_thread": [1, DEFAULT_TASKS_PER_THREAD, 16],
         "unroll": [1, 2, 4],
-        "batch_vectors": sorted({1, _batch_vectors()}),
+        "batch_vectors": sorted({1, _batch_vectors(), 4}),
     }
     return _space(default, axes)
 
