@@ -19,12 +19,14 @@ from sparse_rt.kernels.registry import backend_for, get_kernel, kernels_for
 SPARSE_MAX_DENSITY = 0.3
 
 
-def heuristic_choice(layer: LinearLayer, device: torch.device, structured: WeightFormat | None = None) -> Choice:
+def heuristic_choice(layer: LinearLayer, device: torch.device, structured: WeightFormat | None = None,
+                     batch: int = 1) -> Choice:
+    """The format, kernel and config for `layer` at `batch` rows per call, without timing."""
     weight = torch.from_numpy(layer.weight)
     if structured is not None:
         fmt = structured
     elif backend_for(device) == "cpu":
-        name, params, kernel, config = pick_cpu_kernel(weight, batch=1)
+        name, params, kernel, config = pick_cpu_kernel(weight, batch=batch)
         fmt = get_format(name).from_dense(weight, **params)
         get_kernel(kernel)  # fails loudly if the rule names an unknown kernel
         return Choice(fmt, kernel, config)

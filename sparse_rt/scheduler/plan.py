@@ -38,6 +38,7 @@ def make_chooser(
     and is the heuristic's pick.
     """
     weights = batch_weights(batch_sizes)
+    heaviest_batch = max(weights, key=lambda b: (weights[b], -b))
     structured = dict(structured or {})
     if tune and cache is None:
         cache = TuningCache()
@@ -50,7 +51,7 @@ def make_chooser(
     def choose(layer: LinearLayer) -> Choice:
         known = structured_format(layer)
         if not tune:
-            return heuristic_choice(layer, device, known)
+            return heuristic_choice(layer, device, known, batch=heaviest_batch)
         try:
             return tune_layer(layer, device, weights, cache, timer, known)
         finally:

@@ -1,9 +1,11 @@
-"""Autotuning: time every candidate of a layer at the user's batch sizes, keep the fastest.
+"""Autotuning: time the candidates of a layer at the user's batch sizes, keep the fastest.
 
 The score of a candidate is the weighted sum of its median times over the batch
 sizes. Dense is always among the candidates, so a tuned layer is never slower
 than the dense one (up to timing noise). Measurements go through the tuning
-cache, so re-converting the same model on the same machine times nothing.
+cache, keyed by device, kernel, config, shape, weight structure and batch, so
+re-converting a model on the same machine, or tuning a layer shaped and pruned
+like one already tuned, times nothing.
 """
 
 from __future__ import annotations
@@ -49,11 +51,6 @@ def weight_signature(weight: torch.Tensor) -> str:
     return hashlib.blake2b(data, digest_size=10).hexdigest()
 
 
-def _format_signature(fmt: WeightFormat) -> str:
-    params = ",".join(f"{k}={v}" for k, v in sorted(fmt.attributes().items()))
-    return f"{fmt.name}({params})"
-
-
 def tune_layer(
     layer: LinearLayer,
     device: torch.device,
@@ -62,21 +59,27 @@ def tune_layer(
     timer: Timer = wall_clock_timer,
     structured: WeightFormat | None = None,
 ) -> Choice:
-    """Time every candidate of `layer` and return the fastest, with all timings."""
+    """Time the candidates of `layer` and return the fastest, with all timings.
+
+    Every format and kernel is timed with its default config; then the configs
+    next to the winner's default (one setting changed) are timed too. Measurements
+    are keyed by the weight's structure (shape, format, stored bytes), so layers of
+    the same shape and sparsity share them.
+    """
     weight = torch.from_numpy(layer.weight)
     bias = None if layer.bias is None else torch.from_numpy(layer.bias)
-    signature = weight_signature(weight)
     fingerprint = device_fingerprint(device)
     generator = torch.Generator().manual_seed(0)
     inputs = {b: torch.randn(b, weight.shape[1], generator=generator).to(device) for b in batch_weights}
     timings: dict[str, dict[int, float]] = {}
-    best: tuple[float, Candidate] | None = None
-    for candidate in candidates(weight, device, structured):
+    scores: dict[str, tuple[float, Candidate]] = {}
+
+    def measure(candidate: Candidate) -> None:
         bound = None
         per_batch: dict[int, float] = {}
         for batch, x in inputs.items():
             key = TuningCache.key(fingerprint, candidate.kernel, candidate.config, tuple(weight.shape),
-                                  f"{signature}:{_format_signature(candidate.weight)}", batch)
+                                  _structure_signature(candidate.weight), batch)
             seconds = cache.get(key)
             if seconds is None:
                 if bound is None:
@@ -85,9 +88,20 @@ def tune_layer(
                 cache.put(key, seconds)
             per_batch[batch] = seconds
         timings[candidate.label] = per_batch
-        score = sum(batch_weights[b] * t for b, t in per_batch.items())
-        if best is None or score < best[0]:
-            best = (score, candidate)
-    assert best is not None  # dense is always a candidate
-    chosen = best[1]
+        scores[candidate.label] = (sum(batch_weights[b] * t for b, t in per_batch.items()), candidate)
+
+    for candidate in candidates(weight, device, structured, all_configs=False):
+        measure(candidate)
+    best = min(scores.values(), key=lambda item: item[0])[1]
+    kernel = get_kernel(best.kernel)
+    for config in kernel.configs(best.weight, device):
+        if sum(config.get(k) != v for k, v in best.config.items()) == 1:
+            measure(Candidate(best.weight, best.kernel, config))
+    chosen = min(scores.values(), key=lambda item: item[0])[1]
     return Choice(chosen.weight, chosen.kernel, chosen.config, timings)
+
+
+def _structure_signature(fmt: WeightFormat) -> str:
+    """What a kernel's speed depends on: the format, its parameters and its stored bytes."""
+    params = ",".join(f"{k}={v}" for k, v in sorted(fmt.attributes().items()))
+    return f"{fmt.name}({params}):{fmt.nbytes}"

@@ -89,9 +89,9 @@ def test_cache_hit_skips_timing_across_processes(tmp_path):
     choice2 = tune_layer(layer, CPU, {1: 1.0}, TuningCache(path), second)  # a fresh cache object reads the file
     assert second.calls == 0
     assert (choice2.weight.name, choice2.kernel, choice2.config) == (choice1.weight.name, choice1.kernel, choice1.config)
-    # a different weight of the same shape is not a hit
+    # a weight of the same shape but another sparsity is not a hit
     third = FakeTimer({})
-    tune_layer(LinearLayer("l", sparse_weight(seed=1), None), CPU, {1: 1.0}, TuningCache(path), third)
+    tune_layer(LinearLayer("l", sparse_weight(density=0.3), None), CPU, {1: 1.0}, TuningCache(path), third)
     assert third.calls > 0
 
 
