@@ -455,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "layers":
         from sparse_rt.bench_layers import main as layers_main
 
-        return layers_main(["--threads", str(args.threads)] + (["--json", args.json_path] if args.json_path else []))
+        layers_main(["--threads", str(args.threads)] + (["--json", args.json_path] if args.json_path else []))
+        return 0
     if args.suite == "models":
         from sparse_rt.bench_models import run_models_suite
 
