@@ -17,6 +17,13 @@ from sparse_rt.formats._checks import (
 from sparse_rt.formats.base import WeightFormat, as_dense_weight, narrowest_index_dtype, register_format
 
 
+def count_kept_blocks(nonzero: torch.Tensor, block_shape: tuple[int, int]) -> int:
+    """How many r x c blocks of a 0/1 (bool or float) [out, in] mask, zero-padded to whole
+    blocks, hold a nonzero: the blocks `BsrFormat.from_dense` would keep."""
+    mask = nonzero if nonzero.is_floating_point() else nonzero.to(torch.float32)
+    return int(torch.nn.functional.max_pool2d(mask[None, None], tuple(block_shape), ceil_mode=True).sum())
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 

@@ -12,6 +12,15 @@ from sparse_rt.formats.base import WeightFormat, as_dense_weight, register_forma
 MAX_M = torch.iinfo(torch.int8).max + 1  # in-group positions 0..m-1 fit int8
 
 
+def fits_nm(nonzero: torch.Tensor, n: int, m: int) -> bool:
+    """Whether a 0/1 (bool or float) [out, in] mask has at most n nonzeros in every group of m
+    inputs (zero-padded to whole groups): whether `NmFormat.from_dense(W, n=n, m=m)` fits."""
+    mask = nonzero if nonzero.is_floating_point() else nonzero.to(torch.float32)
+    out_features, in_features = mask.shape
+    padded = torch.nn.functional.pad(mask, (0, _groups(in_features, m) * m - in_features))
+    return bool(padded.view(out_features, -1, m).sum(dim=2).max() <= n)
+
+
 def _groups(in_features: int, m: int) -> int:
     return -(-in_features // m)
 

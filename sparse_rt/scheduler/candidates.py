@@ -13,6 +13,8 @@ import torch
 
 from sparse_rt.formats import get_format
 from sparse_rt.formats.base import WeightFormat
+from sparse_rt.formats.bsr import count_kept_blocks
+from sparse_rt.formats.nm import fits_nm
 from sparse_rt.kernels.registry import Config, kernels_for
 
 BLOCK_SHAPES = ((1, 4), (4, 1), (1, 8), (8, 1), (4, 4), (8, 8), (16, 16), (32, 32))
@@ -52,11 +54,11 @@ def weight_formats(weight: torch.Tensor, structured: WeightFormat | None = None)
     if nnz == 0:
         return formats
     for r, c in BLOCK_SHAPES:
-        stored = _kept_blocks(nonzero, r, c) * r * c
+        stored = count_kept_blocks(nonzero, (r, c)) * r * c
         if stored <= MAX_BLOCK_FILL_OVERHEAD * nnz and stored <= MAX_BLOCK_DENSITY * weight.numel():
             formats.append(get_format("bsr").from_dense(weight, block_shape=(r, c)))
     for n, m in NM_PATTERNS:
-        if _fits_nm(nonzero, n, m):
+        if fits_nm(nonzero, n, m):
             formats.append(get_format("nm").from_dense(weight, n=n, m=m))
             break
     return formats
@@ -72,18 +74,3 @@ def candidates(weight: torch.Tensor, device: torch.device, structured: WeightFor
             for config in configs if all_configs else configs[:1]:
                 found.append(Candidate(fmt, kernel.name, config))
     return found
-
-
-def _kept_blocks(nonzero: torch.Tensor, r: int, c: int) -> int:
-    out, inp = nonzero.shape
-    padded = torch.zeros(-(-out // r) * r, -(-inp // c) * c, dtype=torch.bool)
-    padded[:out, :inp] = nonzero
-    blocks = padded.reshape(padded.shape[0] // r, r, padded.shape[1] // c, c)
-    return int(blocks.any(dim=3).any(dim=1).sum())
-
-
-def _fits_nm(nonzero: torch.Tensor, n: int, m: int) -> bool:
-    out, inp = nonzero.shape
-    padded = torch.zeros(out, -(-inp // m) * m, dtype=torch.int32)
-    padded[:, :inp] = nonzero
-    return bool((padded.reshape(out, -1, m).sum(dim=2) <= n).all())

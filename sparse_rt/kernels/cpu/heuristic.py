@@ -35,6 +35,8 @@ import torch
 
 from sparse_rt.formats import get_format
 from sparse_rt.formats.base import as_dense_weight
+from sparse_rt.formats.bsr import count_kept_blocks
+from sparse_rt.formats.nm import fits_nm
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import simd_width
 from sparse_rt.kernels.registry import Config, get_kernel
@@ -92,19 +94,6 @@ KERNELS = {
 }
 
 
-def _kept_blocks(mask: torch.Tensor, r: int, c: int) -> int:
-    """Number of r x c blocks of the zero-padded 0/1 float mask [out, in] holding a nonzero."""
-    return int(torch.nn.functional.max_pool2d(mask[None, None], (r, c), ceil_mode=True).sum())
-
-
-def _fits_nm(mask: torch.Tensor, n: int, m: int) -> bool:
-    """Whether every group of m inputs (zero-padded) of the 0/1 float mask holds at most n nonzeros."""
-    out_features, in_features = mask.shape
-    groups = -(-in_features // m)
-    padded = torch.nn.functional.pad(mask, (0, groups * m - in_features))
-    return bool(padded.view(out_features, groups, m).sum(dim=2).max() <= n)
-
-
 def candidate_costs(weight: torch.Tensor, batch: int) -> list[tuple[float, str, dict]]:
     """(modelled us per call, format name, format params) for every lossless candidate, dense first."""
     out_features, in_features = weight.shape
@@ -122,13 +111,13 @@ def candidate_costs(weight: torch.Tensor, batch: int) -> list[tuple[float, str, 
     if nnz == 0:
         return costs
     for (r, c), block_cost in BSR_COSTS.items():
-        stored = _kept_blocks(mask, r, c) * r * c
+        stored = count_kept_blocks(mask, (r, c)) * r * c
         # kept blocks stream like dense rows at best (the fits come from half-empty and
         # sparser matrices, which also sit better in cache)
         floor = dense * min(1.0, stored / weight.numel())
         costs.append((max(time(block_cost, stored), floor), "bsr", {"block_shape": (r, c)}))
     for n, m in NM_PATTERNS:
-        if _fits_nm(mask, n, m):
+        if fits_nm(mask, n, m):
             costs.append((time(NM_COST, out_features * -(-in_features // m) * n), "nm", {"n": n, "m": m}))
             break
     return costs
