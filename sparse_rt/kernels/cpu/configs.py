@@ -13,17 +13,15 @@ were compiled for (16 floats with AVX-512, 8 with AVX2): a tile must fit the 32
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
-from typing import TypeVar
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 
 from sparse_rt.kernels.cpu._native import native_available, vector_width
+from sparse_rt.kernels.options import config_space, parse_options  # noqa: F401  (parse_options is re-exported)
 from sparse_rt.kernels.registry import Config
 
-OptionsT = TypeVar("OptionsT")
 
 # Measured on 2 cores (benchmarks/layers.py): a few tasks per thread balance the nnz-split rows
 # without paying for scheduling; 4 was within noise of the best on every shape tried.
@@ -115,26 +113,6 @@ class RowsOptions:
         _check_range(self, "rows_per_task", 1, 1 << 20)
 
 
-def parse_options(cls: type[OptionsT], config: Config) -> OptionsT:
-    """The options a config dict stands for; ValueError names missing and unknown keys."""
-    expected = {f.name for f in fields(cls)}
-    if set(config) != expected:
-        raise ValueError(f"{cls.__name__}: expected config keys {sorted(expected)}, got {sorted(config)}")
-    return cls(**config)
-
-
-def _space(default: OptionsT, axes: dict[str, Iterable], keep: Callable[[OptionsT], bool] = lambda o: True) -> list[Config]:
-    """[default] + every point of the product of `axes` (other fields from `default`) that `keep` accepts."""
-    configs = [asdict(default)]
-    base = asdict(default)
-    for values in itertools.product(*axes.values()):
-        candidate = type(default)(**{**base, **dict(zip(axes, values))})
-        config = asdict(candidate)
-        if keep(candidate) and config not in configs:
-            configs.append(config)
-    return configs
-
-
 def simd_width() -> int:
     """Floats per SIMD register of the compiled kernels (8 when they cannot be built)."""
     return vector_width() if native_available() else 8
@@ -151,12 +129,12 @@ def dense_configs(weight, device: torch.device) -> list[Config]:
     max_rows = 8 if simd_width() == 16 else 6
     default = DenseOptions(panels_per_task=max(1, min(4, panels // 24)), rows_per_tile=max_rows, k_block=0)
     axes = {"panels_per_task": [1, 4], "rows_per_tile": [4, max_rows], "k_block": [0, 256]}
-    return _space(default, axes)
+    return config_space(default, axes)
 
 
 def torch_dense_configs(weight, device: torch.device) -> list[Config]:
     """torch's GEMM on W or on a contiguous W.T."""
-    return _space(TorchDenseOptions(layout="out_in"), {"layout": ["out_in", "in_out"]})
+    return config_space(TorchDenseOptions(layout="out_in"), {"layout": ["out_in", "in_out"]})
 
 
 def csr_configs(weight, device: torch.device) -> list[Config]:
@@ -175,7 +153,7 @@ def csr_configs(weight, device: torch.device) -> list[Config]:
         "unroll": [1, 2, 4],
         "batch_vectors": sorted({1, _batch_vectors(), 4}),
     }
-    return _space(default, axes)
+    return config_space(default, axes)
 
 
 def block_configs(weight, device: torch.device) -> list[Config]:
@@ -183,9 +161,9 @@ def block_configs(weight, device: torch.device) -> list[Config]:
     widest = 4 if simd_width() == 16 else 2
     default = BlockOptions(tasks_per_thread=DEFAULT_TASKS_PER_THREAD, batch_vectors=min(widest, _batch_vectors()))
     axes = {"tasks_per_thread": [1, DEFAULT_TASKS_PER_THREAD, 16], "batch_vectors": sorted({1, 2, widest})}
-    return _space(default, axes, lambda o: o.batch_vectors <= widest)
+    return config_space(default, axes, lambda o: o.batch_vectors <= widest)
 
 
 def rows_configs(weight, device: torch.device) -> list[Config]:
     """Butterfly and permuted: input rows per task."""
-    return _space(RowsOptions(rows_per_task=1), {"rows_per_task": [1, 4, 16]})
+    return config_space(RowsOptions(rows_per_task=1), {"rows_per_task": [1, 4, 16]})

@@ -13,17 +13,14 @@ points whose tiles fit the per-thread register budget and the weight's shape.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
-from typing import TypeVar
+from dataclasses import dataclass
 
 import torch
 import triton
 
+from sparse_rt.kernels.options import config_space, parse_options
 from sparse_rt.kernels.registry import Config
 
-OptionsT = TypeVar("OptionsT")
 
 # Accumulator elements one thread may hold (fp32 registers) before a tile stops paying off.
 MAX_ELEMENTS_PER_THREAD = 64
@@ -143,16 +140,6 @@ class DenseOptions:
             raise ValueError(f"DenseOptions: expected layout 'out_in' or 'in_out', got {self.layout!r}")
 
 
-def parse_options(cls: type[OptionsT], config: Config) -> OptionsT:
-    """The options a config dict stands for; ValueError names missing and unknown keys."""
-    expected = {f.name for f in fields(cls)}
-    if set(config) != expected:
-        raise ValueError(
-            f"{cls.__name__}: expected config keys {sorted(expected)}, got {sorted(config)}"
-        )
-    return cls(**config)
-
-
 def parse_schedule(config: Config) -> FusedOptions | StagedOptions:
     """Butterfly and permuted configs: FusedOptions or StagedOptions by config["schedule"]."""
     schedule = config.get("schedule")
@@ -161,20 +148,6 @@ def parse_schedule(config: Config) -> FusedOptions | StagedOptions:
     if schedule == "staged":
         return parse_options(StagedOptions, config)
     raise ValueError(f"expected config['schedule'] 'fused' or 'staged', got {schedule!r}")
-
-
-def _space(
-    default: OptionsT, axes: dict[str, Iterable], keep: Callable[[OptionsT], bool]
-) -> list[Config]:
-    """[default] + every point of the product of `axes` (other fields from `default`) that `keep` accepts."""
-    configs = [asdict(default)]
-    base = asdict(default)
-    for values in itertools.product(*axes.values()):
-        candidate = type(default)(**{**base, **dict(zip(axes, values))})
-        config = asdict(candidate)
-        if keep(candidate) and config not in configs:
-            configs.append(config)
-    return configs
 
 
 def _fits(elements: int, num_warps: int) -> bool:
@@ -203,7 +176,7 @@ def csr_configs(weight, device: torch.device) -> list[Config]:
         "BLOCK_ROWS": [8, 32],
         "num_warps": [2, 4, 8],
     }
-    return _space(
+    return config_space(
         default,
         axes,
         lambda o: _fits(o.BLOCK_B * o.BLOCK_K, o.num_warps) and _fits(o.BLOCK_ROWS * o.BLOCK_K, o.num_warps),
@@ -222,7 +195,7 @@ def bsr_configs(weight, device: torch.device) -> list[Config]:
         "num_warps": [4, 8],
         "num_stages": [2, 4],
     }
-    return _space(
+    return config_space(
         default,
         axes,
         lambda o: _fits(o.BLOCK_M * rows, o.num_warps) and _fits(o.BLOCK_M * cols, o.num_warps),
@@ -239,22 +212,22 @@ def nm_configs(weight, device: torch.device) -> list[Config]:
         "BLOCK_K": [k for k in (8, 32) if k <= k_cap],
         "num_warps": [2, 4, 8],
     }
-    return _space(default, axes, lambda o: _fits(o.BLOCK_B * o.BLOCK_O * o.BLOCK_K, o.num_warps))
+    return config_space(default, axes, lambda o: _fits(o.BLOCK_B * o.BLOCK_O * o.BLOCK_K, o.num_warps))
 
 
-def _schedule_space(width: int, fused_limit: int) -> list[Config]:
+def _scheduleconfig_space(width: int, fused_limit: int) -> list[Config]:
     """Fused configs (while the power-of-two `width` <= fused_limit), then staged ones."""
     configs: list[Config] = []
     if width <= fused_limit:
         default = FusedOptions(schedule="fused", BLOCK_M=1, num_warps=max(1, min(8, width // 256)))
-        configs += _space(
+        configs += config_space(
             default,
             {"BLOCK_M": [1, 2, 4, 8], "num_warps": [1, 2, 4, 8, 16]},
             lambda o: _fits(o.BLOCK_M * width, o.num_warps),
         )
     half = width // 2
     default = StagedOptions(schedule="staged", BLOCK_M=16, BLOCK_P=min(256, half), num_warps=4)
-    configs += _space(
+    configs += config_space(
         default,
         {"BLOCK_M": [1, 4, 16], "BLOCK_P": [p for p in (64, 256, 1024) if p <= max(half, 64)], "num_warps": [2, 4, 8]},
         lambda o: _fits(2 * o.BLOCK_M * o.BLOCK_P, o.num_warps),
@@ -264,14 +237,14 @@ def _schedule_space(width: int, fused_limit: int) -> list[Config]:
 
 def butterfly_configs(weight, device: torch.device) -> list[Config]:
     """Fused configs while n <= MAX_FUSED_WIDTH, then staged ones."""
-    return _schedule_space(max(weight.n, 2), MAX_FUSED_WIDTH)
+    return _scheduleconfig_space(max(weight.n, 2), MAX_FUSED_WIDTH)
 
 
 def permuted_configs(weight, device: torch.device) -> list[Config]:
     """Fused configs while n, padded to a power of two, is <= MAX_GATHER_WIDTH, then staged ones."""
-    return _schedule_space(triton.next_power_of_2(weight.n), MAX_GATHER_WIDTH)
+    return _scheduleconfig_space(triton.next_power_of_2(weight.n), MAX_GATHER_WIDTH)
 
 
 def dense_configs(weight, device: torch.device) -> list[Config]:
     """The two cuBLAS operand layouts."""
-    return _space(DenseOptions(layout="out_in"), {"layout": ["out_in", "in_out"]}, lambda o: True)
+    return config_space(DenseOptions(layout="out_in"), {"layout": ["out_in", "in_out"]}, lambda o: True)
