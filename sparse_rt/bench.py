@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -420,7 +419,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pattern", default="unstructured", help="unstructured | block:RxC | N:M")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 2) if os.cpu_count() else 1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="intra-op threads for every engine (default: torch's, %(default)s here)")
     parser.add_argument("--warmup", type=int, default=2)
     runs = parser.add_mutually_exclusive_group()
     runs.add_argument("--iters", type=int, default=None, help="timed runs per engine and batch")
