@@ -114,6 +114,10 @@ class InferenceSession:
         from sparse_rt.api import ensure_graph
 
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: no CUDA device is available here (torch {torch.__version__})")
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device {str(device)!r}: expected 'cpu' or 'cuda[:N]'")
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads: expected a positive integer, got {threads}")

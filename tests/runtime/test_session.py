@@ -152,3 +152,14 @@ def test_invalid_model_is_rejected_by_the_checker():
     model.graph.node[0].input[1] = "undefined_weight"
     with pytest.raises(ModelFormatError, match="not valid ONNX"):
         sparse_rt.convert(model)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when no GPU is present")
+def test_cuda_device_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="no CUDA device is available"):
+        sparse_rt.InferenceSession(mlp_model().SerializeToString(), device="cuda")
+
+
+def test_unknown_device_kind_is_rejected():
+    with pytest.raises(ValueError, match="expected 'cpu' or 'cuda"):
+        sparse_rt.InferenceSession(mlp_model().SerializeToString(), device="meta")
