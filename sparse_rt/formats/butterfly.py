@@ -27,8 +27,14 @@ def butterfly_apply(x: torch.Tensor, twiddles: torch.Tensor) -> torch.Tensor:
             f"butterfly_apply: expected x [..., {2**stages}] for {stages} stages of twiddles, "
             f"got {list(x.shape)}"
         )
+    return butterfly_stages(x, twiddles, stages)
+
+
+def butterfly_stages(x: torch.Tensor, twiddles: torch.Tensor, count: int) -> torch.Tensor:
+    """Stages 0..count-1 of the butterfly on the last dim of x [..., n] (twiddles [L, n/2, 2, 2])."""
+    n = x.shape[-1]
     lead = x.shape[:-1]
-    for s in range(stages):
+    for s in range(count):
         h = 2**s
         # pairs as [blocks, h]: element t of block b pairs index b*2h + t with b*2h + t + h
         twiddle = twiddles[s].reshape(n // (2 * h), h, 2, 2)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparse_rt.formats.butterfly import butterfly_apply
+from sparse_rt.formats.butterfly import butterfly_apply, butterfly_stages
 from sparse_rt.kernels.cpu._butterfly_native import butterfly_rows
 from sparse_rt.kernels.cpu._launch import bias_of, check_cpu, pointer, rows_of, shaped_like, threads
 from sparse_rt.kernels.cpu._native import native_available
@@ -40,21 +40,6 @@ class ButterflyPacked:
     bias: torch.Tensor | None
 
 
-def _first_stages(x: torch.Tensor, twiddles: torch.Tensor, count: int) -> torch.Tensor:
-    """Stages 0..count-1 of the butterfly on the last dim of x [..., n] (n = 2**L)."""
-    n = x.shape[-1]
-    lead = x.shape[:-1]
-    for s in range(count):
-        h = 2**s
-        twiddle = twiddles[s].reshape(n // (2 * h), h, 2, 2)
-        pairs = x.reshape(*lead, n // (2 * h), 2, h)
-        x0, x1 = pairs[..., 0, :], pairs[..., 1, :]
-        y0 = twiddle[..., 0, 0] * x0 + twiddle[..., 0, 1] * x1
-        y1 = twiddle[..., 1, 0] * x0 + twiddle[..., 1, 1] * x1
-        x = torch.stack([y0, y1], dim=-2).reshape(*lead, n)
-    return x
-
-
 def pack_butterfly(weight, bias: torch.Tensor | None) -> ButterflyPacked:
     """Pack a ButterflyFormat (and bias [out]) for the kernel."""
     twiddles = weight.twiddles.to(torch.float64)
@@ -64,7 +49,7 @@ def pack_butterfly(weight, bias: torch.Tensor | None) -> ButterflyPacked:
     # row j: the unit vector at offset j of every block; after the folded stages, entry
     # b * block + i of row j is M_b[i, j]
     probes = torch.eye(block, dtype=torch.float64).repeat(1, n // block)
-    columns = _first_stages(probes, twiddles, folded)  # [block (j), n]
+    columns = butterfly_stages(probes, twiddles, folded)  # [block (j), n]
     fused = columns.reshape(block, n // block, block).permute(1, 0, 2)
     later = twiddles[folded:].reshape(stages - folded, n // 2, 4).permute(0, 2, 1)
     return ButterflyPacked(
