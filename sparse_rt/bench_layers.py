@@ -53,7 +53,6 @@ from sparse_rt.formats import (
     DenseFormat,
     NmFormat,
     PermutedFormat,
-    get_format,
 )
 from sparse_rt.kernels.cpu.heuristic import pick_cpu_kernel
 from sparse_rt.kernels.registry import get_kernel, kernels_for
@@ -210,10 +209,10 @@ def stack_contenders(layers, batch: int, threads: int) -> tuple[dict[str, callab
     x_numpy = x.numpy()
     bound, picks = [], []
     for weight, bias in layers:
-        name, params, kernel_name, config = pick_cpu_kernel(weight, batch)
-        fmt = get_format(name).from_dense(weight, **params)
+        fmt, kernel_name, config = pick_cpu_kernel(weight, batch)
         bound.append(get_kernel(kernel_name).bind(fmt, bias, config, torch.device("cpu")))
-        picks.append(name + "".join(str(value) for value in params.values()))
+        params = {k: v for k, v in fmt.attributes().items() if k != "shape"}
+        picks.append(fmt.name + "".join(str(tuple(v) if isinstance(v, list) else v) for v in params.values()))
 
     def run(functions):
         y = x

@@ -13,7 +13,7 @@ from sparse_rt.converters.lowering import Choice, LinearLayer
 from sparse_rt.formats import get_format
 from sparse_rt.formats.base import WeightFormat
 from sparse_rt.kernels.cpu.heuristic import pick_cpu_kernel
-from sparse_rt.kernels.registry import backend_for, get_kernel, kernels_for
+from sparse_rt.kernels.registry import backend_for, kernels_for
 
 # Non-CPU backends: CSR below this density, dense above.
 SPARSE_MAX_DENSITY = 0.3
@@ -26,10 +26,7 @@ def heuristic_choice(layer: LinearLayer, device: torch.device, structured: Weigh
     if structured is not None:
         fmt = structured
     elif backend_for(device) == "cpu":
-        name, params, kernel, config = pick_cpu_kernel(weight, batch=batch)
-        fmt = get_format(name).from_dense(weight, **params)
-        get_kernel(kernel)  # fails loudly if the rule names an unknown kernel
-        return Choice(fmt, kernel, config)
+        return Choice(*pick_cpu_kernel(weight, batch=batch))
     else:
         density = float((weight != 0).float().mean()) if weight.numel() else 0.0
         fmt = get_format("csr" if density <= SPARSE_MAX_DENSITY else "dense").from_dense(weight)

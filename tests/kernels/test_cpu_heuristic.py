@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from sparse_rt.formats import get_format
 from sparse_rt.kernels.cpu.heuristic import CSR_MAX_DENSITY, candidate_costs, pick_cpu_kernel
 from sparse_rt.kernels.registry import get_kernel
 from tests.helpers import assert_close
@@ -24,16 +23,18 @@ def _blocks(out_features: int, in_features: int, block: tuple[int, int], density
 
 
 def _check_runs(weight: torch.Tensor, batch: int):
-    """The pick builds, binds and computes x @ W.T; returns it."""
-    name, params, kernel_name, config = pick_cpu_kernel(weight, batch)
-    assert pick_cpu_kernel(weight, batch) == (name, params, kernel_name, config)  # deterministic
-    fmt = get_format(name).from_dense(weight, **params)
+    """The pick builds, binds and computes x @ W.T; returns (format name, from_dense params)."""
+    fmt, kernel_name, config = pick_cpu_kernel(weight, batch)
+    again, again_kernel, again_config = pick_cpu_kernel(weight, batch)
+    assert (again.name, again.attributes(), again_kernel, again_config) == \
+        (fmt.name, fmt.attributes(), kernel_name, config)  # deterministic
     kernel = get_kernel(kernel_name)
-    assert kernel.format == name and kernel.supports(fmt, torch.device("cpu"))
+    assert kernel.format == fmt.name and kernel.supports(fmt, torch.device("cpu"))
     assert config in kernel.configs(fmt, torch.device("cpu"))
     x = torch.randn(batch, weight.shape[1])
     assert_close(kernel.bind(fmt, None, config, torch.device("cpu"))(x), x @ weight.T, rtol=1e-5)
-    return name, params
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in fmt.attributes().items() if k != "shape"}
+    return fmt.name, params
 
 
 @pytest.mark.parametrize("batch", [1, 32])

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from sparse_rt.formats import get_format
-from sparse_rt.formats.base import as_dense_weight
+from sparse_rt.formats.base import WeightFormat, as_dense_weight
 from sparse_rt.formats.bsr import count_kept_blocks
 from sparse_rt.formats.nm import fits_nm
 from sparse_rt.kernels.cpu._native import native_available
@@ -123,18 +123,18 @@ def candidate_costs(weight: torch.Tensor, batch: int) -> list[tuple[float, str, 
     return costs
 
 
-def pick_cpu_kernel(weight_dense: torch.Tensor, batch: int) -> tuple[str, dict, str, Config]:
-    """(format name, format params, kernel name, config) for a dense [out, in] weight at `batch`
+def pick_cpu_kernel(weight_dense: torch.Tensor, batch: int) -> tuple[WeightFormat, str, Config]:
+    """(weight in the chosen format, kernel name, config) for a dense [out, in] weight at `batch`
     input rows per call. Deterministic: the cheapest candidate of the cost model (ties go to
     the earlier candidate: dense, csr, bsr by block shape, nm); torch's dense GEMM where the
     C kernels cannot be built."""
     weight = as_dense_weight(weight_dense, "pick_cpu_kernel: weight")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"pick_cpu_kernel: expected batch an int >= 1, got {batch!r}")
-    if not native_available():
-        kernel = get_kernel("dense_cpu_torch")
-        return "dense", {}, kernel.name, kernel.configs(get_format("dense").from_dense(weight), torch.device("cpu"))[0]
-    _, name, params = min(candidate_costs(weight, batch), key=lambda candidate: candidate[0])
-    kernel = get_kernel(KERNELS[name])
+    if native_available():
+        _, name, params = min(candidate_costs(weight, batch), key=lambda candidate: candidate[0])
+        kernel = get_kernel(KERNELS[name])
+    else:
+        name, params, kernel = "dense", {}, get_kernel("dense_cpu_torch")
     fmt = get_format(name).from_dense(weight, **params)
-    return name, params, kernel.name, kernel.configs(fmt, torch.device("cpu"))[0]
+    return fmt, kernel.name, kernel.configs(fmt, torch.device("cpu"))[0]
