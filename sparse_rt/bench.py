@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 import sparse_rt
 from sparse_rt import zoo
 from sparse_rt.converters.torch import export_module
+from sparse_rt.ir.graph import SPARSE_DOMAIN
+from sparse_rt.ir.onnx_io import onnx_dtype_name
 from sparse_rt.runtime.session import set_threads
 
 MODELS = ("bert", "mlp", "cnn")
@@ -33,13 +35,16 @@ MODELS = ("bert", "mlp", "cnn")
 
 @dataclass
 class Workload:
-    """A model to benchmark: the torch module (None for a file), its ONNX file, inputs per batch size."""
+    """A model to benchmark: the torch module (None for a file), its ONNX file, inputs per batch size.
+
+    converted: the file was saved by sparse_rt (run as it is, no dense engines to compare)."""
 
     name: str
     onnx_path: Path
     make_feeds: Callable[[int], dict[str, np.ndarray]]
     rows_per_sample: int
     module: torch.nn.Module | None = None
+    converted: bool = False
 
 
 @dataclass
@@ -160,32 +165,28 @@ def file_workload(path: str) -> Workload:
     Dynamic dims are filled with the batch size (axis 0) or 16 (other axes);
     integer inputs get zeros and ones (valid ids and masks).
     """
-    if _is_sparse_rt_file(path):
-        described = sparse_rt.InferenceSession(path).get_inputs()
-    else:
-        import onnxruntime as ort
-
-        described = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).get_inputs()
-    types = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
+    proto = onnx.load(path, load_external_data=False)  # read once: signature and kind
+    graph = proto.graph
+    converted = any(o.domain == SPARSE_DOMAIN for o in proto.opset_import)
+    initializers = {t.name for t in graph.initializer}
+    described = [
+        (v.name, onnx_dtype_name(v.type.tensor_type.elem_type),
+         [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim])
+        for v in graph.input if v.name not in initializers
+    ]
 
     def make_feeds(batch: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(batch)
         feeds = {}
-        for arg in described:
-            dims = [d if isinstance(d, int) and d > 0 else (batch if axis == 0 else 16) for axis, d in enumerate(arg.shape)]
-            dtype = types.get(arg.type, arg.type[len("tensor("):-1])
+        for name, dtype, shape in described:
+            dims = [d if d else (batch if axis == 0 else 16) for axis, d in enumerate(shape)]
             if dtype.startswith("float"):
-                feeds[arg.name] = rng.standard_normal(dims).astype(dtype)
+                feeds[name] = rng.standard_normal(dims).astype(dtype)
             else:
-                feeds[arg.name] = rng.integers(0, 2, dims).astype(dtype)
+                feeds[name] = rng.integers(0, 2, dims).astype(dtype)
         return feeds
 
-    return Workload(Path(path).stem, Path(path), make_feeds, 1)
-
-
-def _is_sparse_rt_file(path: str) -> bool:
-    proto = onnx.load(path, load_external_data=False)
-    return any(o.domain == "ai.sparse_rt" for o in proto.opset_import)
+    return Workload(Path(path).stem, Path(path), make_feeds, 1, converted=converted)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -257,7 +258,7 @@ def run_bench(args: argparse.Namespace) -> Report:
     bar.set_postfix_str("converting and tuning")
     rss0 = rss_mb()
     start = time.perf_counter()
-    if _is_sparse_rt_file(str(workload.onnx_path)):
+    if workload.converted:
         graph = sparse_rt.load(workload.onnx_path)
     else:
         rows = [b * workload.rows_per_sample for b in args.batch_sizes]
@@ -268,8 +269,7 @@ def run_bench(args: argparse.Namespace) -> Report:
     bar.update(1)
 
     engines: dict[str, Callable[[dict], list[np.ndarray]]] = {"sparse_rt": lambda feeds: ours.run(None, feeds)}
-    ort_session = None
-    if not args.no_compare and not _is_sparse_rt_file(str(workload.onnx_path)):
+    if not args.no_compare and not workload.converted:
         import onnxruntime as ort
 
         rss0 = rss_mb()
