@@ -18,8 +18,7 @@ import torch
 
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
 from sparse_rt.ir.onnx_io import ModelFormatError, graph_from_proto, read_model_proto
-from sparse_rt.ops.registry import BindContext, lookup
-from sparse_rt.runtime.session import UnsupportedOpError
+from sparse_rt.ops.registry import BindContext, lookup, lookup_nodes
 
 MIN_OPSET = 7
 # ops whose result is not a function of their inputs: never folded
@@ -36,7 +35,7 @@ def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
     graph = graph_from_proto(proto)
     if graph.opset < MIN_OPSET:
         raise ModelFormatError(f"model opset {graph.opset} is too old: expected opset >= {MIN_OPSET}")
-    report_unsupported(graph)
+    lookup_nodes(graph.nodes, graph.opset)  # every missing op reported here, at conversion
     graph.toposort()
     graph.validate()
     fold_constants(graph)
@@ -60,19 +59,6 @@ def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as exc:  # inference is an aid; models it cannot handle still run
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFormatError(f"ONNX shape inference failed: {first}") from None
-
-
-def report_unsupported(graph: Graph) -> None:
-    """Raise UnsupportedOpError listing every op type the registry lacks, with node names."""
-    missing: dict[str, list[str]] = {}
-    for node in graph.nodes:
-        if lookup(node.op_type, node.domain, graph.opset) is None:
-            key = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
-            missing.setdefault(key, []).append(node.label())
-    if missing:
-        listing = "; ".join(f"{op} (nodes: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
-                            for op, names in missing.items())
-        raise UnsupportedOpError(f"{len(missing)} unsupported op type(s) at opset {graph.opset}: {listing}")
 
 
 def fold_constants(graph: Graph) -> None:

@@ -81,6 +81,27 @@ def lookup(op_type: str, domain: str, opset: int) -> OpSpec | None:
     return usable[-1] if usable else None
 
 
+class UnsupportedOpError(ValueError):
+    """The graph holds ops the registry does not implement (all of them are listed)."""
+
+
+def lookup_nodes(nodes: list[Node], opset: int) -> list[OpSpec]:
+    """The binder of every node; UnsupportedOpError lists every missing op type, with node names."""
+    specs: list[OpSpec] = []
+    missing: dict[str, list[str]] = {}
+    for node in nodes:
+        spec = lookup(node.op_type, node.domain, opset)
+        if spec is None:
+            key = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+            missing.setdefault(key, []).append(node.label())
+        specs.append(spec)
+    if missing:
+        listing = "; ".join(f"{op} (nodes: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                            for op, names in missing.items())
+        raise UnsupportedOpError(f"{len(missing)} unsupported op type(s) at opset {opset}: {listing}")
+    return specs
+
+
 def supported_ops(domain: str = "") -> list[str]:
     """Names of the registered op types of a domain, sorted."""
     _load_builtin_ops()

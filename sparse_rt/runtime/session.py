@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sparse_rt.ir.graph import Graph, Value
-from sparse_rt.ops.registry import BindContext, OpCallable, lookup
+from sparse_rt.ops.registry import BindContext, OpCallable, lookup_nodes
 
 _TORCH_DTYPES = {
     "float32": torch.float32,
@@ -67,25 +67,9 @@ class _Step:
     label: str
 
 
-class UnsupportedOpError(ValueError):
-    """The graph holds ops the registry does not implement (all of them are listed)."""
-
-
 def bind_nodes(graph: Graph, device: torch.device, options: dict[str, Any] | None = None) -> list:
     """Bind every node to its implementation; report all unsupported ops at once."""
-    missing: dict[str, list[str]] = {}
-    specs = []
-    for node in graph.nodes:
-        spec = lookup(node.op_type, node.domain, graph.opset)
-        if spec is None:
-            key = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
-            missing.setdefault(key, []).append(node.label())
-        specs.append(spec)
-    if missing:
-        listing = "; ".join(f"{op} (nodes: {', '.join(names[:3])})" for op, names in missing.items())
-        raise UnsupportedOpError(
-            f"{len(missing)} unsupported op type(s) at opset {graph.opset}: {listing}"
-        )
+    specs = lookup_nodes(graph.nodes, graph.opset)
     ctx = BindContext(device=device, opset=graph.opset, constants=graph.constants, options=options or {})
     bound = []
     for node, spec in zip(graph.nodes, specs):
