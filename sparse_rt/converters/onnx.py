@@ -103,7 +103,7 @@ def _fold_node(graph: Graph, node: Node, ctx: BindContext) -> list[np.ndarray] |
     if not all((not name) or name in graph.constants for name in node.inputs):
         return None
     if node.op_type != "Constant" and not any(node.inputs):
-        return None  # source ops such as RandomNormal-free generators with no inputs stay
+        return None  # input-less ops other than Constant are left to run time
     spec = lookup(node.op_type, node.domain, graph.opset)
     args = [torch.from_numpy(np.array(graph.constants[n])) if n else None for n in node.inputs]
     try:
