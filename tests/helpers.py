@@ -19,3 +19,12 @@ def assert_close(actual, expected, rtol: float = 1e-4) -> None:
     """Assert max abs error <= rtol * max |expected| (tolerance relative to the reference's scale)."""
     err = relative_error(actual, expected)
     assert err <= rtol, f"relative error {err:.3g} exceeds {rtol:.3g}"
+
+
+def masked_weight(out_features: int, in_features: int, density: float, seed: int = 0,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A seeded random [out, in] weight with each entry kept with probability `density` (else 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(out_features, in_features, generator=generator).to(dtype)
+    keep = torch.rand(out_features, in_features, generator=generator) < density
+    return torch.where(keep, values, torch.zeros((), dtype=dtype))

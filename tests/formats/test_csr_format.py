@@ -4,13 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparse_rt.formats import CsrFormat
-
-
-def sparse_weight(out_features, in_features, density, seed, dtype=torch.float32):
-    generator = torch.Generator().manual_seed(seed)
-    values = torch.randn(out_features, in_features, generator=generator).to(dtype)
-    keep = torch.rand(out_features, in_features, generator=generator) < density
-    return torch.where(keep, values, torch.zeros((), dtype=dtype))
+from tests.helpers import masked_weight
 
 
 def example() -> CsrFormat:
@@ -44,7 +38,7 @@ def test_to_dense_of_hand_built_csr():
     seed=st.integers(0, 2**16),
 )
 def test_round_trip_is_exact(out_features, in_features, density, seed):
-    weight = sparse_weight(out_features, in_features, density, seed)
+    weight = masked_weight(out_features, in_features, density, seed)
     csr = CsrFormat.from_dense(weight)
     assert torch.equal(csr.to_dense(), weight)
     assert csr.nnz == int((weight != 0).sum())
@@ -54,7 +48,7 @@ def test_round_trip_is_exact(out_features, in_features, density, seed):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_round_trip_keeps_dtype(dtype):
-    weight = sparse_weight(9, 17, 0.4, seed=3, dtype=dtype)
+    weight = masked_weight(9, 17, 0.4, seed=3, dtype=dtype)
     dense = CsrFormat.from_dense(weight).to_dense()
     assert dense.dtype == dtype
     assert torch.equal(dense, weight)

@@ -6,27 +6,21 @@ import torch
 from sparse_rt.formats import CsrFormat
 from sparse_rt.kernels.cpu.csr import csr_linear_reference
 from sparse_rt.kernels.registry import kernels_for
-from tests.helpers import assert_close
+from tests.helpers import assert_close, masked_weight
 
 # leading dims of x: 1-D, batch 1, batches below / above / across SIMD tiles, and 3-D
 X_SHAPES = [(), (1,), (3,), (17,), (70,), (2, 5)]
 
 
-def _masked(out_features: int, in_features: int, density: float, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(out_features, in_features, generator=generator)
-    return weight * (torch.rand(out_features, in_features, generator=generator) < density)
-
-
 def _with_empty_rows() -> torch.Tensor:
-    weight = _masked(37, 53, 0.3, seed=0)
+    weight = masked_weight(37, 53, 0.3, seed=0)
     weight[[0, 3, 36]] = 0
     return weight
 
 
 def _skewed() -> torch.Tensor:
     # row lengths from 0 to 300 (int16 indices, rows far longer than a register)
-    weight = _masked(64, 300, 1.0, seed=1)
+    weight = masked_weight(64, 300, 1.0, seed=1)
     lengths = torch.arange(64) * 300 // 63
     return weight * (torch.arange(300)[None, :] < lengths[:, None])
 
@@ -35,8 +29,8 @@ WEIGHTS = {
     "odd_with_empty_rows": _with_empty_rows,
     "skewed_rows_int16": _skewed,
     "all_zero": lambda: torch.zeros(37, 53),
-    "all_dense": lambda: _masked(48, 40, 1.0, seed=2),
-    "single_column": lambda: _masked(9, 1, 1.0, seed=3),
+    "all_dense": lambda: masked_weight(48, 40, 1.0, seed=2),
+    "single_column": lambda: masked_weight(9, 1, 1.0, seed=3),
 }
 
 
@@ -69,7 +63,7 @@ def test_csr_every_config_matches_dense(name, with_bias):
 @pytest.mark.parametrize("shape", [(128, 96), (96, 200)])
 @pytest.mark.parametrize("density", [0.5, 0.1, 0.02])
 def test_csr_shapes_and_densities(shape, density):
-    weight = _masked(*shape, density, seed=4)
+    weight = masked_weight(*shape, density, seed=4)
     fmt = CsrFormat.from_dense(weight)
     (kernel,) = kernels_for(fmt, "cpu")
     bias = torch.randn(shape[0])
@@ -101,7 +95,7 @@ def test_csr_reference_matches_dense():
 
 
 def test_csr_non_contiguous_and_empty_batch():
-    weight = _masked(30, 20, 0.3, seed=5)
+    weight = masked_weight(30, 20, 0.3, seed=5)
     fmt = CsrFormat.from_dense(weight)
     (kernel,) = kernels_for(fmt, "cpu")
     bound = kernel.bind(fmt, None, kernel.configs(fmt, torch.device("cpu"))[0], torch.device("cpu"))
@@ -113,7 +107,7 @@ def test_csr_non_contiguous_and_empty_batch():
 
 
 def test_csr_rejects_bad_input():
-    fmt = CsrFormat.from_dense(_masked(30, 20, 0.3, seed=6))
+    fmt = CsrFormat.from_dense(masked_weight(30, 20, 0.3, seed=6))
     (kernel,) = kernels_for(fmt, "cpu")
     bound = kernel.bind(fmt, None, kernel.configs(fmt, torch.device("cpu"))[0], torch.device("cpu"))
     with pytest.raises(TypeError, match="expected float32"):

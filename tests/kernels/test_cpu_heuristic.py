@@ -5,13 +5,7 @@ import torch
 
 from sparse_rt.kernels.cpu.heuristic import CSR_MAX_DENSITY, candidate_costs, pick_cpu_kernel
 from sparse_rt.kernels.registry import get_kernel
-from tests.helpers import assert_close
-
-
-def _random(out_features: int, in_features: int, density: float, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(out_features, in_features, generator=generator)
-    return weight * (torch.rand(out_features, in_features, generator=generator) < density)
+from tests.helpers import assert_close, masked_weight
 
 
 def _blocks(out_features: int, in_features: int, block: tuple[int, int], density: float) -> torch.Tensor:
@@ -44,7 +38,7 @@ def test_dense_weight_stays_dense(batch):
 
 @pytest.mark.parametrize("batch", [1, 8, 32])
 def test_unstructured_sparse_goes_csr(batch):
-    assert _check_runs(_random(768, 384, 0.1), batch) == ("csr", {})
+    assert _check_runs(masked_weight(768, 384, 0.1), batch) == ("csr", {})
 
 
 @pytest.mark.parametrize("batch", [1, 32])
@@ -75,7 +69,7 @@ def test_all_zero_weight():
 def test_model_reproduces_the_measured_crossovers(batch):
     threshold = CSR_MAX_DENSITY[batch]
     for density, sparse_wins in ((threshold - 0.08, True), (threshold + 0.08, False)):
-        costs = {name: cost for cost, name, params in candidate_costs(_random(768, 3072, density), batch) if not params}
+        costs = {name: cost for cost, name, params in candidate_costs(masked_weight(768, 3072, density), batch) if not params}
         assert (costs["csr"] < costs["dense"]) == sparse_wins, (batch, density, costs)
 
 

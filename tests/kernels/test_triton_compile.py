@@ -35,6 +35,7 @@ from sparse_rt.formats import (
 )
 from sparse_rt.formats.base import narrowest_index_dtype
 from sparse_rt.kernels.triton import bsr, butterfly, configs, csr, nm, permuted
+from tests.helpers import masked_weight
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -67,21 +68,15 @@ def _compile(kernel: JITFunction, args, kwargs):
     return triton.compile(ASTSource(kernel, signature, constants), target=TARGET, options=options)
 
 
-def _masked(out_features: int, in_features: int, density: float) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(out_features, in_features, generator=generator)
-    return weight * (torch.rand(out_features, in_features, generator=generator) < density)
-
-
 def _csr_launches():
-    fmt = CsrFormat.from_dense(_masked(300, 200, 0.2))
+    fmt = CsrFormat.from_dense(masked_weight(300, 200, 0.2))
     linear = csr.bind_csr(fmt, torch.randn(300), configs.csr_configs(fmt, torch.device("cpu"))[0], "cpu")
     for x in (torch.randn(200), torch.randn(5, 200), torch.randn(5, 200).half()):
         linear(x)
 
 
 def _bsr_launches():
-    weight = _masked(256, 256, 1.0)
+    weight = masked_weight(256, 256, 1.0)
     for block_shape, dtype, split_k in (((16, 16), torch.float32, 1), ((64, 32), torch.float16, 4), ((128, 128), torch.bfloat16, 1)):
         fmt = BsrFormat.from_dense(weight, block_shape=block_shape)
         config = dict(configs.bsr_configs(fmt, torch.device("cpu"))[0], SPLIT_K=split_k)
@@ -89,7 +84,7 @@ def _bsr_launches():
 
 
 def _nm_launches():
-    weight = _masked(64, 64, 1.0) * torch.tensor([1.0, 0.0, 0.0, 1.0]).repeat(16)
+    weight = masked_weight(64, 64, 1.0) * torch.tensor([1.0, 0.0, 0.0, 1.0]).repeat(16)
     fmt = NmFormat.from_dense(weight, n=2, m=4)
     linear = nm.bind_nm(fmt, torch.randn(64), configs.nm_configs(fmt, torch.device("cpu"))[0], "cpu")
     for x in (torch.randn(5, 64), torch.randn(5, 64).half()):

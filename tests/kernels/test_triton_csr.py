@@ -15,7 +15,7 @@ from sparse_rt.formats import CsrFormat
 from sparse_rt.kernels.registry import get_kernel, kernels_for
 from sparse_rt.kernels.triton.configs import csr_configs
 from sparse_rt.kernels.triton.csr import bind_csr, csr_linear_reference, pack_csr
-from tests.helpers import assert_close
+from tests.helpers import assert_close, masked_weight
 
 X_SHAPES = [(1,), (5,), (2, 3)]  # leading dims of x: batch 1, batch 5, two leading dims
 
@@ -27,21 +27,15 @@ def device(request) -> torch.device:
     return torch.device(request.param)
 
 
-def _masked(out_features: int, in_features: int, density: float, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(out_features, in_features, generator=generator)
-    return weight * (torch.rand(out_features, in_features, generator=generator) < density)
-
-
 def _with_empty_rows() -> torch.Tensor:
-    weight = _masked(37, 53, 0.3, seed=0)
+    weight = masked_weight(37, 53, 0.3, seed=0)
     weight[[0, 3, 36]] = 0
     return weight
 
 
 def _skewed() -> torch.Tensor:
     # row lengths from 0 to 48, so the swizzle reorders and row blocks mix lengths
-    weight = _masked(64, 48, 1.0, seed=1)
+    weight = masked_weight(64, 48, 1.0, seed=1)
     lengths = torch.arange(64) * 48 // 63
     return weight * (torch.arange(48)[None, :] < lengths[:, None])
 
@@ -50,7 +44,7 @@ WEIGHTS = {
     "odd_with_empty_rows": _with_empty_rows,
     "skewed_rows": _skewed,
     "all_zero": lambda: torch.zeros(37, 53),
-    "dense": lambda: _masked(64, 48, 1.0, seed=2),
+    "dense": lambda: masked_weight(64, 48, 1.0, seed=2),
 }
 
 
@@ -86,7 +80,7 @@ def test_csr_one_dimensional_and_empty_input(device):
 def test_csr_half_precision_on_cuda(device, dtype):
     if device.type != "cuda":
         pytest.skip("half precision is checked on CUDA only")
-    weight = _masked(256, 384, 0.1, seed=3)
+    weight = masked_weight(256, 384, 0.1, seed=3)
     fmt = CsrFormat.from_dense(weight)
     bias = torch.randn(256)
     for config in csr_configs(fmt, device)[:4]:
