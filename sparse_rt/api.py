@@ -53,8 +53,17 @@ def convert(
         from sparse_rt.scheduler.plan import make_chooser
 
         chooser = make_chooser(torch.device(device), batch_sizes, tune=tune, structured=structured)
-        lower_linear_layers(graph, chooser, progress=progress)
+        lower_linear_layers(graph, chooser, progress=progress, keep_apart=_arrived_structured(structured))
     return graph
+
+
+def _arrived_structured(structured: Mapping[str, Any] | None):
+    """Layers whose weight arrived in a structured format keep it: they are not merged."""
+    if not structured:
+        return None
+    from sparse_rt.scheduler.tune import weight_signature
+
+    return lambda layer: weight_signature(torch.from_numpy(layer.weight)) in structured
 
 
 def save(graph: Graph, path: str | os.PathLike) -> None:

@@ -5,8 +5,12 @@ Recognised (after constant folding, so weights are constants):
   MatMul(x, W[in, out])   W constant and 2-D; a following Add of a constant [out] bias is fused
   Conv(x, W[out, in, 1, 1]) 1x1 kernel, group 1, stride 1, no padding (1-D and 2-D convs):
                           Transpose to channels-last, SparseLinear, Transpose back
-Each linear layer's weight goes to `choose(layer)`, which returns the format,
-kernel and config to use (a heuristic or the autotuner, see sparse_rt.scheduler).
+Linear layers (Gemm, MatMul) that read the same input, as an attention block's
+query, key and value projections do, are merged into one layer whose output a
+Split cuts back apart: one kernel call instead of three, one transposition of x
+for the batched kernels. Each linear layer's weight goes to `choose(layer)`, which
+returns the format, kernel and config to use (a heuristic or the autotuner, see
+sparse_rt.scheduler).
 """
 
 from __future__ import annotations
@@ -49,10 +53,28 @@ class Choice:
 Chooser = Callable[[LinearLayer], Choice]
 
 
-def lower_linear_layers(graph: Graph, choose: Chooser, progress: bool = False) -> int:
-    """Replace every recognised linear layer by a SparseLinear node; returns how many.
+@dataclass(frozen=True)
+class _Match:
+    """A linear layer to lower: `node` is where its SparseLinear goes, `outputs` the values it
+    defines (one per merged layer, in order, `sizes` their features), `absorbed` the other
+    nodes it replaces."""
+
+    node: Node
+    layer: LinearLayer
+    x: str
+    outputs: tuple[str, ...]
+    sizes: tuple[int, ...]
+    absorbed: tuple[Node, ...]
+
+
+def lower_linear_layers(
+    graph: Graph, choose: Chooser, progress: bool = False, keep_apart: Callable[[LinearLayer], bool] | None = None
+) -> int:
+    """Replace every recognised linear layer by a SparseLinear node (layers reading the same
+    input merged into one); returns how many SparseLinear nodes.
 
     progress: show a progress bar over the layers while `choose` runs (tuning).
+    keep_apart: layers never merged with their siblings (those arriving in a structured format).
     """
     consumers = graph.consumers()
     graph_outputs = {v.name for v in graph.outputs}
@@ -63,10 +85,13 @@ def lower_linear_layers(graph: Graph, choose: Chooser, progress: bool = False) -
             continue
         match = _match(graph, node, consumers, graph_outputs)
         if match is not None:
-            matches.append((node, *match))
-            absorbed.update(id(n) for n in match[3])
+            layer, x, y, extra = match
+            matches.append(_Match(node, layer, x, (y,), (layer.weight.shape[0],), tuple(extra)))
+            absorbed.update(id(n) for n in extra)
+    matches = _merge_siblings(matches, keep_apart or (lambda layer: False))
+    absorbed.update(id(n) for m in matches for n in m.absorbed)
     layers = tqdm(matches, desc="tuning layers", unit="layer", disable=not progress, leave=False)
-    replaced = {id(node): _emit(graph, node, layer, x, y, choose(layer)) for node, layer, x, y, _ in layers}
+    replaced = {id(m.node): _emit(graph, m, choose(m.layer)) for m in layers}
     nodes: list[Node] = []
     for node in graph.nodes:
         if id(node) in replaced:
@@ -77,6 +102,38 @@ def lower_linear_layers(graph: Graph, choose: Chooser, progress: bool = False) -
     graph.prune_unused()
     graph.validate()
     return len(replaced)
+
+
+def _merge_siblings(matches: list[_Match], keep_apart: Callable[[LinearLayer], bool]) -> list[_Match]:
+    """Gemm/MatMul layers reading the same x merged into one layer (rows stacked in order);
+    the merged layer sits at the first one's node, whose position comes before every reader."""
+    siblings: dict[str, list[_Match]] = {}
+    for m in matches:
+        if m.node.op_type != "Conv" and not keep_apart(m.layer):
+            siblings.setdefault(m.x, []).append(m)
+    merged = {id(group[0]): group for group in siblings.values() if len(group) > 1}
+    dropped = {id(m) for group in merged.values() for m in group[1:]}
+    result = []
+    for m in matches:
+        if id(m) in dropped:
+            continue
+        group = merged.get(id(m))
+        if group is None:
+            result.append(m)
+            continue
+        weight = np.concatenate([g.layer.weight for g in group])
+        bias = None
+        if any(g.layer.bias is not None for g in group):
+            bias = np.concatenate([
+                g.layer.bias if g.layer.bias is not None else np.zeros(g.layer.weight.shape[0], np.float32)
+                for g in group
+            ])
+        layer = LinearLayer("+".join(g.layer.name for g in group), weight, bias)
+        outputs = tuple(y for g in group for y in g.outputs)
+        sizes = tuple(size for g in group for size in g.sizes)
+        absorbed = tuple(n for g in group for n in g.absorbed) + tuple(g.node for g in group[1:])
+        result.append(_Match(m.node, layer, m.x, outputs, sizes, absorbed))
+    return result
 
 
 def _float_constant(graph: Graph, name: str) -> np.ndarray | None:
@@ -141,7 +198,8 @@ def _contiguous(array: np.ndarray | None) -> np.ndarray | None:
     return None if array is None else np.array(array, dtype=np.float32, order="C", copy=True)
 
 
-def _emit(graph: Graph, node: Node, layer: LinearLayer, x: str, y: str, choice: Choice) -> list[Node]:
+def _emit(graph: Graph, match: _Match, choice: Choice) -> list[Node]:
+    node, layer, x = match.node, match.layer, match.x
     base = graph.fresh_name(layer.name.replace("/", "_").strip("_") or "linear")
     arrays: dict[str, str] = {}
     for field_name, tensor in choice.weight.arrays().items():
@@ -156,6 +214,10 @@ def _emit(graph: Graph, node: Node, layer: LinearLayer, x: str, y: str, choice: 
         return sparse_linear_node(base, x_name, y_name, bias, arrays, choice.weight, choice.kernel, choice.config,
                                   choice.timings)
 
+    if len(match.outputs) > 1:
+        merged = graph.fresh_name(f"{base}.merged")
+        return [linear(x, merged), _split(graph, base, merged, match)]
+    (y,) = match.outputs
     if node.op_type != "Conv":
         return [linear(x, y)]
     rank = graph.constants[node.inputs[1]].ndim
@@ -166,6 +228,16 @@ def _emit(graph: Graph, node: Node, layer: LinearLayer, x: str, y: str, choice: 
         linear(x_last, y_last),
         Node("Transpose", [y_last], [y], {"perm": to_first}, f"{base}.to_channels_first"),
     ]
+
+
+def _split(graph: Graph, base: str, merged: str, match: _Match) -> Node:
+    """Split the merged layer's output [..., sum of outs] back into the layers' outputs."""
+    sizes = np.array(match.sizes, dtype=np.int64)
+    if graph.opset >= 13:
+        split = graph.fresh_name(f"{base}.split_sizes")
+        graph.constants[split] = sizes
+        return Node("Split", [merged, split], list(match.outputs), {"axis": -1}, f"{base}.split")
+    return Node("Split", [merged], list(match.outputs), {"axis": -1, "split": sizes.tolist()}, f"{base}.split")
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:

@@ -2,7 +2,10 @@
 
 Nodes are bound to implementations once, at construction; `run` is a plain loop
 over a dict of values. A value is dropped as soon as its last consumer has run.
-`run` keeps all state in locals, so concurrent calls on one session are safe.
+Values computed from shapes alone (`runtime.shapes`) are kept per input-shape
+signature, and later runs with the same input shapes skip their nodes.
+`run` keeps its state in locals (the shape-value cache only gains entries), so
+concurrent calls on one session are safe.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ import torch
 
 from sparse_rt.ir.graph import Graph, Value
 from sparse_rt.ops.registry import BindContext, OpCallable, lookup_nodes
+from sparse_rt.runtime.memory import retain_freed_memory
+from sparse_rt.runtime.shapes import shape_values
+
+# Input-shape signatures whose shape values a session keeps (the oldest is dropped first).
+SHAPE_CACHE_ENTRIES = 64
 
 _TORCH_DTYPES = {
     "float32": torch.float32,
@@ -65,6 +73,16 @@ class _Step:
     outputs: tuple[str, ...]
     release: tuple[str, ...]
     label: str
+    computes_shape: bool
+
+
+@dataclass(frozen=True)
+class _ShapeEntry:
+    """The shape values of one input-shape signature, and their storages (outputs that
+    alias them are copied before they reach the caller)."""
+
+    values: dict[str, torch.Tensor]
+    storages: frozenset[int]
 
 
 def bind_nodes(graph: Graph, device: torch.device, options: dict[str, Any] | None = None) -> list:
@@ -85,7 +103,9 @@ class InferenceSession:
 
     model: a Graph, a path to an ONNX file (saved by sparse_rt or plain ONNX,
     which is converted), or its bytes. threads: intra-op threads for torch and
-    the CPU kernels (process-wide, as torch's setting is).
+    the CPU kernels (process-wide, as torch's setting is). retain_memory: keep
+    freed tensor memory in the process for the next run (`runtime.memory`,
+    process-wide) rather than faulting it in again on every run.
     """
 
     def __init__(
@@ -93,6 +113,7 @@ class InferenceSession:
         model: Graph | str | os.PathLike | bytes,
         device: str | torch.device = "cpu",
         threads: int | None = None,
+        retain_memory: bool = True,
         **options: Any,
     ):
         from sparse_rt.api import ensure_graph
@@ -106,6 +127,8 @@ class InferenceSession:
             if threads < 1:
                 raise ValueError(f"threads: expected a positive integer, got {threads}")
             set_threads(threads)
+        if retain_memory:
+            retain_freed_memory()
         self.graph = ensure_graph(model, device=self.device)
         self._inputs = list(self.graph.inputs)
         self._outputs = list(self.graph.outputs)
@@ -115,25 +138,37 @@ class InferenceSession:
         }
         self._constant_storages = {_storage(t) for t in self._constants.values()}
         fns = bind_nodes(self.graph, self.device, options)
-        self._steps = self._plan(fns)
+        self._shape_values = shape_values(self.graph)
+        self._steps = self._plan(fns, skip_shapes=False)
+        # with the shape values at hand: only the nodes that compute from data
+        self._data_steps = self._plan(fns, skip_shapes=True) if self._shape_values else None
+        self._shape_cache: dict[tuple, _ShapeEntry] = {}
 
-    def _plan(self, fns: list[OpCallable]) -> list[_Step]:
+    def _plan(self, fns: list[OpCallable], skip_shapes: bool) -> list[_Step]:
         keep = {v.name for v in self._outputs} | set(self._constants)
+        nodes = [
+            (node, fn) for node, fn in zip(self.graph.nodes, fns)
+            if not (skip_shapes and self._computes_shape(node))
+        ]
         last_use: dict[str, int] = {}
-        for index, node in enumerate(self.graph.nodes):
+        for index, (node, _) in enumerate(nodes):
             for name in node.inputs:
                 if name:
                     last_use[name] = index
         steps = []
-        for index, (node, fn) in enumerate(zip(self.graph.nodes, fns)):
+        for index, (node, fn) in enumerate(nodes):
             dying = {n for n in node.inputs if n and last_use.get(n) == index and n not in keep}
             # outputs nobody reads are dropped right away
             dying |= {o for o in node.outputs if o and o not in last_use and o not in keep}
             label = f"{node.label()} ({node.op_type})"
             template = tuple(self._constants.get(name) if name else None for name in node.inputs)
             dynamic = tuple((i, name) for i, name in enumerate(node.inputs) if name and name not in self._constants)
-            steps.append(_Step(fn, template, dynamic, tuple(node.outputs), tuple(sorted(dying)), label))
+            steps.append(_Step(fn, template, dynamic, tuple(node.outputs), tuple(sorted(dying)), label,
+                               self._computes_shape(node)))
         return steps
+
+    def _computes_shape(self, node) -> bool:
+        return any(out in self._shape_values for out in node.outputs)
 
     def get_inputs(self) -> list[NodeArg]:
         return [_node_arg(v) for v in self._inputs]
@@ -153,8 +188,8 @@ class InferenceSession:
         wanted = self._check_output_names(output_names)
         values, as_torch = self._check_feed(input_feed)
         shared = {_storage(t) for t in values.values()} | self._constant_storages
-        self._execute(values)
-        # outputs never alias the caller's inputs or the session's constants (Identity, Reshape views)
+        shared |= self._execute(values)
+        # outputs never alias the caller's inputs, the session's constants or its kept shape values
         results = [values[name].clone() if _storage(values[name]) in shared else values[name] for name in wanted]
         if as_torch:
             return results
@@ -169,12 +204,25 @@ class InferenceSession:
         medians = [(label, sorted(times)[len(times) // 2]) for label, times in samples.items()]
         return sorted(medians, key=lambda item: -item[1])
 
-    def _execute(self, values: dict[str, torch.Tensor], timings: dict[str, list[float]] | None = None) -> None:
+    def _execute(
+        self, values: dict[str, torch.Tensor], timings: dict[str, list[float]] | None = None
+    ) -> frozenset[int]:
+        """Run the graph on `values` (the inputs; the rest are added); returns the storages of
+        the kept shape values it used or kept."""
         for value in self._outputs:  # outputs that are constants
             if value.name in self._constants:
                 values[value.name] = self._constants[value.name]
+        steps, captured, reused = self._steps, None, frozenset()
+        if self._data_steps is not None:
+            signature = tuple(tuple(values[v.name].shape) for v in self._inputs)
+            entry = self._shape_cache.get(signature)
+            if entry is not None:
+                values.update(entry.values)
+                steps, reused = self._data_steps, entry.storages
+            else:
+                captured = {}
         with torch.inference_mode():
-            for step in self._steps:
+            for step in steps:
                 args = list(step.template)
                 for position, name in step.dynamic:
                     args[position] = values[name]
@@ -191,8 +239,20 @@ class InferenceSession:
                     for name, tensor in zip(step.outputs, result):
                         if name:
                             values[name] = tensor
+                if captured is not None and step.computes_shape:
+                    captured.update((name, values[name]) for name in step.outputs if name)
                 for name in step.release:
                     values.pop(name, None)
+        if captured is not None:
+            reused = self._keep_shapes(signature, captured)
+        return reused
+
+    def _keep_shapes(self, signature: tuple, captured: dict[str, torch.Tensor]) -> frozenset[int]:
+        if len(self._shape_cache) >= SHAPE_CACHE_ENTRIES:
+            self._shape_cache.pop(next(iter(self._shape_cache)), None)
+        storages = frozenset(_storage(t) for t in captured.values())
+        self._shape_cache[signature] = _ShapeEntry(captured, storages)
+        return storages
 
     def _check_output_names(self, output_names: Sequence[str] | None) -> list[str]:
         known = [v.name for v in self._outputs]
