@@ -14,3 +14,15 @@ def bind_gelu(node, ctx):
     if approximate not in ("none", "tanh"):
         raise ValueError(f"Gelu: expected approximate 'none' or 'tanh', got {approximate!r}")
     return lambda x: F.gelu(x, approximate=approximate)
+
+
+@register_op("ScaledDotProductAttention", domain=SPARSE_DOMAIN)
+def bind_attention(node, ctx):
+    """(q [..., L, E], kT [..., E, S], v [..., S, Ev], mask [.., L or 1, S] float or absent)
+    -> softmax(q kT * scale + mask) v [..., L, Ev]."""
+    scale = float(node.attributes["scale"])
+
+    def attention(q, k_t, v, mask=None):
+        return F.scaled_dot_product_attention(q, k_t.transpose(-1, -2), v, attn_mask=mask, scale=scale)
+
+    return attention

@@ -1,4 +1,4 @@
-"""Fusion of exporter op chains (Erf GELU) into one op, and the cases that must not fuse."""
+"""Fusion of exporter op chains (Erf GELU, attention) into one op, and the cases that must not fuse."""
 
 import numpy as np
 import pytest
@@ -51,3 +51,58 @@ def test_chains_that_are_not_gelu_stay(kwargs):
     graph = import_onnx(gelu_chain(**kwargs))
     assert fuse_graph(graph) == 0
     assert "Erf" in [n.op_type for n in graph.nodes]
+
+
+def attention_chain(scale_op="Div", mask_shape=("batch", 1, 1, "keys"), softmax_axis=-1):
+    """q [batch, 2, L, 4], kT [batch, 2, 4, keys], v [batch, 2, keys, 3]: MatMul, scale, mask, Softmax, MatMul."""
+    nodes = [helper.make_node("MatMul", ["q", "kt"], ["s"])]
+    scores = "s"
+    if scale_op:
+        nodes.append(helper.make_node(scale_op, ["s", "c"], ["scaled"]))
+        scores = "scaled"
+    inputs = [helper.make_tensor_value_info("q", TensorProto.FLOAT, ["batch", 2, "queries", 4]),
+              helper.make_tensor_value_info("kt", TensorProto.FLOAT, ["batch", 2, 4, "keys"]),
+              helper.make_tensor_value_info("v", TensorProto.FLOAT, ["batch", 2, "keys", 3])]
+    if mask_shape is not None:
+        nodes.append(helper.make_node("Add", [scores, "mask"], ["masked"]))
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, list(mask_shape)))
+        scores = "masked"
+    output_shape = ["batch", 2, "queries", 3]
+    if mask_shape is not None and len(mask_shape) > 4:
+        output_shape = [1, "batch", 2, "queries", 3]
+    nodes += [helper.make_node("Softmax", [scores], ["p"], axis=softmax_axis),
+              helper.make_node("MatMul", ["p", "v"], ["y"])]
+    graph = helper.make_graph(nodes, "attention", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, output_shape)],
+                              [numpy_helper.from_array(np.array(2.0, np.float32), "c")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+@pytest.mark.parametrize("scale_op", ["Div", "Mul", None])
+@pytest.mark.parametrize("mask_shape", [("batch", 1, 1, "keys"), ("batch", 2, "queries", "keys"), None],
+                         ids=["padding-mask", "full-mask", "no-mask"])
+def test_attention_chain_becomes_one_op_and_matches_onnxruntime(scale_op, mask_shape):
+    import onnxruntime as ort
+
+    model = attention_chain(scale_op, mask_shape)
+    graph = sparse_rt.convert(model)
+    assert [n.op_type for n in graph.nodes] == ["ScaledDotProductAttention"]
+    rng = np.random.default_rng(0)
+    feeds = {"q": rng.standard_normal((3, 2, 5, 4)), "kt": rng.standard_normal((3, 2, 4, 7)),
+             "v": rng.standard_normal((3, 2, 7, 3))}
+    if mask_shape is not None:
+        feeds["mask"] = np.where(rng.random((3, 2, 5, 7)) < 0.3, -1e4, 0.0)
+        if mask_shape[1] == 1:
+            feeds["mask"] = feeds["mask"][:, :1, :1, :]
+    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+    (expected,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    (actual,) = sparse_rt.InferenceSession(graph).run(None, feeds)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [dict(mask_shape=(4, 2, 1, "keys")), dict(mask_shape=(1, 1, 1, 1, "keys")),
+                                    dict(softmax_axis=2)], ids=["mask-may-widen", "mask-of-higher-rank", "other-axis"])
+def test_chains_that_are_not_attention_stay(kwargs):
+    graph = import_onnx(attention_chain(**kwargs))
+    assert fuse_graph(graph) == 0
+    assert "Softmax" in [n.op_type for n in graph.nodes]
