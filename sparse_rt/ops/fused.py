@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from torch.nn import functional as F
 
 from sparse_rt.ir.graph import SPARSE_DOMAIN
+from sparse_rt.kernels.cpu._native import native_available
+from sparse_rt.kernels.cpu.gelu import NATIVE_LIMIT
+from sparse_rt.kernels.cpu.gelu import gelu as native_gelu
 from sparse_rt.ops.registry import register_op
 
 
@@ -13,6 +17,13 @@ def bind_gelu(node, ctx):
     approximate = node.attributes.get("approximate", "none")
     if approximate not in ("none", "tanh"):
         raise ValueError(f"Gelu: expected approximate 'none' or 'tanh', got {approximate!r}")
+    if approximate == "none" and ctx.device.type == "cpu" and native_available():
+        def gelu_small_native(x):
+            if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() <= NATIVE_LIMIT:
+                return native_gelu(x)
+            return F.gelu(x)
+
+        return gelu_small_native
     return lambda x: F.gelu(x, approximate=approximate)
 
 

@@ -42,7 +42,8 @@ def test_fused_gelu_computes_gelu():
     assert [n.op_type for n in graph.nodes] == ["Gelu"]
     x = np.array([-2.0, 0.3, 1.7], np.float32)
     (y,) = sparse_rt.InferenceSession(graph).run(None, {"x": x})
-    np.testing.assert_allclose(y, torch.nn.functional.gelu(torch.from_numpy(x)).numpy(), rtol=1e-6)
+    # the native GELU's erf is within 1.5e-7 of the exact one
+    np.testing.assert_allclose(y, torch.nn.functional.gelu(torch.from_numpy(x)).numpy(), rtol=1e-6, atol=2e-7)
 
 
 @pytest.mark.parametrize("kwargs", [dict(sqrt2=2.0), dict(half=0.25), dict(expose_erf=True)],

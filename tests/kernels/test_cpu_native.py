@@ -132,6 +132,9 @@ for fmt in weights:
             expected = x @ dense.T + bias
             error = float((bound(x) - expected).abs().max() / expected.abs().max())
             assert error < 1e-5, (kernel.name, batch, error)
+from sparse_rt.kernels.cpu.gelu import gelu
+x = torch.linspace(-10, 10, 2001)
+assert float((gelu(x) - torch.nn.functional.gelu(x)).abs().max()) < 1e-6
 print(f"VL={simd_width()}")
 """
 
