@@ -9,6 +9,7 @@ from sparse_rt.ir.graph import SPARSE_DOMAIN
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.gelu import NATIVE_LIMIT
 from sparse_rt.kernels.cpu.gelu import gelu as native_gelu
+from sparse_rt.kernels.cpu.layernorm import add_layer_norm
 from sparse_rt.ops.registry import register_op
 
 
@@ -37,3 +38,22 @@ def bind_attention(node, ctx):
         return F.scaled_dot_product_attention(q, k_t.transpose(-1, -2), v, attn_mask=mask, scale=scale)
 
     return attention
+
+
+@register_op("AddLayerNormalization", domain=SPARSE_DOMAIN)
+def bind_add_layer_normalization(node, ctx):
+    """(a, b, scale [H], bias [H] or absent) -> LayerNormalization(a + b) over the last axis,
+    attribute epsilon. The native kernel takes equal-shaped float32 a and b; anything else
+    (broadcasting, other dtypes, other devices) goes through torch."""
+    epsilon = float(node.attributes.get("epsilon", 1e-5))
+    native = ctx.device.type == "cpu" and native_available()
+
+    def add_layer_normalization(a, b, scale, bias=None):
+        if (native and a.shape == b.shape and a.dtype == b.dtype == scale.dtype == torch.float32
+                and (bias is None or bias.dtype == torch.float32) and a.device.type == "cpu"):
+            return add_layer_norm(a.contiguous(), b.contiguous(), scale.contiguous(),
+                                  None if bias is None else bias.contiguous(), epsilon)
+        total = a + b
+        return F.layer_norm(total, total.shape[-1:], scale, bias, epsilon)
+
+    return add_layer_normalization

@@ -107,3 +107,51 @@ def test_chains_that_are_not_attention_stay(kwargs):
     graph = import_onnx(attention_chain(**kwargs))
     assert fuse_graph(graph) == 0
     assert "Softmax" in [n.op_type for n in graph.nodes]
+
+
+def residual_norm_model(scale_shape=(6,), with_bias=True, stats_output=False):
+    """y = LayerNormalization(a + b) over the last axis of [batch, 6]."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(scale_shape).astype(np.float32), "scale")]
+    ln_inputs = ["s", "scale"]
+    if with_bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "bias"))
+        ln_inputs.append("bias")
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])]
+    ln_outputs = ["y"]
+    if stats_output:
+        ln_outputs.append("mean")
+        outputs.append(helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", 1]))
+    nodes = [helper.make_node("Add", ["a", "b"], ["s"]),
+             helper.make_node("LayerNormalization", ln_inputs, ln_outputs, axis=-1, epsilon=1e-5)]
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 6]),
+              helper.make_tensor_value_info("b", TensorProto.FLOAT, ["b_rows", 6])]  # 1 or batch
+    graph = helper.make_graph(nodes, "residual_norm", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_residual_add_and_layer_norm_become_one_op_and_match_onnxruntime(with_bias):
+    import onnxruntime as ort
+
+    model = residual_norm_model(with_bias=with_bias)
+    graph = sparse_rt.convert(model)
+    assert [n.op_type for n in graph.nodes] == ["AddLayerNormalization"]
+    rng = np.random.default_rng(1)
+    feeds = {n: (rng.standard_normal((5, 6)) * 3 + 1).astype(np.float32) for n in ("a", "b")}
+    (expected,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    (actual,) = sparse_rt.InferenceSession(graph).run(None, feeds)
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    # broadcasting operands take torch's path
+    feeds["b"] = feeds["b"][:1]
+    (broadcast,) = sparse_rt.InferenceSession(graph).run(None, feeds)
+    np.testing.assert_allclose(broadcast, ort.InferenceSession(model.SerializeToString(), providers=[
+        "CPUExecutionProvider"]).run(None, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(stats_output=True), dict(scale_shape=(1, 6))],
+                         ids=["statistics-used", "scale-not-1d"])
+def test_layer_norms_that_cannot_fuse_stay(kwargs):
+    graph = import_onnx(residual_norm_model(**kwargs))
+    assert fuse_graph(graph) == 0
+    assert [n.op_type for n in graph.nodes] == ["Add", "LayerNormalization"]
