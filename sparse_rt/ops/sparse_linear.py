@@ -16,6 +16,7 @@ import torch
 
 from sparse_rt.formats.base import WeightFormat, get_format
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Node
+from sparse_rt.ir.tensors import tensor_view
 from sparse_rt.kernels.registry import Config, Kernel, kernels_for
 from sparse_rt.ops.registry import BindContext, register_op
 
@@ -63,7 +64,7 @@ def weight_of(node: Node, constants: dict[str, np.ndarray]) -> WeightFormat:
     missing = [n for n in names if n not in constants]
     if missing:
         raise ValueError(f"SparseLinear {node.label()!r}: weight arrays {missing} are not constants")
-    arrays = {f: torch.from_numpy(np.array(constants[n])) for f, n in zip(fields, names)}
+    arrays = {f: tensor_view(constants[n]) for f, n in zip(fields, names)}
     attributes = {k: v for k, v in node.attributes.items() if k not in _RESERVED}
     return get_format(node.attributes["format"]).from_arrays(arrays, attributes)
 
@@ -74,7 +75,7 @@ def bias_of(node: Node, constants: dict[str, np.ndarray]) -> torch.Tensor | None
         return None
     if name not in constants:
         raise ValueError(f"SparseLinear {node.label()!r}: bias {name!r} is not a constant")
-    return torch.from_numpy(np.array(constants[name]))
+    return tensor_view(constants[name])
 
 
 def choose_kernel(node: Node, weight: WeightFormat, device: torch.device) -> tuple[Kernel, Config]:

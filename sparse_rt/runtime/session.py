@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -20,8 +19,9 @@ import numpy as np
 import torch
 
 from sparse_rt.ir.graph import Graph, Value
+from sparse_rt.ir.tensors import tensor_view
 from sparse_rt.ops.registry import BindContext, OpCallable, lookup_nodes
-from sparse_rt.runtime.memory import retain_freed_memory
+from sparse_rt.runtime.memory import retain_freed_memory, trim_free_memory
 from sparse_rt.runtime.shapes import shape_values
 
 # Input-shape signatures whose shape values a session keeps (the oldest is dropped first).
@@ -127,13 +127,11 @@ class InferenceSession:
             if threads < 1:
                 raise ValueError(f"threads: expected a positive integer, got {threads}")
             set_threads(threads)
-        if retain_memory:
-            retain_freed_memory()
         self.graph = ensure_graph(model, device=self.device)
         self._inputs = list(self.graph.inputs)
         self._outputs = list(self.graph.outputs)
         self._constants = {
-            name: torch.from_numpy(np.array(array, copy=True)).to(self.device)
+            name: tensor_view(array).to(self.device)
             for name, array in self.graph.constants.items()
         }
         self._constant_storages = {_storage(t) for t in self._constants.values()}
@@ -143,6 +141,9 @@ class InferenceSession:
         # with the shape values at hand: only the nodes that compute from data
         self._data_steps = self._plan(fns, skip_shapes=True) if self._shape_values else None
         self._shape_cache: dict[tuple, _ShapeEntry] = {}
+        if retain_memory:  # after loading: what loading freed goes back to the system
+            trim_free_memory()
+            retain_freed_memory()
 
     def _plan(self, fns: list[OpCallable], skip_shapes: bool) -> list[_Step]:
         keep = {v.name for v in self._outputs} | set(self._constants)
@@ -291,7 +292,7 @@ class InferenceSession:
                 dtype = array.dtype.name
                 if dtype not in _TORCH_DTYPES:
                     raise TypeError(f"input {name!r}: expected {value.describe()}, got unsupported dtype {dtype}")
-                tensor = _from_numpy(array)
+                tensor = tensor_view(array)
             _check_input(name, value, dtype, tuple(tensor.shape), symbols)
             values[name] = tensor.to(self.device)
         return values, kinds == {"torch"}
@@ -315,13 +316,6 @@ def _check_input(name: str, value: Value, dtype: str, shape: tuple[int, ...], sy
                 raise ValueError(
                     f"input {name!r}: dim {want!r} is {got} here but {symbols[want]} in another input"
                 )
-
-
-def _from_numpy(array: np.ndarray) -> torch.Tensor:
-    """Zero-copy tensor of a numpy array (read-only arrays too: ops never write their inputs)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(np.ascontiguousarray(array).reshape(array.shape))
 
 
 def _storage(tensor: torch.Tensor) -> int:
