@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 import sparse_rt
 from sparse_rt import zoo
+from sparse_rt.bench_memory import session_memory_mb
 from sparse_rt.converters.torch import export_module
 from sparse_rt.ir.graph import SPARSE_DOMAIN
 from sparse_rt.ir.onnx_io import onnx_dtype_name
@@ -214,16 +215,6 @@ def percentile(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples), q))
 
 
-def rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 def peak_rss_mb() -> float:
     import resource
 
@@ -256,7 +247,6 @@ def run_bench(args: argparse.Namespace) -> Report:
     bar.update(1)
 
     bar.set_postfix_str("converting and tuning")
-    rss0 = rss_mb()
     start = time.perf_counter()
     if workload.converted:
         graph = sparse_rt.load(workload.onnx_path)
@@ -265,19 +255,16 @@ def run_bench(args: argparse.Namespace) -> Report:
         graph = sparse_rt.convert(str(workload.onnx_path), batch_sizes=rows, tune=not args.no_tune, progress=not args.quiet)
     ours = sparse_rt.InferenceSession(graph, threads=args.threads)
     convert_seconds = time.perf_counter() - start
-    rss = {"sparse_rt": rss_mb() - rss0}
     bar.update(1)
 
     engines: dict[str, Callable[[dict], list[np.ndarray]]] = {"sparse_rt": lambda feeds: ours.run(None, feeds)}
     if not args.no_compare and not workload.converted:
         import onnxruntime as ort
 
-        rss0 = rss_mb()
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
         ort_session = ort.InferenceSession(str(workload.onnx_path), options, providers=["CPUExecutionProvider"])
-        rss["onnxruntime"] = rss_mb() - rss0
         engines = {"onnxruntime": lambda feeds: ort_session.run(None, feeds), **engines}
         if workload.module is not None:
             module = workload.module
@@ -289,6 +276,8 @@ def run_bench(args: argparse.Namespace) -> Report:
 
             engines = {"onnxruntime": engines["onnxruntime"], "torch": torch_run, "sparse_rt": engines["sparse_rt"]}
 
+    bar.set_postfix_str("measuring session memory")
+    rss = session_memories(workload, graph, "onnxruntime" in engines, args, workdir)
     report = Report(
         model=workload.name, sparsity=args.sparsity if args.model in MODELS else None, pattern=args.pattern,
         threads=args.threads, convert_seconds=convert_seconds, weight_bytes=weight_bytes(graph),
@@ -318,6 +307,20 @@ def run_bench(args: argparse.Namespace) -> Report:
     bar.update(1)
     bar.close()
     return report
+
+
+def session_memories(workload: Workload, graph: sparse_rt.Graph, with_ort: bool, args: argparse.Namespace,
+                     workdir: Path) -> dict[str, float]:
+    """{engine: MiB} a session takes in a fresh process, after one run at the first batch size."""
+    feeds = workload.make_feeds(args.batch_sizes[0])
+    ours = workload.onnx_path
+    if not workload.converted:
+        ours = workdir / "sparse_rt.onnx"
+        sparse_rt.save(graph, ours)
+    memory = {"sparse_rt": session_memory_mb("sparse_rt", ours, feeds, args.threads, workdir)}
+    if with_ort:
+        memory["onnxruntime"] = session_memory_mb("onnxruntime", workload.onnx_path, feeds, args.threads, workdir)
+    return memory
 
 
 def weight_bytes(graph: sparse_rt.Graph) -> dict[str, int]:
@@ -363,8 +366,9 @@ def format_table(report: Report) -> str:
     if wb["linear_dense"]:
         lines.append(f"linear weights: sparse_rt {wb['linear_sparse_rt'] / 2**20:.1f} MiB vs dense "
                      f"{wb['linear_dense'] / 2**20:.1f} MiB ({wb['linear_sparse_rt'] / wb['linear_dense']:.1%})")
-    lines.append("memory added (RSS): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in report.rss_mb.items())
-                 + f"; process peak {report.peak_rss_mb:.0f} MiB")
+    lines.append("session memory (RSS growth of a fresh process, one run): "
+                 + ", ".join(f"{k} {v:.0f} MiB" for k, v in report.rss_mb.items())
+                 + f"; bench process peak {report.peak_rss_mb:.0f} MiB")
     lines.append(f"convert + tune: {report.convert_seconds:.1f} s")
     if report.per_layer:
         lines.append("slowest nodes (sparse_rt, batch %d):" % report.latencies[0].batch)

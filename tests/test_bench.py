@@ -55,6 +55,7 @@ def test_file_model_end_to_end_with_json_plot_and_per_layer(tmp_path, capsys, mo
             assert row["max_rel_error_vs_ort"] <= 1e-4 and row["speedup_vs_ort"] > 0
     assert report["weight_bytes"]["linear_sparse_rt"] < report["weight_bytes"]["linear_dense"]
     assert report["per_layer"] and report["convert_seconds"] > 0 and report["peak_rss_mb"] > 0
+    assert set(report["rss_mb"]) == {"sparse_rt", "onnxruntime"} and report["rss_mb"]["sparse_rt"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
