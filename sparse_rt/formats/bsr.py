@@ -18,10 +18,19 @@ from sparse_rt.formats.base import WeightFormat, as_dense_weight, narrowest_inde
 
 
 def count_kept_blocks(nonzero: torch.Tensor, block_shape: tuple[int, int]) -> int:
-    """How many r x c blocks of a 0/1 (bool or float) [out, in] mask, zero-padded to whole
-    blocks, hold a nonzero: the blocks `BsrFormat.from_dense` would keep."""
-    mask = nonzero if nonzero.is_floating_point() else nonzero.to(torch.float32)
-    return int(torch.nn.functional.max_pool2d(mask[None, None], tuple(block_shape), ceil_mode=True).sum())
+    """How many r x c blocks of a 0/1 (bool, uint8 or float) [out, in] mask, zero-padded to
+    whole blocks, hold a nonzero: the blocks `BsrFormat.from_dense` would keep. A uint8 mask
+    of whole blocks is read in place."""
+    r, c = block_shape
+    out_features, in_features = nonzero.shape
+    rows, columns = _ceil_div(out_features, r), _ceil_div(in_features, c)
+    if nonzero.dtype == torch.uint8 and (rows * r, columns * c) == (out_features, in_features):
+        padded = nonzero.contiguous()
+    else:
+        padded = torch.zeros(rows * r, columns * c, dtype=torch.uint8)
+        padded[:out_features, :in_features] = nonzero != 0
+    per_row = padded.view(rows * r, columns, c).amax(dim=2)  # reduce the contiguous axis first
+    return int(per_row.view(rows, r, columns).amax(dim=1).sum())
 
 
 def _ceil_div(a: int, b: int) -> int:

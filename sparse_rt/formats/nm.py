@@ -13,12 +13,16 @@ MAX_M = torch.iinfo(torch.int8).max + 1  # in-group positions 0..m-1 fit int8
 
 
 def fits_nm(nonzero: torch.Tensor, n: int, m: int) -> bool:
-    """Whether a 0/1 (bool or float) [out, in] mask has at most n nonzeros in every group of m
-    inputs (zero-padded to whole groups): whether `NmFormat.from_dense(W, n=n, m=m)` fits."""
-    mask = nonzero if nonzero.is_floating_point() else nonzero.to(torch.float32)
-    out_features, in_features = mask.shape
-    padded = torch.nn.functional.pad(mask, (0, _groups(in_features, m) * m - in_features))
-    return bool(padded.view(out_features, -1, m).sum(dim=2).max() <= n)
+    """Whether a 0/1 (bool, uint8 or float) [out, in] mask has at most n nonzeros in every group
+    of m inputs (zero-padded to whole groups): whether `NmFormat.from_dense(W, n=n, m=m)` fits.
+    A uint8 mask of whole groups is read in place."""
+    out_features, in_features = nonzero.shape
+    if nonzero.dtype == torch.uint8 and in_features % m == 0:
+        padded = nonzero.contiguous()
+    else:
+        padded = torch.zeros(out_features, _groups(in_features, m) * m, dtype=torch.uint8)
+        padded[:, :in_features] = nonzero != 0
+    return bool(padded.view(out_features, -1, m).sum(dim=2, dtype=torch.int16).max() <= n)
 
 
 def _groups(in_features: int, m: int) -> int:

@@ -48,8 +48,8 @@ def weight_formats(weight: torch.Tensor, structured: WeightFormat | None = None)
     formats: list[WeightFormat] = [get_format("dense").from_dense(weight)]
     if structured is not None:
         formats.append(structured)
-    nonzero = weight != 0
-    nnz = int(nonzero.sum())
+    nonzero = (weight != 0).to(torch.uint8)
+    nnz = int(nonzero.sum(dtype=torch.int64))
     formats.append(get_format("csr").from_dense(weight))
     if nnz == 0:
         return formats

@@ -72,8 +72,13 @@ def tune_layer(
     weight = torch.from_numpy(layer.weight)
     bias = None if layer.bias is None else torch.from_numpy(layer.bias)
     fingerprint = device_fingerprint(device)
-    generator = torch.Generator().manual_seed(0)
-    inputs = {b: torch.randn(b, weight.shape[1], generator=generator).to(device) for b in batch_weights}
+    inputs: dict[int, torch.Tensor] = {}  # made when first timed: a warm cache times nothing
+
+    def input_rows(batch: int) -> torch.Tensor:
+        if batch not in inputs:
+            generator = torch.Generator().manual_seed(batch)
+            inputs[batch] = torch.randn(batch, weight.shape[1], generator=generator).to(device)
+        return inputs[batch]
     timings: dict[str, dict[int, float]] = {}
     scores: dict[str, tuple[float, Candidate]] = {}
     bound: dict[str, BoundLinear] = {}
@@ -82,14 +87,14 @@ def tune_layer(
     def measure(candidate: Candidate) -> None:
         label = candidate.label
         per_batch = timings.setdefault(label, {})
-        for batch, x in inputs.items():
+        for batch in batch_weights:
             key = TuningCache.key(fingerprint, candidate.kernel, candidate.config, tuple(weight.shape),
                                   _structure_signature(candidate.weight), batch)
             seconds = cache.get(key)
             if seconds is None or batch in fresh.get(label, {}):
                 if label not in bound:
                     bound[label] = get_kernel(candidate.kernel).bind(candidate.weight, bias, candidate.config, device)
-                measured = timer(candidate, bound[label], x)
+                measured = timer(candidate, bound[label], input_rows(batch))
                 seconds = measured if seconds is None else min(seconds, measured)
                 cache.put(key, seconds)
                 fresh.setdefault(label, {})[batch] = key
