@@ -3,7 +3,8 @@
 With no arguments: a BERT-base-shaped encoder (12 layers, hidden 768, FFN 3072,
 12 heads, seq 128, seeded random weights) pruned to 90% by magnitude, exported
 to ONNX, converted and tuned, then timed in one process against onnxruntime on
-the same pruned file and against the pruned torch module.
+the same pruned file and against the pruned torch module, the engines taking turns
+in four rounds so that a slow spell of the machine does not favour one of them.
 """
 
 from __future__ import annotations
@@ -193,21 +194,31 @@ def file_workload(path: str) -> Workload:
 # ----------------------------------------------------------------------------- measuring
 
 
-def measure(fn: Callable[[], object], warmup: int, iters: int | None, seconds: float) -> list[float]:
-    """Latencies in seconds of warm calls: `iters` of them, or as many as fit in `seconds` (at least 3)."""
-    for _ in range(warmup):
-        fn()
-    samples: list[float] = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-        if iters is not None:
-            if len(samples) >= iters:
-                break
-        elif len(samples) >= 3 and time.perf_counter() - start >= seconds:
-            break
+# Rounds the engines take turns in: a slow spell of the machine hits every engine alike.
+ROUNDS = 4
+
+
+def measure_interleaved(
+    engines: dict[str, Callable[[], object]], warmup: int, iters: int | None, seconds: float
+) -> dict[str, list[float]]:
+    """Latencies in seconds of warm calls of each engine, taken in ROUNDS turns: `iters` calls
+    per engine in all, or as many as fit in `seconds` per engine (at least 3)."""
+    for fn in engines.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in engines}
+    for round_index in range(ROUNDS):
+        for name, fn in engines.items():
+            taken = samples[name]
+            if iters is not None:
+                goal = iters * (round_index + 1) // ROUNDS
+            else:
+                goal = 3 * (round_index + 1) // ROUNDS
+            start = time.perf_counter()
+            while len(taken) < goal or (iters is None and time.perf_counter() - start < seconds / ROUNDS):
+                t0 = time.perf_counter()
+                fn()
+                taken.append(time.perf_counter() - t0)
     return samples
 
 
@@ -288,8 +299,10 @@ def run_bench(args: argparse.Namespace) -> Report:
         feeds = workload.make_feeds(batch)
         reference = engines["onnxruntime"](feeds) if "onnxruntime" in engines else None
         base = None
+        measured = measure_interleaved({name: (lambda engine=engine: engine(feeds)) for name, engine in engines.items()},
+                                       args.warmup, args.iters, args.seconds)
         for name, engine in engines.items():
-            samples = measure(lambda: engine(feeds), args.warmup, args.iters, args.seconds)
+            samples = measured[name]
             p50 = percentile(samples, 50)
             row = Latency(name, batch, p50 * 1e3, percentile(samples, 90) * 1e3, percentile(samples, 99) * 1e3,
                           batch / p50, len(samples))
