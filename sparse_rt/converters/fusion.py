@@ -7,6 +7,9 @@
              heads; the scores never reach memory whole)
   Residual LayerNorm  Add(a, b), LayerNormalization over the last axis with 1-D constant scale
              (and bias) -> ai.sparse_rt::AddLayerNormalization (one pass over a row)
+  Linear GELU  SparseLinear, then GELU (erf form) -> SparseLinear with activation "gelu"
+             (`fuse_linear_activation`, after lowering: the dense and CSR kernels apply it
+             to their outputs in registers)
 
 A chain is fused only when its intermediate values have no other consumer and
 are not graph outputs, and its constants have the expected values.
@@ -222,3 +225,27 @@ def fuse_add_layer_norm(graph: Graph) -> int:
     graph.prune_unused()
     graph.validate()
     return len(replacement)
+
+
+def fuse_linear_activation(graph: Graph) -> int:
+    """Fold a GELU (erf form; ai.sparse_rt::Gelu or ONNX Gelu) that is the only reader of a
+    SparseLinear's output into that node's `activation` attribute."""
+    consumers = graph.consumers()
+    outputs = {v.name for v in graph.outputs}
+    removed: set[int] = set()
+    for linear in graph.nodes:
+        if linear.op_type != "SparseLinear" or linear.domain != SPARSE_DOMAIN or linear.attributes.get("activation"):
+            continue
+        users = consumers.get(linear.outputs[0], [])
+        if linear.outputs[0] in outputs or len(users) != 1:
+            continue
+        gelu = users[0]
+        if (gelu.op_type != "Gelu" or gelu.domain not in ("", SPARSE_DOMAIN)
+                or gelu.attributes.get("approximate", "none") != "none"):
+            continue
+        linear.attributes["activation"] = "gelu"
+        linear.outputs[0] = gelu.outputs[0]
+        removed.add(id(gelu))
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+    graph.validate()
+    return len(removed)

@@ -165,7 +165,7 @@ def serve(models: dict[str, nn.Module], settings: MethodSettings) -> list[dict]:
     import onnxruntime as ort
 
     import sparse_rt
-    from sparse_rt.bench import max_relative_error, measure, percentile
+    from sparse_rt.bench import max_relative_error, measure_interleaved, percentile
     from sparse_rt.converters.torch import export_module
     from sparse_rt.runtime.session import set_threads
 
@@ -188,11 +188,11 @@ def serve(models: dict[str, nn.Module], settings: MethodSettings) -> list[dict]:
             name = engines["onnxruntime"].get_inputs()[0].name
             for batch in settings.batch_sizes:
                 feeds = {name: np.random.default_rng(batch).standard_normal((batch, SIZES[0])).astype(np.float32)}
-                medians = {}
-                for engine_name, session in engines.items():
-                    samples = measure(lambda session=session, feeds=feeds: session.run(None, feeds),
-                                      warmup=20, iters=None, seconds=settings.timing_seconds)
-                    medians[engine_name] = percentile(samples, 50)
+                samples = measure_interleaved(
+                    {engine_name: (lambda session=session, feeds=feeds: session.run(None, feeds))
+                     for engine_name, session in engines.items()},
+                    warmup=20, iters=None, seconds=settings.timing_seconds)
+                medians = {engine_name: percentile(taken, 50) for engine_name, taken in samples.items()}
                 error = max_relative_error(
                     engines["sparse_rt"].run(None, feeds), engines["onnxruntime"].run(None, feeds)
                 )

@@ -34,9 +34,11 @@ class Kernel:
     name:     unique id, e.g. "csr_cpu_rowwise"
     format:   the WeightFormat.name it takes
     backend:  "cpu" or "triton"
-    bind:     (weight, bias [out] or None, config, device) -> callable x -> y
+    bind:     (weight, bias [out] or None, config, device) -> callable x -> y; kernels
+              with `activations` also take activation= one of them, applied to y
     configs:  (weight, device) -> tuning space (first entry = heuristic default)
     supports: (weight, device) -> whether this kernel can run that weight there
+    activations: the activations the kernel fuses into its output ("gelu")
     """
 
     name: str
@@ -49,6 +51,7 @@ class Kernel:
     supports: Callable[[WeightFormat, torch.device], bool] = field(
         default=lambda weight, device: True
     )
+    activations: tuple[str, ...] = ()
 
 
 KERNELS: dict[str, Kernel] = {}

@@ -7,8 +7,7 @@ from torch.nn import functional as F
 
 from sparse_rt.ir.graph import SPARSE_DOMAIN
 from sparse_rt.kernels.cpu._native import native_available
-from sparse_rt.kernels.cpu.gelu import NATIVE_LIMIT
-from sparse_rt.kernels.cpu.gelu import gelu as native_gelu
+from sparse_rt.kernels.cpu.gelu import gelu_float32
 from sparse_rt.kernels.cpu.layernorm import add_layer_norm
 from sparse_rt.ops.registry import register_op
 
@@ -20,8 +19,8 @@ def bind_gelu(node, ctx):
         raise ValueError(f"Gelu: expected approximate 'none' or 'tanh', got {approximate!r}")
     if approximate == "none" and ctx.device.type == "cpu" and native_available():
         def gelu_small_native(x):
-            if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() <= NATIVE_LIMIT:
-                return native_gelu(x)
+            if x.dtype == torch.float32 and x.device.type == "cpu":
+                return gelu_float32(x)
             return F.gelu(x)
 
         return gelu_small_native

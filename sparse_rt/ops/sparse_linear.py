@@ -3,7 +3,9 @@
 Node layout (the same in memory and on disk):
   inputs:     [x, bias or "", *format arrays]  (arrays and bias are constants)
   attributes: format (str), arrays (names of the format fields, in input order),
-              kernel (str), config (JSON str), and the format's own attributes.
+              kernel (str), config (JSON str), the format's own attributes, and
+              optionally activation ("gelu": y = GELU(x @ W.T + b), erf form), which
+              kernels with that activation apply in registers, others after.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from sparse_rt.formats.base import WeightFormat, get_format
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Node
 from sparse_rt.ir.tensors import tensor_view
+from sparse_rt.kernels.cpu.gelu import gelu_float32
 from sparse_rt.kernels.registry import Config, Kernel, kernels_for
 from sparse_rt.ops.registry import BindContext, register_op
 
-_RESERVED = ("format", "arrays", "kernel", "config", "timings")
+_RESERVED = ("format", "arrays", "kernel", "config", "timings", "activation")
+ACTIVATIONS = ("gelu",)
 
 
 def sparse_linear_node(
@@ -96,7 +101,17 @@ def bind_sparse_linear(node: Node, ctx: BindContext):
     weight = weight_of(node, ctx.constants)
     bias = bias_of(node, ctx.constants)
     kernel, config = choose_kernel(node, weight, ctx.device)
-    linear = kernel.bind(weight, bias, config, ctx.device)
+    activation = node.attributes.get("activation") or None
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    if activation is None or activation in kernel.activations:
+        linear = kernel.bind(weight, bias, config, ctx.device, **({"activation": activation} if activation else {}))
+    else:
+        plain = kernel.bind(weight, bias, config, ctx.device)
+
+        def linear(x):
+            y = plain(x)
+            return gelu_float32(y) if y.dtype == torch.float32 and y.device.type == "cpu" else F.gelu(y)
 
     def run(x, *weight_inputs):  # bias and arrays are already inside the bound kernel
         return linear(x)

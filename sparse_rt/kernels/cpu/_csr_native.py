@@ -21,8 +21,9 @@ import ctypes
 import functools
 
 from sparse_rt.kernels.cpu._native import declare, load_library
+from sparse_rt.kernels.cpu.gelu import GELU_SOURCE
 
-SOURCE = r"""
+SOURCE = GELU_SOURCE + r"""
 /* Accumulator sets per batch-tile width (NV registers): UK nonzeros in flight per step. */
 #define CSR_UK1 4
 #define CSR_UK2 2
@@ -50,7 +51,7 @@ struct csr_job {
     const void* column_indices;
     const float *values, *bias, *x, *xt;
     float* y;
-    int64_t rows, out, ldt, batch_vectors, in;
+    int64_t rows, out, ldt, batch_vectors, in, gelu;
 };
 
 #define DEFINE_CSR_GEMV(IDX, ITYPE, UNROLL)                                                   \
@@ -85,7 +86,7 @@ void csr_gemv_##IDX##_u##UNROLL(int num_threads, int64_t tasks, const int64_t* t
                                 const float* values, const float* bias, const float* x,      \
                                 float* y) {                                                  \
     struct csr_job job = {task_rows, row_offsets, column_indices, values, bias, x, NULL, y,  \
-                          1, 0, 0, 0};                                                       \
+                          1, 0, 0, 0, 0, 0};                                                       \
     sr_parallel_for(num_threads, tasks, _csr_gemv_task_##IDX##_u##UNROLL, &job);             \
 }
 
@@ -129,7 +130,8 @@ static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, int64_t r0,
         for (int j = 0; j < NV; j++) {                                                       \
             _Pragma("GCC unroll 8")                                                          \
             for (int u = 1; u < UK; u++) acc[0][j] = vadd(acc[0][j], acc[u][j]);             \
-            vstore(tile + g * NV * VL + j * VL, vadd(acc[0][j], b));                         \
+            vf result = vadd(acc[0][j], b);                                                  \
+            vstore(tile + g * NV * VL + j * VL, job->gelu ? vgelu(result) : result);         \
         }                                                                                    \
         if (g == ROW_GROUP - 1 || r == r1 - 1)                                               \
             _store_tile(tile, NV * VL, g + 1, lanes, job->y, job->out, r - g, b0);           \
@@ -156,7 +158,8 @@ static void _csr_gemm_task_##IDX(void* context, int64_t t, int worker) {        
 void csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
                     const int64_t* row_offsets, const ITYPE* column_indices,                 \
                     const float* values, const float* bias, int64_t rows, int64_t in,        \
-                    int64_t out, const float* x, float* y, float* xt, int64_t batch_vectors) { \
+                    int64_t out, const float* x, float* y, float* xt, int64_t batch_vectors,   \
+                    int64_t gelu) {                                                          \
     int64_t ldt = (rows + VL - 1) / VL * VL;                                                 \
     /* xT tile by tile: tile b0 is a contiguous [in, width] block at xt + b0 * in, so the     \
        columns a row gathers sit width * 4 bytes apart, not a multiple of 4 KiB */            \
@@ -166,7 +169,7 @@ void csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,   
         transpose_padded(num_threads, real, width, in, x + b0 * in, in, xt + b0 * in, width); \
     }                                                                                        \
     struct csr_job job = {task_rows, row_offsets, column_indices, values, bias, x, xt, y,    \
-                          rows, out, ldt, batch_vectors, in};                                \
+                          rows, out, ldt, batch_vectors, in, gelu};                                \
     sr_parallel_for(num_threads, tasks, _csr_gemm_task_##IDX, &job);                         \
 }
 
@@ -194,8 +197,9 @@ def csr_gemv(index: str, unroll: int):
 @functools.cache
 def csr_gemm(index: str):
     """`csr_gemm_<index>`: (threads, tasks, task_rows, row_offsets, column_indices, values,
-    bias or None, rows, in, out, x, y, xt scratch [in * ceil(rows / VL) * VL], batch_vectors)."""
+    bias or None, rows, in, out, x, y, xt scratch [in * ceil(rows / VL) * VL], batch_vectors,
+    gelu: y = GELU(x @ W.T + b))."""
     library = load_library("csr", SOURCE)
     return declare(
-        library, f"csr_gemm_{index}", [ctypes.c_int, _I, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _I]
+        library, f"csr_gemm_{index}", [ctypes.c_int, _I, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I]
     )

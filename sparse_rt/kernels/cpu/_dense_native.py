@@ -11,8 +11,9 @@ import ctypes
 import functools
 
 from sparse_rt.kernels.cpu._native import declare, load_library
+from sparse_rt.kernels.cpu.gelu import GELU_SOURCE
 
-SOURCE = r"""
+SOURCE = GELU_SOURCE + r"""
 #define NR (2 * VL)
 /* Panel rows requested ahead of use: a layer's weight mostly comes from DRAM (a model's
    weights do not stay in cache), and prefetching 16 rows (2 KiB with AVX-512) ahead cut a
@@ -21,12 +22,12 @@ SOURCE = r"""
 #define PREFETCH_STEPS 16
 
 /* y[r, 0:ncols] (+)= x[r, 0:kc] @ w[0:kc, 0:NR] for r < MR; starts from bias when given,
-   else from the partial sums already in y. */
+   else from the partial sums already in y; gelu: GELU of the result (the last k block). */
 #define DEFINE_DENSE_TILE(MR)                                                              \
 static inline void _dense_tile_##MR(int64_t kc, const float* restrict w,                   \
                                     const float* restrict x, int64_t ldx,                  \
                                     float* restrict y, int64_t ldy, int ncols,             \
-                                    const float* restrict bias) {                          \
+                                    const float* restrict bias, int gelu) {                \
     vf acc0[MR], acc1[MR];                                                                 \
     int n0 = ncols < VL ? ncols : VL, n1 = ncols - n0;                                     \
     _Pragma("GCC unroll 16")                                                               \
@@ -47,6 +48,7 @@ static inline void _dense_tile_##MR(int64_t kc, const float* restrict w,        
     }                                                                                      \
     _Pragma("GCC unroll 16")                                                               \
     for (int r = 0; r < MR; r++) {                                                         \
+        if (gelu) { acc0[r] = vgelu(acc0[r]); acc1[r] = vgelu(acc1[r]); }                 \
         if (ncols == NR) { vstore(y + r * ldy, acc0[r]); vstore(y + r * ldy + VL, acc1[r]); } \
         else { vstore_n(y + r * ldy, acc0[r], n0); vstore_n(y + r * ldy + VL, acc1[r], n1); } \
     }                                                                                      \
@@ -58,7 +60,7 @@ DEFINE_DENSE_TILE(5) DEFINE_DENSE_TILE(6) DEFINE_DENSE_TILE(7) DEFINE_DENSE_TILE
 /* The one-row tile: four k-steps in flight, each into its own accumulators (a single pair
    would wait on the FMA latency every step). */
 static inline void _dense_row(int64_t kc, const float* restrict w, const float* restrict x,
-                              float* restrict y, int ncols, const float* restrict bias) {
+                              float* restrict y, int ncols, const float* restrict bias, int gelu) {
     vf acc[4][2];
     int n0 = ncols < VL ? ncols : VL, n1 = ncols - n0;
     for (int u = 0; u < 4; u++) { acc[u][0] = vzero(); acc[u][1] = vzero(); }
@@ -82,26 +84,27 @@ static inline void _dense_row(int64_t kc, const float* restrict w, const float* 
     }
     vf y0 = vadd(vadd(acc[0][0], acc[1][0]), vadd(acc[2][0], acc[3][0]));
     vf y1 = vadd(vadd(acc[0][1], acc[1][1]), vadd(acc[2][1], acc[3][1]));
+    if (gelu) { y0 = vgelu(y0); y1 = vgelu(y1); }
     if (ncols == NR) { vstore(y, y0); vstore(y + VL, y1); }
     else { vstore_n(y, y0, n0); vstore_n(y + VL, y1, n1); }
 }
 
 static inline void _dense_tile(int mr, int64_t kc, const float* w, const float* x, int64_t ldx,
-                               float* y, int64_t ldy, int ncols, const float* bias) {
+                               float* y, int64_t ldy, int ncols, const float* bias, int gelu) {
     switch (mr) {
-    case 1: _dense_row(kc, w, x, y, ncols, bias); break;
-    case 2: _dense_tile_2(kc, w, x, ldx, y, ldy, ncols, bias); break;
-    case 3: _dense_tile_3(kc, w, x, ldx, y, ldy, ncols, bias); break;
-    case 4: _dense_tile_4(kc, w, x, ldx, y, ldy, ncols, bias); break;
-    case 5: _dense_tile_5(kc, w, x, ldx, y, ldy, ncols, bias); break;
-    case 6: _dense_tile_6(kc, w, x, ldx, y, ldy, ncols, bias); break;
-    case 7: _dense_tile_7(kc, w, x, ldx, y, ldy, ncols, bias); break;
-    default: _dense_tile_8(kc, w, x, ldx, y, ldy, ncols, bias); break;
+    case 1: _dense_row(kc, w, x, y, ncols, bias, gelu); break;
+    case 2: _dense_tile_2(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
+    case 3: _dense_tile_3(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
+    case 4: _dense_tile_4(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
+    case 5: _dense_tile_5(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
+    case 6: _dense_tile_6(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
+    case 7: _dense_tile_7(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
+    default: _dense_tile_8(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
     }
 }
 
 struct dense_job {
-    int64_t rows, in, out, panels, panels_per_task, mr, kc;
+    int64_t rows, in, out, panels, panels_per_task, mr, kc, gelu;
     const float *packed, *bias, *x;
     float* y;
 };
@@ -118,7 +121,7 @@ static void _dense_task(void* context, int64_t t, int worker) {
             for (int64_t r = 0; r < job->rows; r += job->mr) {
                 int m = job->rows - r < job->mr ? (int)(job->rows - r) : (int)job->mr;
                 _dense_tile(m, kcur, w, job->x + r * in + k0, in, job->y + r * out + p * NR, out, ncols,
-                            k0 == 0 ? job->bias + p * NR : NULL);
+                            k0 == 0 ? job->bias + p * NR : NULL, job->gelu && k0 + kcur == in);
             }
         }
     }
@@ -127,12 +130,12 @@ static void _dense_task(void* context, int64_t t, int worker) {
 /* y [rows, out] = x [rows, in] @ W.T + bias.
    packed: [ceil(out / NR), in, NR]; bias: [ceil(out / NR) * NR] (zeros when the layer has none).
    in >= 1. Work is split into tasks of `panels_per_task` panels; inside a task the reduction
-   runs in blocks of `kc` inputs (0: all) and the rows in tiles of `mr` (1..8). */
+   runs in blocks of `kc` inputs (0: all) and the rows in tiles of `mr` (1..8). gelu: y = GELU(...). */
 void dense_linear(int num_threads, int64_t rows, int64_t in, int64_t out,
                   const float* packed, const float* bias, const float* x, float* y,
-                  int64_t panels_per_task, int64_t mr, int64_t kc) {
+                  int64_t panels_per_task, int64_t mr, int64_t kc, int64_t gelu) {
     int64_t panels = (out + NR - 1) / NR;
-    struct dense_job job = {rows, in, out, panels, panels_per_task, mr, kc <= 0 || kc > in ? in : kc,
+    struct dense_job job = {rows, in, out, panels, panels_per_task, mr, kc <= 0 || kc > in ? in : kc, gelu,
                             packed, bias, x, y};
     sr_parallel_for(num_threads, (panels + panels_per_task - 1) / panels_per_task, _dense_task, &job);
 }
@@ -149,5 +152,5 @@ def dense_library():
     return declare(
         library,
         "dense_linear",
-        [ctypes.c_int, _I, _I, _I, _P, _P, _P, _P, _I, _I, _I],
+        [ctypes.c_int, _I, _I, _I, _P, _P, _P, _P, _I, _I, _I, _I],
     )

@@ -61,6 +61,12 @@ def check_cpu(device: torch.device | str, what: str) -> None:
         raise ValueError(f"{what}: expected device cpu, got {device}")
 
 
+def check_activation(activation: str | None, what: str) -> None:
+    """The fused activations the CPU kernels apply to their outputs: None or "gelu" (erf form)."""
+    if activation not in (None, "gelu"):
+        raise ValueError(f"{what}: activation: expected None or 'gelu', got {activation!r}")
+
+
 def pointer(tensor: torch.Tensor | None) -> int | None:
     """The data pointer ctypes passes for a tensor (None for a missing bias)."""
     return None if tensor is None else tensor.data_ptr()

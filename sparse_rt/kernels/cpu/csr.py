@@ -15,9 +15,19 @@ from dataclasses import dataclass
 import torch
 
 from sparse_rt.kernels.cpu._csr_native import csr_gemm, csr_gemv
-from sparse_rt.kernels.cpu._launch import TaskSplit, bias_of, check_cpu, pointer, rows_of, shaped_like, threads
+from sparse_rt.kernels.cpu._launch import (
+    TaskSplit,
+    bias_of,
+    check_activation,
+    check_cpu,
+    pointer,
+    rows_of,
+    shaped_like,
+    threads,
+)
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import CsrOptions, csr_configs, parse_options, simd_width
+from sparse_rt.kernels.cpu.gelu import gelu_float32
 from sparse_rt.kernels.registry import Config, Kernel, register_kernel
 
 INDEX_NAMES = {torch.int8: "i8", torch.int16: "i16", torch.int32: "i32"}
@@ -79,8 +89,8 @@ def pack_csr(weight, bias: torch.Tensor | None, options: CsrOptions) -> CsrPacke
     return pack_csr_arrays(weight.shape, weight.row_offsets, weight.column_indices, weight.values, bias, options)
 
 
-def csr_rows_linear(rows: torch.Tensor, packed: CsrPacked, options: CsrOptions) -> torch.Tensor:
-    """rows: contiguous float32 [batch, in] -> y: float32 [batch, out]."""
+def csr_rows_linear(rows: torch.Tensor, packed: CsrPacked, options: CsrOptions, gelu: bool = False) -> torch.Tensor:
+    """rows: contiguous float32 [batch, in] -> y: float32 [batch, out] (GELU of it with gelu)."""
     out_features, in_features = packed.shape
     batch = rows.shape[0]
     y = torch.empty(batch, out_features, dtype=torch.float32)
@@ -93,30 +103,32 @@ def csr_rows_linear(rows: torch.Tensor, packed: CsrPacked, options: CsrOptions) 
             num_threads, split.shape[0] - 1, pointer(split), pointer(packed.row_offsets),
             pointer(packed.column_indices), pointer(packed.values), pointer(packed.bias), pointer(rows), pointer(y),
         )
-        return y
+        return gelu_float32(y) if gelu else y
     width = simd_width()
     # xT scratch: [in, batch padded to the SIMD width]
     transposed = torch.empty(in_features * (-(-batch // width) * width), dtype=torch.float32)
     csr_gemm(packed.index)(
         num_threads, split.shape[0] - 1, pointer(split), pointer(packed.row_offsets),
         pointer(packed.column_indices), pointer(packed.values), pointer(packed.bias), batch, in_features,
-        out_features, pointer(rows), pointer(y), pointer(transposed), options.batch_vectors,
+        out_features, pointer(rows), pointer(y), pointer(transposed), options.batch_vectors, int(gelu),
     )
     return y
 
 
-def csr_linear(x: torch.Tensor, packed: CsrPacked, options: CsrOptions) -> torch.Tensor:
-    """x: float32 [..., in] -> y: float32 [..., out]."""
-    y = csr_rows_linear(rows_of(x, packed.shape[1], "csr_linear"), packed, options)
+def csr_linear(x: torch.Tensor, packed: CsrPacked, options: CsrOptions, gelu: bool = False) -> torch.Tensor:
+    """x: float32 [..., in] -> y: float32 [..., out] (GELU of it with gelu)."""
+    y = csr_rows_linear(rows_of(x, packed.shape[1], "csr_linear"), packed, options, gelu)
     return shaped_like(y, x)
 
 
-def bind_csr(weight, bias: torch.Tensor | None, config: Config, device: torch.device):
-    """Kernel.bind: pack once, return x -> csr_linear(x)."""
+def bind_csr(weight, bias: torch.Tensor | None, config: Config, device: torch.device, activation: str | None = None):
+    """Kernel.bind: pack once, return x -> csr_linear(x) (GELU'd for activation "gelu")."""
     check_cpu(device, "csr_linear")
+    check_activation(activation, "csr_linear")
     options = parse_options(CsrOptions, config)
     packed = pack_csr(weight, bias, options)
-    return lambda x: csr_linear(x, packed, options)
+    gelu = activation == "gelu"
+    return lambda x: csr_linear(x, packed, options, gelu)
 
 
 def csr_linear_reference(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
@@ -137,5 +149,6 @@ CSR_CPU_ROWWISE = register_kernel(
         bind=bind_csr,
         configs=csr_configs,
         supports=lambda weight, device: native_available() and weight.column_indices.dtype in INDEX_NAMES,
+        activations=("gelu",),
     )
 )

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sparse_rt.kernels.cpu._dense_native import dense_library
-from sparse_rt.kernels.cpu._launch import bias_of, check_cpu, pointer, rows_of, shaped_like, threads
+from sparse_rt.kernels.cpu._launch import bias_of, check_activation, check_cpu, pointer, rows_of, shaped_like, threads
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import (
     DenseOptions,
@@ -59,25 +59,28 @@ def pack_dense(weight, bias: torch.Tensor | None) -> DensePacked:
     return DensePacked(shape=(out_features, in_features), panels=panels, bias=padded_bias)
 
 
-def dense_linear(x: torch.Tensor, packed: DensePacked, options: DenseOptions) -> torch.Tensor:
-    """x: float32 [..., in] -> y: float32 [..., out]."""
+def dense_linear(x: torch.Tensor, packed: DensePacked, options: DenseOptions, gelu: bool = False) -> torch.Tensor:
+    """x: float32 [..., in] -> y: float32 [..., out] (GELU of it with gelu)."""
     out_features, in_features = packed.shape
     rows = rows_of(x, in_features, "dense_linear")
     y = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
     if rows.shape[0]:
         dense_library()(
             threads(), rows.shape[0], in_features, out_features, pointer(packed.panels), pointer(packed.bias),
-            pointer(rows), pointer(y), options.panels_per_task, options.rows_per_tile, options.k_block,
+            pointer(rows), pointer(y), options.panels_per_task, options.rows_per_tile, options.k_block, int(gelu),
         )
     return shaped_like(y, x)
 
 
-def bind_dense(weight, bias: torch.Tensor | None, config: Config, device: torch.device):
-    """Kernel.bind: pack once, return x -> dense_linear(x)."""
+def bind_dense(weight, bias: torch.Tensor | None, config: Config, device: torch.device,
+               activation: str | None = None):
+    """Kernel.bind: pack once, return x -> dense_linear(x) (GELU'd for activation "gelu")."""
     check_cpu(device, "dense_linear")
+    check_activation(activation, "dense_linear")
     options = parse_options(DenseOptions, config)
     packed = pack_dense(weight, bias)
-    return lambda x: dense_linear(x, packed, options)
+    gelu = activation == "gelu"
+    return lambda x: dense_linear(x, packed, options, gelu)
 
 
 def bind_torch_dense(weight, bias: torch.Tensor | None, config: Config, device: torch.device):
@@ -117,6 +120,7 @@ DENSE_CPU_NATIVE = register_kernel(
         bind=bind_dense,
         configs=dense_configs,
         supports=lambda weight, device: native_available(),
+        activations=("gelu",),
     )
 )
 

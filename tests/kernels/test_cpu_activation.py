@@ -1,0 +1,78 @@
+"""Kernels with a fused GELU epilogue, the SparseLinear op applying it, and the fusion that sets it."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sparse_rt
+from sparse_rt.converters.fusion import fuse_linear_activation
+from sparse_rt.formats import CsrFormat, DenseFormat
+from sparse_rt.kernels.cpu._native import native_available
+from sparse_rt.kernels.registry import get_kernel
+from sparse_rt.ir.graph import Node, Value
+from sparse_rt.zoo import MLP, seeded
+from tests.helpers import masked_weight
+
+pytestmark = pytest.mark.skipif(not native_available(), reason="no C compiler for the CPU kernels")
+
+
+def expected(x, weight, bias):
+    return F.gelu(x.double() @ weight.double().T + bias.double())
+
+
+@pytest.mark.parametrize("kernel_name, make", [("dense_cpu_native", DenseFormat.from_dense),
+                                                ("csr_cpu_rowwise", CsrFormat.from_dense)], ids=["dense", "csr"])
+@pytest.mark.parametrize("shape", [(37, 53), (70, 300), (1, 5)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_gelu_epilogue_every_config(kernel_name, make, shape):
+    weight = masked_weight(*shape, density=0.3) if kernel_name.startswith("csr") else torch.randn(*shape)
+    bias = torch.randn(shape[0])
+    kernel = get_kernel(kernel_name)
+    fmt = make(weight)
+    for config in kernel.configs(fmt, torch.device("cpu")):
+        linear = kernel.bind(fmt, bias, config, torch.device("cpu"), activation="gelu")
+        for batch in (1, 3, 40):
+            x = torch.randn(batch, shape[1])
+            torch.testing.assert_close(linear(x).double(), expected(x, weight, bias), rtol=1e-4, atol=2e-5)
+
+
+def test_unknown_activation_is_refused():
+    fmt = DenseFormat.from_dense(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="activation: expected None or 'gelu', got 'relu'"):
+        get_kernel("dense_cpu_native").bind(fmt, None, {}, torch.device("cpu"), activation="relu")
+
+
+def test_mlp_gelus_fold_into_the_linear_layers_and_match_torch():
+    module = seeded(MLP((12, 40, 24, 5)))
+    x = torch.randn(3, 12)
+    graph = sparse_rt.convert(module, (x,), tune=False)
+    assert [n.op_type for n in graph.nodes] == ["SparseLinear"] * 3
+    assert [n.attributes.get("activation") for n in graph.nodes] == ["gelu", "gelu", None]
+    (y,) = sparse_rt.InferenceSession(graph).run(None, {graph.inputs[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(y, module(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_kernel_without_the_epilogue_gets_gelu_applied_after():
+    module = seeded(MLP((12, 40, 5)))
+    x = torch.randn(3, 12)
+    graph = sparse_rt.convert(module, (x,), tune=False)
+    for node in graph.nodes:
+        node.attributes["kernel"], node.attributes["config"] = "dense_cpu_torch", '{"layout": "out_in"}'
+    (y,) = sparse_rt.InferenceSession(graph).run(None, {graph.inputs[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(y, module(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_gelu_with_another_reader_stays():
+    module = seeded(MLP((12, 40, 5)))
+    graph = sparse_rt.convert(module, (torch.randn(2, 12),), tune=False, lower=True)
+    for node in graph.nodes:
+        node.attributes.pop("activation", None)
+    first = graph.nodes[0]
+    hidden = first.outputs[0] + "_pre"
+    gelu = Node("Gelu", [hidden], [first.outputs[0]], {}, "gelu", "ai.sparse_rt")
+    first.outputs[0] = hidden
+    graph.nodes.insert(1, gelu)
+    graph.outputs.append(Value(hidden, "float32", (2, 40)))
+    assert fuse_linear_activation(graph) == 0
