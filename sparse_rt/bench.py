@@ -287,8 +287,10 @@ def run_bench(args: argparse.Namespace) -> Report:
 
             engines = {"onnxruntime": engines["onnxruntime"], "torch": torch_run, "sparse_rt": engines["sparse_rt"]}
 
-    bar.set_postfix_str("measuring session memory")
-    rss = session_memories(workload, graph, "onnxruntime" in engines, args, workdir)
+    rss: dict[str, float] = {}
+    if not args.no_memory:
+        bar.set_postfix_str("measuring session memory")
+        rss = session_memories(workload, graph, "onnxruntime" in engines, args, workdir)
     report = Report(
         model=workload.name, sparsity=args.sparsity if args.model in MODELS else None, pattern=args.pattern,
         threads=args.threads, convert_seconds=convert_seconds, weight_bytes=weight_bytes(graph),
@@ -379,9 +381,10 @@ def format_table(report: Report) -> str:
     if wb["linear_dense"]:
         lines.append(f"linear weights: sparse_rt {wb['linear_sparse_rt'] / 2**20:.1f} MiB vs dense "
                      f"{wb['linear_dense'] / 2**20:.1f} MiB ({wb['linear_sparse_rt'] / wb['linear_dense']:.1%})")
-    lines.append("session memory (RSS growth of a fresh process, one run): "
-                 + ", ".join(f"{k} {v:.0f} MiB" for k, v in report.rss_mb.items())
-                 + f"; bench process peak {report.peak_rss_mb:.0f} MiB")
+    if report.rss_mb:
+        lines.append("session memory (RSS growth of a fresh process, one run): "
+                     + ", ".join(f"{k} {v:.0f} MiB" for k, v in report.rss_mb.items()))
+    lines.append(f"bench process peak RSS {report.peak_rss_mb:.0f} MiB")
     lines.append(f"convert + tune: {report.convert_seconds:.1f} s")
     if report.per_layer:
         lines.append("slowest nodes (sparse_rt, batch %d):" % report.latencies[0].batch)
@@ -448,6 +451,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", default=None, help="write a PNG (speedup vs sparsity, time per layer)")
     parser.add_argument("--no-compare", action="store_true", help="time sparse_rt only")
     parser.add_argument("--no-tune", action="store_true", help="heuristic kernel choice (no autotuning)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip measuring each engine's session memory in a fresh process")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if not 0.0 <= args.sparsity < 1.0:

@@ -25,7 +25,7 @@ def run_models_suite(args: argparse.Namespace) -> list[Report]:
     for model, sparsity, pattern in tqdm(SUITE, desc="models suite", unit="point", disable=args.quiet):
         point = copy.copy(args)
         point.model, point.sparsity, point.pattern = model, sparsity, pattern
-        point.per_layer, point.quiet, point.no_compare = False, True, False
+        point.per_layer, point.quiet, point.no_compare, point.no_memory = False, True, False, True
         reports.append(run_bench(point))
     print(markdown_table(reports))
     return reports
