@@ -98,10 +98,20 @@ def fuse_erf_gelu(graph: Graph) -> int:
         removed.update(id(n) for n in chain)
         replacement[id(last)] = Node("Gelu", [x], [last.outputs[0]], {"approximate": "none"},
                                      graph.fresh_name(f"{erf.label()}_gelu"), SPARSE_DOMAIN)
-    graph.nodes = [replacement.get(id(n), n) for n in graph.nodes if id(n) not in removed or id(n) in replacement]
+    _replace(graph, replacement, removed - set(replacement))
+    return len(replacement)
+
+
+def _replace(graph: Graph, replacement: dict[int, Node], removed: set[int]) -> None:
+    """Put replacement[id(node)] in place of those nodes, drop the `removed` ones, prune, validate."""
+    graph.nodes = [replacement.get(id(n), n) for n in graph.nodes if id(n) not in removed]
     graph.prune_unused()
     graph.validate()
-    return len(replacement)
+
+
+def _value_info(graph: Graph) -> dict:
+    """Every value with a known type: graph inputs, outputs and inferred intermediates, by name."""
+    return {**{v.name: v for v in graph.inputs + graph.outputs}, **graph.value_info}
 
 
 def _isclose(value: float | None, target: float) -> bool:
@@ -124,7 +134,7 @@ def fuse_attention(graph: Graph) -> int:
             return None
         return users[0]
 
-    info = {**{v.name: v for v in graph.inputs + graph.outputs}, **graph.value_info}
+    info = _value_info(graph)
 
     def shape_of(name: str):
         value = info.get(name)
@@ -170,9 +180,7 @@ def fuse_attention(graph: Graph) -> int:
             "ScaledDotProductAttention", [scores.inputs[0], scores.inputs[1], v, mask], [weighted.outputs[0]],
             {"scale": float(scale)}, graph.fresh_name(f"{weighted.label()}_attention"), SPARSE_DOMAIN,
         )
-    graph.nodes = [replacement.get(id(n), n) for n in graph.nodes if id(n) not in removed]
-    graph.prune_unused()
-    graph.validate()
+    _replace(graph, replacement, removed)
     return len(replacement)
 
 
@@ -196,7 +204,7 @@ def fuse_add_layer_norm(graph: Graph) -> int:
     sum read by nothing else) by AddLayerNormalization(a, b, scale, bias), attribute epsilon."""
     consumers = graph.consumers()
     outputs = {v.name for v in graph.outputs}
-    info = {**{v.name: v for v in graph.inputs + graph.outputs}, **graph.value_info}
+    info = _value_info(graph)
     removed: set[int] = set()
     replacement: dict[int, Node] = {}
     for add in graph.nodes:
@@ -221,9 +229,7 @@ def fuse_add_layer_norm(graph: Graph) -> int:
             {"epsilon": float(norm.attributes.get("epsilon", 1e-5))},
             graph.fresh_name(f"{norm.label()}_add"), SPARSE_DOMAIN,
         )
-    graph.nodes = [replacement.get(id(n), n) for n in graph.nodes if id(n) not in removed]
-    graph.prune_unused()
-    graph.validate()
+    _replace(graph, replacement, removed)
     return len(replacement)
 
 
