@@ -163,11 +163,7 @@ void csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,   
     int64_t ldt = (rows + VL - 1) / VL * VL;                                                 \
     /* xT tile by tile: tile b0 is a contiguous [in, width] block at xt + b0 * in, so the     \
        columns a row gathers sit width * 4 bytes apart, not a multiple of 4 KiB */            \
-    for (int64_t b0 = 0; b0 < ldt; b0 += batch_vectors * VL) {                               \
-        int64_t width = ldt - b0 < batch_vectors * VL ? ldt - b0 : batch_vectors * VL;       \
-        int64_t real = rows - b0 < width ? rows - b0 : width;                                \
-        transpose_padded(num_threads, real, width, in, x + b0 * in, in, xt + b0 * in, width); \
-    }                                                                                        \
+    transpose_tiles(num_threads, rows, in, batch_vectors * VL, x, xt);                       \
     struct csr_job job = {task_rows, row_offsets, column_indices, values, bias, x, xt, y,    \
                           rows, out, ldt, batch_vectors, in, gelu};                                \
     sr_parallel_for(num_threads, tasks, _csr_gemm_task_##IDX, &job);                         \

@@ -184,11 +184,9 @@ struct transpose_job {
     float* dst;
 };
 
-static void _transpose_task(void* context, int64_t task, int worker) {
-    const struct transpose_job* job = (const struct transpose_job*)context;
-    int64_t c_end = (task + 1) * TRANSPOSE_COLUMNS < job->cols ? (task + 1) * TRANSPOSE_COLUMNS : job->cols;
+static void _transpose_columns(const struct transpose_job* job, int64_t c_begin, int64_t c_end) {
     int64_t lds = job->lds, ldd = job->ldd;
-    for (int64_t c0 = task * TRANSPOSE_COLUMNS; c0 < c_end; c0 += 8) {
+    for (int64_t c0 = c_begin; c0 < c_end; c0 += 8) {
         int64_t r0 = 0;
         if (c0 + 8 <= c_end)
             for (; r0 + 8 <= job->rows; r0 += 8)
@@ -200,10 +198,39 @@ static void _transpose_task(void* context, int64_t task, int worker) {
     }
 }
 
+static void _transpose_task(void* context, int64_t task, int worker) {
+    const struct transpose_job* job = (const struct transpose_job*)context;
+    int64_t c_end = (task + 1) * TRANSPOSE_COLUMNS < job->cols ? (task + 1) * TRANSPOSE_COLUMNS : job->cols;
+    _transpose_columns(job, task * TRANSPOSE_COLUMNS, c_end);
+}
+
 static void transpose_padded(int num_threads, int64_t rows, int64_t rows_padded, int64_t cols,
                              const float* src, int64_t lds, float* dst, int64_t ldd) {
     struct transpose_job job = {rows, rows_padded, cols, lds, ldd, src, dst};
     sr_parallel_for(num_threads, (cols + TRANSPOSE_COLUMNS - 1) / TRANSPOSE_COLUMNS, _transpose_task, &job);
+}
+
+/* x [rows, cols] into tile-major xT: tile b0 (every `width` rows, the last one up to
+   ceil(rows / VL) * VL) is a contiguous [cols, tile width] block at xt + b0 * cols, rows past
+   `rows` zero. One parallel loop over (tile, column chunk) tasks. */
+struct tile_transpose_job { int64_t rows, padded, cols, width, chunks; const float* x; float* xt; };
+
+static void _tile_transpose_task(void* context, int64_t task, int worker) {
+    const struct tile_transpose_job* job = (const struct tile_transpose_job*)context;
+    int64_t b0 = task / job->chunks * job->width, chunk = task % job->chunks;
+    int64_t tile_width = job->padded - b0 < job->width ? job->padded - b0 : job->width;
+    int64_t real = job->rows - b0 < tile_width ? job->rows - b0 : tile_width;
+    struct transpose_job part = {real, tile_width, job->cols, job->cols, tile_width,
+                                 job->x + b0 * job->cols, job->xt + b0 * job->cols};
+    int64_t c_end = (chunk + 1) * TRANSPOSE_COLUMNS < job->cols ? (chunk + 1) * TRANSPOSE_COLUMNS : job->cols;
+    _transpose_columns(&part, chunk * TRANSPOSE_COLUMNS, c_end);
+}
+
+static void transpose_tiles(int num_threads, int64_t rows, int64_t cols, int64_t width, const float* x,
+                            float* xt) {
+    int64_t padded = (rows + VL - 1) / VL * VL, chunks = (cols + TRANSPOSE_COLUMNS - 1) / TRANSPOSE_COLUMNS;
+    struct tile_transpose_job job = {rows, padded, cols, width, chunks, x, xt};
+    sr_parallel_for(num_threads, (padded + width - 1) / width * chunks, _tile_transpose_task, &job);
 }
 
 int sparse_rt_vector_width(void) { return VL; }
