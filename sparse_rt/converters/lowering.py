@@ -42,12 +42,15 @@ class Choice:
     """What runs a layer: the weight in some format, a kernel of that format and its config.
 
     timings: when tuned, {candidate label: {batch: seconds}} (saved with the model).
+    dispatch: when the best kernel of this format differs between batch sizes, the
+    [(from rows, kernel, config)] to use from each row count on, ascending from 1.
     """
 
     weight: WeightFormat
     kernel: str
     config: Config
     timings: dict[str, dict[int, float]] | None = None
+    dispatch: list[tuple[int, str, Config]] | None = None
 
 
 Chooser = Callable[[LinearLayer], Choice]
@@ -212,7 +215,7 @@ def _emit(graph: Graph, match: _Match, choice: Choice) -> list[Node]:
         graph.constants[bias] = layer.bias
     def linear(x_name: str, y_name: str) -> Node:
         return sparse_linear_node(base, x_name, y_name, bias, arrays, choice.weight, choice.kernel, choice.config,
-                                  choice.timings)
+                                  choice.timings, choice.dispatch)
 
     if len(match.outputs) > 1:
         merged = graph.fresh_name(f"{base}.merged")

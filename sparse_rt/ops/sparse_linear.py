@@ -5,11 +5,14 @@ Node layout (the same in memory and on disk):
   attributes: format (str), arrays (names of the format fields, in input order),
               kernel (str), config (JSON str), the format's own attributes, and
               optionally activation ("gelu": y = GELU(x @ W.T + b), erf form), which
-              kernels with that activation apply in registers, others after.
+              kernels with that activation apply in registers, others after, and
+              dispatch (JSON [[from rows, kernel, config], ...]): kernels of the same
+              format by row count, where the tuner found different ones fastest.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from typing import Any
 
@@ -24,7 +27,7 @@ from sparse_rt.kernels.cpu.gelu import gelu_float32
 from sparse_rt.kernels.registry import Config, Kernel, kernels_for
 from sparse_rt.ops.registry import BindContext, register_op
 
-_RESERVED = ("format", "arrays", "kernel", "config", "timings", "activation")
+_RESERVED = ("format", "arrays", "kernel", "config", "timings", "activation", "dispatch")
 ACTIVATIONS = ("gelu",)
 
 
@@ -38,10 +41,12 @@ def sparse_linear_node(
     kernel: str,
     config: Config,
     timings: dict[str, dict[int, float]] | None = None,
+    dispatch: list[tuple[int, str, Config]] | None = None,
 ) -> Node:
     """Build a SparseLinear node; `weight_arrays` maps format field -> constant name.
 
     timings (optional): the tuner's measurements, kept for `explain`.
+    dispatch (optional): [(from rows, kernel, config)], ascending from 1 row.
     """
     attributes: dict[str, Any] = {
         "format": weight.name,
@@ -51,6 +56,8 @@ def sparse_linear_node(
     }
     if timings is not None:
         attributes["timings"] = json.dumps(timings, sort_keys=True)
+    if dispatch:
+        attributes["dispatch"] = json.dumps([[rows, name, cfg] for rows, name, cfg in dispatch], sort_keys=True)
     for key, value in weight.attributes().items():
         if key in _RESERVED:
             raise ValueError(f"format {weight.name!r}: attribute name {key!r} is reserved")
@@ -96,6 +103,32 @@ def choose_kernel(node: Node, weight: WeightFormat, device: torch.device) -> tup
     return kernel, kernel.configs(weight, device)[0]
 
 
+def dispatch_of(node: Node) -> list[tuple[int, str, Config]]:
+    """The node's [(from rows, kernel, config)] by row count, [] when it has none."""
+    text = node.attributes.get("dispatch")
+    if not text:
+        return []
+    entries = json.loads(text)
+    if (not isinstance(entries, list) or not entries or entries[0][0] != 1
+            or any(a[0] >= b[0] for a, b in zip(entries, entries[1:]))):
+        raise ValueError(f"SparseLinear {node.label()!r}: dispatch: expected [[1, kernel, config], ...] with "
+                         f"ascending row counts, got {text!r}")
+    return [(int(rows), str(name), dict(cfg)) for rows, name, cfg in entries]
+
+
+def _bind(kernel: Kernel, weight: WeightFormat, bias, config: Config, device: torch.device, activation: str | None):
+    """x -> y for one kernel, with the activation fused when the kernel has it, else after."""
+    if activation is None or activation in kernel.activations:
+        return kernel.bind(weight, bias, config, device, **({"activation": activation} if activation else {}))
+    plain = kernel.bind(weight, bias, config, device)
+
+    def linear(x):
+        y = plain(x)
+        return gelu_float32(y) if y.dtype == torch.float32 and y.device.type == "cpu" else F.gelu(y)
+
+    return linear
+
+
 @register_op("SparseLinear", domain=SPARSE_DOMAIN)
 def bind_sparse_linear(node: Node, ctx: BindContext):
     weight = weight_of(node, ctx.constants)
@@ -104,17 +137,20 @@ def bind_sparse_linear(node: Node, ctx: BindContext):
     activation = node.attributes.get("activation") or None
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
-    if activation is None or activation in kernel.activations:
-        linear = kernel.bind(weight, bias, config, ctx.device, **({"activation": activation} if activation else {}))
-    else:
-        plain = kernel.bind(weight, bias, config, ctx.device)
+    available = {k.name: k for k in kernels_for(weight, ctx.device)}
+    dispatch = dispatch_of(node)
+    if dispatch and all(name in available for _, name, _ in dispatch):
+        starts = [rows for rows, _, _ in dispatch]
+        linears = [_bind(available[name], weight, bias, cfg, ctx.device, activation) for _, name, cfg in dispatch]
 
-        def linear(x):
-            y = plain(x)
-            return gelu_float32(y) if y.dtype == torch.float32 and y.device.type == "cpu" else F.gelu(y)
+        def run(x, *weight_inputs):  # bias and arrays are already inside the bound kernels
+            rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+            return linears[bisect.bisect_right(starts, rows) - 1 if rows else 0](x)
+
+        return run
+    linear = _bind(kernel, weight, bias, config, ctx.device, activation)
 
     def run(x, *weight_inputs):  # bias and arrays are already inside the bound kernel
         return linear(x)
 
     return run
-

@@ -6,7 +6,8 @@ import json
 from dataclasses import dataclass
 
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph
-from sparse_rt.ops.sparse_linear import weight_of
+from sparse_rt.ops.sparse_linear import dispatch_of, weight_of
+from sparse_rt.scheduler.candidates import Candidate
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,17 @@ class LayerReport:
     dense_nbytes: int
     timings: dict[str, dict[int, float]]  # candidate label -> {batch: seconds}
     chosen: str | None                    # label of the chosen candidate, if tuned
+    dispatch: tuple[tuple[int, str, str], ...] = ()  # (from rows, kernel, candidate label)
 
     def seconds(self, label: str | None, batch: int) -> float | None:
         return self.timings.get(label, {}).get(batch) if label else None
+
+    def at(self, batch: int | None) -> tuple[str, str | None]:
+        """(kernel, candidate label) that runs `batch` rows."""
+        for rows, kernel, label in reversed(self.dispatch):
+            if batch is not None and batch >= rows:
+                return kernel, label
+        return self.kernel, self.chosen
 
     def dense_label(self) -> str | None:
         return next((label for label in self.timings if label.startswith("dense")), None)
@@ -39,17 +48,16 @@ def layer_reports(graph: Graph) -> list[LayerReport]:
                    for label, per_batch in json.loads(node.attributes.get("timings", "{}")).items()}
         config = json.loads(node.attributes.get("config", "{}") or "{}")
         chosen = next((label for label in timings if _matches(label, weight, node.attributes["kernel"], config)), None)
+        dispatch = tuple((rows, kernel, Candidate(weight, kernel, cfg).label) for rows, kernel, cfg in dispatch_of(node))
         reports.append(LayerReport(
             name=node.label(), shape=tuple(weight.shape), density=float((dense != 0).float().mean()) if dense.numel() else 0.0,
             format=weight.name, kernel=node.attributes["kernel"], nbytes=weight.nbytes,
-            dense_nbytes=dense.numel() * 4, timings=timings, chosen=chosen,
+            dense_nbytes=dense.numel() * 4, timings=timings, chosen=chosen, dispatch=dispatch,
         ))
     return reports
 
 
 def _matches(label: str, weight, kernel: str, config: dict) -> bool:
-    from sparse_rt.scheduler.candidates import Candidate
-
     return label == Candidate(weight, kernel, config).label
 
 
@@ -62,7 +70,8 @@ def format_report(reports: list[LayerReport], batch: int | None = None) -> str:
     lines = [f"{'layer':<28} {'shape':>11} {'density':>7} {'choice':<34} {'bytes':>10} {'ms':>8} {'GB/s':>6}  candidates (ms at batch {batch})"]
     total, total_dense = 0.0, 0.0
     for r in reports:
-        chosen_s = r.seconds(r.chosen, batch) if batch else None
+        kernel, label = r.at(batch)
+        chosen_s = r.seconds(label, batch) if batch else None
         dense_s = r.seconds(r.dense_label(), batch) if batch else None
         if chosen_s is not None and dense_s is not None:
             total += chosen_s
@@ -73,7 +82,7 @@ def format_report(reports: list[LayerReport], batch: int | None = None) -> str:
         cands = ", ".join(f"{label} {t * 1e3:.3f}" for t, label in ranked[:4])
         if len(ranked) > 4:
             cands += f", ... ({len(ranked)} in all)"
-        choice = f"{r.format}/{r.kernel}"
+        choice = f"{r.format}/{kernel}" + (" (by batch)" if r.dispatch else "")
         lines.append(f"{r.name[:28]:<28} {r.shape[0]:>5}x{r.shape[1]:<5} {r.density:>7.1%} {choice[:34]:<34} "
                      f"{r.nbytes:>10,} {ms:>8} {gbs:>6}  {cands or 'not tuned (heuristic choice)'}")
     weight_bytes = sum(r.nbytes for r in reports)

@@ -197,3 +197,52 @@ def test_heuristic_choice_is_deterministic():
     b = sparse_rt.convert(two_layer_model(), tune=False)
     key = lambda g: [(n.attributes["format"], n.attributes["kernel"], n.attributes["config"]) for n in g.nodes if n.op_type == "SparseLinear"]
     assert key(a) == key(b)
+
+
+def test_kernels_of_the_chosen_format_are_dispatched_by_batch_size(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    def timer(candidate, bound, x):
+        bound(x)
+        if candidate.weight.name != "dense":
+            return 100.0
+        native = candidate.kernel == "dense_cpu_native"
+        return (1.0 if native else 2.0) if x.shape[0] == 1 else (20.0 if native else 10.0)
+
+    w = np.random.default_rng(0).standard_normal((24, 16)).astype(np.float32)
+    choice = tune_layer(LinearLayer("l", w, None), CPU, {1: 1.0, 64: 1.0}, TuningCache(tmp_path / "c.json"), timer)
+    assert choice.kernel == "dense_cpu_torch"
+    assert [(rows, kernel) for rows, kernel, _ in choice.dispatch] == [(1, "dense_cpu_native"), (8, "dense_cpu_torch")]
+
+    model = two_layer_model()
+    graph = import_onnx(model)
+    lower_linear_layers(graph, make_chooser(CPU, (1, 64), tune=True, cache=TuningCache(tmp_path / "d.json"), timer=timer))
+    path = tmp_path / "model.onnx"
+    sparse_rt.save(graph, path)
+    from sparse_rt.scheduler.explain import format_report, layer_reports
+
+    reports = layer_reports(sparse_rt.load(path))
+    assert [r.at(1)[0] for r in reports] == ["dense_cpu_native"] * 2
+    assert [r.at(64)[0] for r in reports] == ["dense_cpu_torch"] * 2
+    assert "dense/dense_cpu_native (by batch)" in format_report(reports, batch=1)
+    calls = []
+    from sparse_rt.kernels.cpu import dense as dense_kernels
+
+    real = dense_kernels.dense_linear
+    monkeypatch.setattr(dense_kernels, "dense_linear", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    session = sparse_rt.InferenceSession(path)
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for rows, native_calls in [(1, 2), (7, 2), (8, 0), (40, 0)]:
+        calls.clear()
+        x = np.random.default_rng(rows).standard_normal((rows, 32)).astype(np.float32)
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], reference.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
+        assert len(calls) == native_calls, rows
+
+
+def test_a_malformed_dispatch_is_refused():
+    from sparse_rt.ir.graph import Node
+    from sparse_rt.ops.sparse_linear import dispatch_of
+
+    node = Node("SparseLinear", ["x"], ["y"], {"dispatch": '[[4, "dense_cpu_native", {}]]'}, "fc")
+    with pytest.raises(ValueError, match="dispatch: expected"):
+        dispatch_of(node)
