@@ -15,6 +15,7 @@ sparse_rt.scheduler).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,18 +24,22 @@ import torch
 from tqdm.auto import tqdm
 
 from sparse_rt.formats.base import WeightFormat
-from sparse_rt.ir.graph import Graph, Node
+from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
 from sparse_rt.kernels.registry import Config
 from sparse_rt.ops.sparse_linear import sparse_linear_node
 
 
 @dataclass(frozen=True)
 class LinearLayer:
-    """A linear layer found in a graph: weight [out, in] float32, bias [out] or None."""
+    """A linear layer found in a graph: weight [out, in] float32, bias [out] or None.
+
+    activation: "gelu" when a GELU (erf form) is the only reader of its output, which
+    conversion then fuses into it (so the tuner times kernels with it)."""
 
     name: str
     weight: np.ndarray
     bias: np.ndarray | None
+    activation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ def lower_linear_layers(
         match = _match(graph, node, consumers, graph_outputs)
         if match is not None:
             layer, x, y, extra = match
+            if _gelu_reads_only(y, consumers, graph_outputs):
+                layer = dataclasses.replace(layer, activation="gelu")
             matches.append(_Match(node, layer, x, (y,), (layer.weight.shape[0],), tuple(extra)))
             absorbed.update(id(n) for n in extra)
     matches = _merge_siblings(matches, keep_apart or (lambda layer: False))
@@ -105,6 +112,13 @@ def lower_linear_layers(
     graph.prune_unused()
     graph.validate()
     return len(replaced)
+
+
+def _gelu_reads_only(y: str, consumers: dict, graph_outputs: set[str]) -> bool:
+    """Whether a GELU (erf form) is the only reader of `y` (what fuse_linear_activation folds)."""
+    users = consumers.get(y, [])
+    return (y not in graph_outputs and len(users) == 1 and users[0].op_type == "Gelu"
+            and users[0].domain in ("", SPARSE_DOMAIN) and users[0].attributes.get("approximate", "none") == "none")
 
 
 def _merge_siblings(matches: list[_Match], keep_apart: Callable[[LinearLayer], bool]) -> list[_Match]:

@@ -18,17 +18,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sparse_rt.formats.base import WeightFormat, get_format
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Node
 from sparse_rt.ir.tensors import tensor_view
-from sparse_rt.kernels.cpu.gelu import gelu_float32
+from sparse_rt.kernels.activation import bind_with_activation
 from sparse_rt.kernels.registry import Config, Kernel, kernels_for
 from sparse_rt.ops.registry import BindContext, register_op
 
 _RESERVED = ("format", "arrays", "kernel", "config", "timings", "activation", "dispatch")
-ACTIVATIONS = ("gelu",)
 
 
 def sparse_linear_node(
@@ -116,39 +114,24 @@ def dispatch_of(node: Node) -> list[tuple[int, str, Config]]:
     return [(int(rows), str(name), dict(cfg)) for rows, name, cfg in entries]
 
 
-def _bind(kernel: Kernel, weight: WeightFormat, bias, config: Config, device: torch.device, activation: str | None):
-    """x -> y for one kernel, with the activation fused when the kernel has it, else after."""
-    if activation is None or activation in kernel.activations:
-        return kernel.bind(weight, bias, config, device, **({"activation": activation} if activation else {}))
-    plain = kernel.bind(weight, bias, config, device)
-
-    def linear(x):
-        y = plain(x)
-        return gelu_float32(y) if y.dtype == torch.float32 and y.device.type == "cpu" else F.gelu(y)
-
-    return linear
-
-
 @register_op("SparseLinear", domain=SPARSE_DOMAIN)
 def bind_sparse_linear(node: Node, ctx: BindContext):
     weight = weight_of(node, ctx.constants)
     bias = bias_of(node, ctx.constants)
     kernel, config = choose_kernel(node, weight, ctx.device)
     activation = node.attributes.get("activation") or None
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
     available = {k.name: k for k in kernels_for(weight, ctx.device)}
     dispatch = dispatch_of(node)
     if dispatch and all(name in available for _, name, _ in dispatch):
         starts = [rows for rows, _, _ in dispatch]
-        linears = [_bind(available[name], weight, bias, cfg, ctx.device, activation) for _, name, cfg in dispatch]
+        linears = [bind_with_activation(available[name], weight, bias, cfg, ctx.device, activation) for _, name, cfg in dispatch]
 
         def run(x, *weight_inputs):  # bias and arrays are already inside the bound kernels
             rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
             return linears[bisect.bisect_right(starts, rows) - 1 if rows else 0](x)
 
         return run
-    linear = _bind(kernel, weight, bias, config, ctx.device, activation)
+    linear = bind_with_activation(kernel, weight, bias, config, ctx.device, activation)
 
     def run(x, *weight_inputs):  # bias and arrays are already inside the bound kernel
         return linear(x)

@@ -19,6 +19,7 @@ import torch
 
 from sparse_rt.converters.lowering import Choice, LinearLayer
 from sparse_rt.formats.base import WeightFormat
+from sparse_rt.kernels.activation import bind_with_activation
 from sparse_rt.kernels.registry import BoundLinear, Config, get_kernel
 from sparse_rt.scheduler.cache import TuningCache, device_fingerprint
 from sparse_rt.scheduler.candidates import Candidate, candidates
@@ -94,11 +95,12 @@ def tune_layer(
         per_batch = timings.setdefault(label, {})
         for batch in batch_weights:
             key = TuningCache.key(fingerprint, candidate.kernel, candidate.config, tuple(weight.shape),
-                                  _structure_signature(candidate.weight), batch)
+                                  _structure_signature(candidate.weight, layer.activation), batch)
             seconds = cache.get(key)
             if seconds is None or batch in fresh.get(label, {}):
                 if label not in bound:
-                    bound[label] = get_kernel(candidate.kernel).bind(candidate.weight, bias, candidate.config, device)
+                    bound[label] = bind_with_activation(get_kernel(candidate.kernel), candidate.weight, bias,
+                                                        candidate.config, device, layer.activation)
                 measured = timer(candidate, bound[label], input_rows(batch))
                 seconds = measured if seconds is None else min(seconds, measured)
                 cache.put(key, seconds)
@@ -149,7 +151,8 @@ def batch_dispatch(
     return dispatch
 
 
-def _structure_signature(fmt: WeightFormat) -> str:
-    """What a kernel's speed depends on: the format, its parameters and its stored bytes."""
+def _structure_signature(fmt: WeightFormat, activation: str | None = None) -> str:
+    """What a kernel's speed depends on: the format, its parameters, its stored bytes and the
+    activation applied to its output."""
     params = ",".join(f"{k}={v}" for k, v in sorted(fmt.attributes().items()))
-    return f"{fmt.name}({params}):{fmt.nbytes}"
+    return f"{fmt.name}({params}):{fmt.nbytes}" + (f"+{activation}" if activation else "")

@@ -62,3 +62,22 @@ def test_layers_kept_apart_are_not_merged():
     x = RNG.standard_normal((2, 6)).astype(np.float32)
     for actual, wanted in zip(sparse_rt.InferenceSession(graph).run(None, {"x": x}), expected(x)):
         assert_close(actual, wanted)
+
+
+def test_a_layer_read_only_by_a_gelu_is_tuned_with_it():
+    from sparse_rt.converters.fusion import fuse_graph
+    from sparse_rt.converters.torch import export_module
+    from sparse_rt.zoo import MLP, seeded
+
+    proto, _ = export_module(seeded(MLP((8, 16, 12, 4))), (torch.randn(2, 8),))
+    graph = import_onnx(proto)
+    fuse_graph(graph)
+    heuristic = make_chooser(torch.device("cpu"), tune=False)
+    seen = []
+
+    def choose(layer):
+        seen.append(layer.activation)
+        return heuristic(layer)
+
+    lower_linear_layers(graph, choose)
+    assert seen == ["gelu", "gelu", None]

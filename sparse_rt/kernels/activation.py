@@ -1,0 +1,29 @@
+"""Bind a kernel with a fused activation: in its epilogue where it has one, else after it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sparse_rt.formats.base import WeightFormat
+from sparse_rt.kernels.cpu.gelu import gelu_float32
+from sparse_rt.kernels.registry import BoundLinear, Config, Kernel
+
+ACTIVATIONS = ("gelu",)
+
+
+def bind_with_activation(kernel: Kernel, weight: WeightFormat, bias: torch.Tensor | None, config: Config,
+                         device: torch.device, activation: str | None) -> BoundLinear:
+    """x -> activation(x @ W.T + b): fused when `activation` is in kernel.activations, else
+    the kernel's output goes through GELU (erf form) after. activation: None or "gelu"."""
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    if activation is None or activation in kernel.activations:
+        return kernel.bind(weight, bias, config, device, **({"activation": activation} if activation else {}))
+    plain = kernel.bind(weight, bias, config, device)
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        y = plain(x)
+        return gelu_float32(y) if y.dtype == torch.float32 and y.device.type == "cpu" else F.gelu(y)
+
+    return linear
