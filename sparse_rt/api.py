@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import onnx
 import torch
 
-from sparse_rt.converters.fusion import fuse_graph, fuse_linear_activation
+from sparse_rt.converters.fusion import chain_csr_layers, fuse_graph, fuse_linear_activation
 from sparse_rt.converters.lowering import lower_linear_layers
 from sparse_rt.converters.onnx import import_onnx
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph
@@ -55,6 +55,7 @@ def convert(
         chooser = make_chooser(torch.device(device), batch_sizes, tune=tune, structured=structured)
         lower_linear_layers(graph, chooser, progress=progress, keep_apart=_arrived_structured(structured))
         fuse_linear_activation(graph)
+        chain_csr_layers(graph)
     return graph
 
 

@@ -13,14 +13,15 @@ ACTIVATIONS = ("gelu",)
 
 
 def bind_with_activation(kernel: Kernel, weight: WeightFormat, bias: torch.Tensor | None, config: Config,
-                         device: torch.device, activation: str | None) -> BoundLinear:
+                         device: torch.device, activation: str | None, **options) -> BoundLinear:
     """x -> activation(x @ W.T + b): fused when `activation` is in kernel.activations, else
-    the kernel's output goes through GELU (erf form) after. activation: None or "gelu"."""
+    the kernel's output goes through GELU (erf form) after. activation: None or "gelu".
+    options: further keyword arguments of the kernel's bind."""
     if activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
     if activation is None or activation in kernel.activations:
-        return kernel.bind(weight, bias, config, device, **({"activation": activation} if activation else {}))
-    plain = kernel.bind(weight, bias, config, device)
+        return kernel.bind(weight, bias, config, device, **({"activation": activation} if activation else {}), **options)
+    plain = kernel.bind(weight, bias, config, device, **options)
 
     def linear(x: torch.Tensor) -> torch.Tensor:
         y = plain(x)

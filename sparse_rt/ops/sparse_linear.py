@@ -7,7 +7,9 @@ Node layout (the same in memory and on disk):
               optionally activation ("gelu": y = GELU(x @ W.T + b), erf form), which
               kernels with that activation apply in registers, others after, and
               dispatch (JSON [[from rows, kernel, config], ...]): kernels of the same
-              format by row count, where the tuner found different ones fastest.
+              format by row count, where the tuner found different ones fastest, and
+              output_layout ("batch_tiles": batched outputs stay in the CSR kernel's
+              input tiles, for the one CSR layer that reads them; see chain_csr_layers).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from sparse_rt.kernels.activation import bind_with_activation
 from sparse_rt.kernels.registry import Config, Kernel, kernels_for
 from sparse_rt.ops.registry import BindContext, register_op
 
-_RESERVED = ("format", "arrays", "kernel", "config", "timings", "activation", "dispatch")
+_RESERVED = ("format", "arrays", "kernel", "config", "timings", "activation", "dispatch", "output_layout")
+# The kernel that can leave its output in batch tiles, and read them.
+TILED_KERNEL = "csr_cpu_rowwise"
 
 
 def sparse_linear_node(
@@ -131,7 +135,10 @@ def bind_sparse_linear(node: Node, ctx: BindContext):
             return linears[bisect.bisect_right(starts, rows) - 1 if rows else 0](x)
 
         return run
-    linear = bind_with_activation(kernel, weight, bias, config, ctx.device, activation)
+    options = {}
+    if node.attributes.get("output_layout") == "batch_tiles" and kernel.name == TILED_KERNEL:
+        options["tiles_out"] = True
+    linear = bind_with_activation(kernel, weight, bias, config, ctx.device, activation, **options)
 
     def run(x, *weight_inputs):  # bias and arrays are already inside the bound kernel
         return linear(x)

@@ -234,7 +234,7 @@ class InferenceSession:
                     raise RuntimeError(f"node {step.label} failed: {type(exc).__name__}: {exc}") from exc
                 if timings is not None:
                     timings.setdefault(step.label, []).append(time.perf_counter() - start)
-                if isinstance(result, torch.Tensor):
+                if not isinstance(result, (tuple, list)):  # a tensor (or a kernel's BatchTiles)
                     values[step.outputs[0]] = result
                 else:
                     for name, tensor in zip(step.outputs, result):

@@ -76,3 +76,67 @@ def test_a_gelu_with_another_reader_stays():
     graph.nodes.insert(1, gelu)
     graph.outputs.append(Value(hidden, "float32", (2, 40)))
     assert fuse_linear_activation(graph) == 0
+
+
+@pytest.mark.parametrize("batch_vectors", [1, 2, 4])
+@pytest.mark.parametrize("rows", [2, 5, 17, 40, 100])
+def test_csr_layers_chained_through_batch_tiles_match_unchained(batch_vectors, rows):
+    from sparse_rt.kernels.cpu.csr import BatchTiles
+
+    config = {"tasks_per_thread": 2, "unroll": 1, "batch_vectors": batch_vectors}
+    shapes = [(48, 24), (40, 48), (8, 40)]  # 24 -> 48 -> 40 -> 8
+    weights = [masked_weight(o, i, density=0.3, seed=s) for s, (o, i) in enumerate(shapes)]
+    biases = [torch.randn(o) for o, _ in shapes]
+    kernel = get_kernel("csr_cpu_rowwise")
+    cpu = torch.device("cpu")
+    chained = [kernel.bind(CsrFormat.from_dense(w), b, config, cpu, activation="gelu", tiles_out=True)
+               for w, b in zip(weights[:2], biases[:2])]
+    last = kernel.bind(CsrFormat.from_dense(weights[2]), biases[2], config, cpu)
+    x = torch.randn(3, rows, 24)
+    h = chained[1](chained[0](x))
+    assert isinstance(h, BatchTiles) and h.leading == (3, rows) and h.features == 40
+    y = last(h)
+    expected = x.double()
+    for w, b, act in zip(weights, biases, (True, True, False)):
+        expected = expected @ w.double().T + b.double()
+        expected = F.gelu(expected) if act else expected
+    assert y.shape == (3, rows, 8)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=5e-5)
+
+
+def test_tiles_of_another_width_are_refused():
+    from sparse_rt.kernels.cpu.csr import BatchTiles
+
+    kernel = get_kernel("csr_cpu_rowwise")
+    linear = kernel.bind(CsrFormat.from_dense(masked_weight(8, 16, density=0.5)), None,
+                         {"tasks_per_thread": 1, "unroll": 1, "batch_vectors": 2}, torch.device("cpu"))
+    with pytest.raises(ValueError, match="input tiles: expected 16 features"):
+        linear(BatchTiles(torch.zeros(16 * 16), 4, 16, (4,), 16))
+
+
+def test_conversion_chains_csr_layers_read_by_one_csr_layer():
+    from sparse_rt.converters.fusion import chain_csr_layers, fuse_graph
+    from sparse_rt.converters.lowering import Choice, lower_linear_layers
+    from sparse_rt.converters.onnx import import_onnx
+    from sparse_rt.converters.torch import export_module
+
+    module = seeded(MLP((12, 40, 24, 5)))
+    x = torch.randn(6, 12)
+    proto, _ = export_module(module, (x,))
+    graph = import_onnx(proto)
+    fuse_graph(graph)
+
+    def csr(layer):
+        config = {"batch_vectors": 1 if layer.weight.shape[0] == 5 else 2, "tasks_per_thread": 1, "unroll": 1}
+        return Choice(CsrFormat.from_dense(torch.from_numpy(layer.weight)), "csr_cpu_rowwise", config)
+
+    lower_linear_layers(graph, csr)
+    fuse_linear_activation(graph)
+    assert chain_csr_layers(graph) == 2
+    assert [n.attributes.get("output_layout") for n in graph.nodes] == ["batch_tiles", "batch_tiles", None]
+    assert '"batch_vectors": 1' in graph.nodes[1].attributes["config"]  # the reader's tile width
+    for rows in (1, 6, 33):
+        x = torch.randn(rows, 12)
+        (y,) = sparse_rt.InferenceSession(graph).run(None, {graph.inputs[0].name: x.numpy()})
+        with torch.no_grad():
+            np.testing.assert_allclose(y, module(x).numpy(), rtol=1e-4, atol=1e-5)

@@ -51,7 +51,7 @@ struct csr_job {
     const void* column_indices;
     const float *values, *bias, *x, *xt;
     float* y;
-    int64_t rows, out, ldt, batch_vectors, in, gelu;
+    int64_t rows, out, ldt, batch_vectors, in, gelu, y_tiles;
 };
 
 #define DEFINE_CSR_GEMV(IDX, ITYPE, UNROLL)                                                   \
@@ -86,7 +86,7 @@ void csr_gemv_##IDX##_u##UNROLL(int num_threads, int64_t tasks, const int64_t* t
                                 const float* values, const float* bias, const float* x,      \
                                 float* y) {                                                  \
     struct csr_job job = {task_rows, row_offsets, column_indices, values, bias, x, NULL, y,  \
-                          1, 0, 0, 0, 0, 0};                                                       \
+                          1, 0, 0, 0, 0, 0, 0};                                                       \
     sr_parallel_for(num_threads, tasks, _csr_gemv_task_##IDX##_u##UNROLL, &job);             \
 }
 
@@ -131,9 +131,11 @@ static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, int64_t r0,
             _Pragma("GCC unroll 8")                                                          \
             for (int u = 1; u < UK; u++) acc[0][j] = vadd(acc[0][j], acc[u][j]);             \
             vf result = vadd(acc[0][j], b);                                                  \
-            vstore(tile + g * NV * VL + j * VL, job->gelu ? vgelu(result) : result);         \
+            if (job->gelu) result = vgelu(result);                                           \
+            if (job->y_tiles) vstore(job->y + b0 * job->out + r * NV * VL + j * VL, result); \
+            else vstore(tile + g * NV * VL + j * VL, result);                                \
         }                                                                                    \
-        if (g == ROW_GROUP - 1 || r == r1 - 1)                                               \
+        if (!job->y_tiles && (g == ROW_GROUP - 1 || r == r1 - 1))                            \
             _store_tile(tile, NV * VL, g + 1, lanes, job->y, job->out, r - g, b0);           \
     }                                                                                        \
 }
@@ -159,13 +161,15 @@ void csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,   
                     const int64_t* row_offsets, const ITYPE* column_indices,                 \
                     const float* values, const float* bias, int64_t rows, int64_t in,        \
                     int64_t out, const float* x, float* y, float* xt, int64_t batch_vectors,   \
-                    int64_t gelu) {                                                          \
+                    int64_t gelu, int64_t x_tiles, int64_t y_tiles) {                        \
     int64_t ldt = (rows + VL - 1) / VL * VL;                                                 \
     /* xT tile by tile: tile b0 is a contiguous [in, width] block at xt + b0 * in, so the     \
-       columns a row gathers sit width * 4 bytes apart, not a multiple of 4 KiB */            \
-    transpose_tiles(num_threads, rows, in, batch_vectors * VL, x, xt);                       \
+       columns a row gathers sit width * 4 bytes apart, not a multiple of 4 KiB. x_tiles: x   \
+       is already that (a producer's y_tiles output) */                                      \
+    if (x_tiles) xt = (float*)x;                                                             \
+    else transpose_tiles(num_threads, rows, in, batch_vectors * VL, x, xt);                  \
     struct csr_job job = {task_rows, row_offsets, column_indices, values, bias, x, xt, y,    \
-                          rows, out, ldt, batch_vectors, in, gelu};                                \
+                          rows, out, ldt, batch_vectors, in, gelu, y_tiles};                 \
     sr_parallel_for(num_threads, tasks, _csr_gemm_task_##IDX, &job);                         \
 }
 
@@ -194,8 +198,13 @@ def csr_gemv(index: str, unroll: int):
 def csr_gemm(index: str):
     """`csr_gemm_<index>`: (threads, tasks, task_rows, row_offsets, column_indices, values,
     bias or None, rows, in, out, x, y, xt scratch [in * ceil(rows / VL) * VL], batch_vectors,
-    gelu: y = GELU(x @ W.T + b))."""
+    gelu: y = GELU(x @ W.T + b), x_tiles: x is already the batch tiles (xt unused), y_tiles: y
+    [out * ceil(rows / VL) * VL] is written as the next layer's batch tiles (same batch_vectors)).
+
+    Tile layout: for b0 = 0, width, 2 width... (width = batch_vectors * VL, the last tile up to
+    the padded row count) a block [features, tile width] at b0 * features; rows past `rows`
+    hold zeros (transposed input) or don't-care values (y_tiles output)."""
     library = load_library("csr", SOURCE)
     return declare(
-        library, f"csr_gemm_{index}", [ctypes.c_int, _I, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I]
+        library, f"csr_gemm_{index}", [ctypes.c_int, _I, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I]
     )

@@ -89,46 +89,95 @@ def pack_csr(weight, bias: torch.Tensor | None, options: CsrOptions) -> CsrPacke
     return pack_csr_arrays(weight.shape, weight.row_offsets, weight.column_indices, weight.values, bias, options)
 
 
+@dataclass(frozen=True)
+class BatchTiles:
+    """A batched CSR layer's output left in the next CSR layer's input layout (the batch tiles
+    of `_csr_native`), so that neither transposes it: tiles float32 [features * padded rows],
+    cut `width` rows wide (batch_vectors * SIMD width), for `rows` rows of the tensor
+    [*leading, features] it stands for."""
+
+    tiles: torch.Tensor
+    rows: int
+    features: int
+    leading: tuple[int, ...]
+    width: int
+
+
 def csr_rows_linear(rows: torch.Tensor, packed: CsrPacked, options: CsrOptions, gelu: bool = False) -> torch.Tensor:
     """rows: contiguous float32 [batch, in] -> y: float32 [batch, out] (GELU of it with gelu)."""
-    out_features, in_features = packed.shape
+    out_features, _ = packed.shape
     batch = rows.shape[0]
     y = torch.empty(batch, out_features, dtype=torch.float32)
     if batch == 0:
         return y
-    num_threads = threads()
-    split = packed.tasks(num_threads)
     if batch == 1:
+        num_threads = threads()
+        split = packed.tasks(num_threads)
         csr_gemv(packed.index, options.unroll)(
             num_threads, split.shape[0] - 1, pointer(split), pointer(packed.row_offsets),
             pointer(packed.column_indices), pointer(packed.values), pointer(packed.bias), pointer(rows), pointer(y),
         )
         return gelu_float32(y) if gelu else y
-    width = simd_width()
-    # xT scratch: [in, batch padded to the SIMD width]
-    transposed = torch.empty(in_features * (-(-batch // width) * width), dtype=torch.float32)
-    csr_gemm(packed.index)(
-        num_threads, split.shape[0] - 1, pointer(split), pointer(packed.row_offsets),
-        pointer(packed.column_indices), pointer(packed.values), pointer(packed.bias), batch, in_features,
-        out_features, pointer(rows), pointer(y), pointer(transposed), options.batch_vectors, int(gelu),
-    )
+    _gemm(packed, options, batch, rows, False, y, False, gelu)
     return y
 
 
-def csr_linear(x: torch.Tensor, packed: CsrPacked, options: CsrOptions, gelu: bool = False) -> torch.Tensor:
-    """x: float32 [..., in] -> y: float32 [..., out] (GELU of it with gelu)."""
-    y = csr_rows_linear(rows_of(x, packed.shape[1], "csr_linear"), packed, options, gelu)
-    return shaped_like(y, x)
+def _gemm(packed: CsrPacked, options: CsrOptions, batch: int, x: torch.Tensor, x_tiles: bool, y: torch.Tensor,
+          y_tiles: bool, gelu: bool) -> None:
+    """The batched kernel: x rows [batch, in] (or batch tiles) -> y [batch, out] (or batch tiles)."""
+    out_features, in_features = packed.shape
+    num_threads = threads()
+    split = packed.tasks(num_threads)
+    # xT scratch: [in, batch padded to the SIMD width], unless x already is
+    transposed = None if x_tiles else torch.empty(in_features * _padded(batch), dtype=torch.float32)
+    csr_gemm(packed.index)(
+        num_threads, split.shape[0] - 1, pointer(split), pointer(packed.row_offsets),
+        pointer(packed.column_indices), pointer(packed.values), pointer(packed.bias), batch, in_features,
+        out_features, pointer(x), pointer(y), pointer(transposed), options.batch_vectors, int(gelu), int(x_tiles),
+        int(y_tiles),
+    )
 
 
-def bind_csr(weight, bias: torch.Tensor | None, config: Config, device: torch.device, activation: str | None = None):
-    """Kernel.bind: pack once, return x -> csr_linear(x) (GELU'd for activation "gelu")."""
+def _padded(batch: int) -> int:
+    width = simd_width()
+    return -(-batch // width) * width
+
+
+def csr_linear(x: torch.Tensor | BatchTiles, packed: CsrPacked, options: CsrOptions, gelu: bool = False,
+               tiles_out: bool = False) -> torch.Tensor | BatchTiles:
+    """x: float32 [..., in] (or BatchTiles of it) -> y: float32 [..., out] (GELU of it with gelu);
+    with tiles_out, a batched y stays in batch tiles for the next CSR layer."""
+    out_features, in_features = packed.shape
+    width = options.batch_vectors * simd_width()
+    if isinstance(x, BatchTiles):
+        if x.features != in_features or x.width != width:
+            raise ValueError(f"csr_linear: input tiles: expected {in_features} features cut {width} rows wide, "
+                             f"got {x.features} features cut {x.width} wide")
+        batch, leading, rows, x_tiles = x.rows, x.leading, x.tiles, True
+    else:
+        rows = rows_of(x, in_features, "csr_linear")
+        batch, leading, x_tiles = rows.shape[0], tuple(x.shape[:-1]), False
+        if batch <= 1 or not tiles_out:
+            return shaped_like(csr_rows_linear(rows, packed, options, gelu), x)
+    if tiles_out:
+        y = torch.empty(out_features * _padded(batch), dtype=torch.float32)
+        _gemm(packed, options, batch, rows, x_tiles, y, True, gelu)
+        return BatchTiles(y, batch, out_features, leading, width)
+    y = torch.empty(batch, out_features, dtype=torch.float32)
+    _gemm(packed, options, batch, rows, x_tiles, y, False, gelu)
+    return y.reshape(*leading, out_features)
+
+
+def bind_csr(weight, bias: torch.Tensor | None, config: Config, device: torch.device, activation: str | None = None,
+             tiles_out: bool = False):
+    """Kernel.bind: pack once, return x -> csr_linear(x) (GELU'd for activation "gelu"; batched
+    outputs left as BatchTiles with tiles_out)."""
     check_cpu(device, "csr_linear")
     check_activation(activation, "csr_linear")
     options = parse_options(CsrOptions, config)
     packed = pack_csr(weight, bias, options)
     gelu = activation == "gelu"
-    return lambda x: csr_linear(x, packed, options, gelu)
+    return lambda x: csr_linear(x, packed, options, gelu, tiles_out)
 
 
 def csr_linear_reference(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
