@@ -238,6 +238,18 @@ def fuse_add_layer_norm(graph: Graph) -> int:
     return len(replacement)
 
 
+def only_gelu_reader(value: str, consumers: dict[str, list[Node]], outputs: set[str]) -> Node | None:
+    """The GELU (erf form; ai.sparse_rt::Gelu or ONNX Gelu) that is the only reader of `value`
+    (not a graph output), else None."""
+    users = consumers.get(value, [])
+    if value in outputs or len(users) != 1:
+        return None
+    gelu = users[0]
+    if gelu.op_type != "Gelu" or gelu.domain not in ("", SPARSE_DOMAIN) or gelu.attributes.get("approximate", "none") != "none":
+        return None
+    return gelu
+
+
 def fuse_linear_activation(graph: Graph) -> int:
     """Fold a GELU (erf form; ai.sparse_rt::Gelu or ONNX Gelu) that is the only reader of a
     SparseLinear's output into that node's `activation` attribute."""
@@ -247,12 +259,8 @@ def fuse_linear_activation(graph: Graph) -> int:
     for linear in graph.nodes:
         if linear.op_type != "SparseLinear" or linear.domain != SPARSE_DOMAIN or linear.attributes.get("activation"):
             continue
-        users = consumers.get(linear.outputs[0], [])
-        if linear.outputs[0] in outputs or len(users) != 1:
-            continue
-        gelu = users[0]
-        if (gelu.op_type != "Gelu" or gelu.domain not in ("", SPARSE_DOMAIN)
-                or gelu.attributes.get("approximate", "none") != "none"):
+        gelu = only_gelu_reader(linear.outputs[0], consumers, outputs)
+        if gelu is None:
             continue
         linear.attributes["activation"] = "gelu"
         linear.outputs[0] = gelu.outputs[0]

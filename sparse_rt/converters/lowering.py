@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from sparse_rt.formats.base import WeightFormat
-from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
+from sparse_rt.converters.fusion import only_gelu_reader
+from sparse_rt.ir.graph import Graph, Node
 from sparse_rt.kernels.registry import Config
 from sparse_rt.ops.sparse_linear import sparse_linear_node
 
@@ -94,7 +95,7 @@ def lower_linear_layers(
         match = _match(graph, node, consumers, graph_outputs)
         if match is not None:
             layer, x, y, extra = match
-            if _gelu_reads_only(y, consumers, graph_outputs):
+            if only_gelu_reader(y, consumers, graph_outputs) is not None:  # fuse_linear_activation folds it
                 layer = dataclasses.replace(layer, activation="gelu")
             matches.append(_Match(node, layer, x, (y,), (layer.weight.shape[0],), tuple(extra)))
             absorbed.update(id(n) for n in extra)
@@ -112,13 +113,6 @@ def lower_linear_layers(
     graph.prune_unused()
     graph.validate()
     return len(replaced)
-
-
-def _gelu_reads_only(y: str, consumers: dict, graph_outputs: set[str]) -> bool:
-    """Whether a GELU (erf form) is the only reader of `y` (what fuse_linear_activation folds)."""
-    users = consumers.get(y, [])
-    return (y not in graph_outputs and len(users) == 1 and users[0].op_type == "Gelu"
-            and users[0].domain in ("", SPARSE_DOMAIN) and users[0].attributes.get("approximate", "none") == "none")
 
 
 def _merge_siblings(matches: list[_Match], keep_apart: Callable[[LinearLayer], bool]) -> list[_Match]:

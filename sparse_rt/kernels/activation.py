@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from sparse_rt.formats.base import WeightFormat
-from sparse_rt.kernels.cpu.gelu import gelu_float32
+from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.registry import BoundLinear, Config, Kernel
 
 ACTIVATIONS = ("gelu",)
@@ -24,7 +23,6 @@ def bind_with_activation(kernel: Kernel, weight: WeightFormat, bias: torch.Tenso
     plain = kernel.bind(weight, bias, config, device, **options)
 
     def linear(x: torch.Tensor) -> torch.Tensor:
-        y = plain(x)
-        return gelu_float32(y) if y.dtype == torch.float32 and y.device.type == "cpu" else F.gelu(y)
+        return gelu_erf(plain(x))
 
     return linear

@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 from sparse_rt.ir.graph import SPARSE_DOMAIN
 from sparse_rt.kernels.cpu._native import native_available
-from sparse_rt.kernels.cpu.gelu import gelu_float32
+from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.cpu.layernorm import add_layer_norm
 from sparse_rt.ops.registry import register_op
 
@@ -17,13 +17,8 @@ def bind_gelu(node, ctx):
     approximate = node.attributes.get("approximate", "none")
     if approximate not in ("none", "tanh"):
         raise ValueError(f"Gelu: expected approximate 'none' or 'tanh', got {approximate!r}")
-    if approximate == "none" and ctx.device.type == "cpu" and native_available():
-        def gelu_small_native(x):
-            if x.dtype == torch.float32 and x.device.type == "cpu":
-                return gelu_float32(x)
-            return F.gelu(x)
-
-        return gelu_small_native
+    if approximate == "none":
+        return gelu_erf
     return lambda x: F.gelu(x, approximate=approximate)
 
 

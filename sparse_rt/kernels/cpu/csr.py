@@ -27,7 +27,7 @@ from sparse_rt.kernels.cpu._launch import (
 )
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import CsrOptions, csr_configs, parse_options, simd_width
-from sparse_rt.kernels.cpu.gelu import gelu_float32
+from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.registry import Config, Kernel, register_kernel
 
 INDEX_NAMES = {torch.int8: "i8", torch.int16: "i16", torch.int32: "i32"}
@@ -117,7 +117,7 @@ def csr_rows_linear(rows: torch.Tensor, packed: CsrPacked, options: CsrOptions, 
             num_threads, split.shape[0] - 1, pointer(split), pointer(packed.row_offsets),
             pointer(packed.column_indices), pointer(packed.values), pointer(packed.bias), pointer(rows), pointer(y),
         )
-        return gelu_float32(y) if gelu else y
+        return gelu_erf(y) if gelu else y
     _gemm(packed, options, batch, rows, False, y, False, gelu)
     return y
 

@@ -19,7 +19,7 @@ import functools
 import torch
 
 from sparse_rt.kernels.cpu._launch import pointer
-from sparse_rt.kernels.cpu._native import declare, load_library
+from sparse_rt.kernels.cpu._native import declare, load_library, native_available
 
 # Up to this many elements the kernel beats torch's GELU; above, torch's (Sleef erf,
 # over the thread pool) is faster: 69 us against 92 us on [128, 3072] with 2 threads.
@@ -108,9 +108,12 @@ def gelu_library():
     return declare(library, "gelu_erf", [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p])
 
 
-def gelu_float32(x: torch.Tensor) -> torch.Tensor:
-    """GELU of a float32 cpu tensor: this kernel up to NATIVE_LIMIT elements, torch's above."""
-    return gelu(x) if x.numel() <= NATIVE_LIMIT else torch.nn.functional.gelu(x)
+def gelu_erf(x: torch.Tensor) -> torch.Tensor:
+    """GELU (erf form) of any tensor: this kernel for float32 cpu tensors up to NATIVE_LIMIT
+    elements where the C kernels build, torch's otherwise."""
+    if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() <= NATIVE_LIMIT and native_available():
+        return gelu(x)
+    return torch.nn.functional.gelu(x)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
