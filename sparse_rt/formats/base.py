@@ -79,6 +79,16 @@ class WeightFormat:
         raise NotImplementedError
 
 
+def padded_mask(nonzero: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    """A 0/1 (bool, uint8 or float) [out, in] mask as uint8 [rows, columns] (rows >= out,
+    columns >= in), zero in the padding; a uint8 mask of that shape is used in place."""
+    if nonzero.dtype == torch.uint8 and tuple(nonzero.shape) == (rows, columns):
+        return nonzero.contiguous()
+    padded = torch.zeros(rows, columns, dtype=torch.uint8)
+    padded[: nonzero.shape[0], : nonzero.shape[1]] = nonzero != 0
+    return padded
+
+
 def as_dense_weight(weight: torch.Tensor | np.ndarray, what: str = "weight") -> torch.Tensor:
     """Check and return a 2-D floating [out, in] weight as a torch tensor."""
     if isinstance(weight, np.ndarray):

@@ -14,7 +14,13 @@ from sparse_rt.formats._checks import (
     check_pair,
     check_tensor,
 )
-from sparse_rt.formats.base import WeightFormat, as_dense_weight, narrowest_index_dtype, register_format
+from sparse_rt.formats.base import (
+    WeightFormat,
+    as_dense_weight,
+    narrowest_index_dtype,
+    padded_mask,
+    register_format,
+)
 
 
 def count_kept_blocks(nonzero: torch.Tensor, block_shape: tuple[int, int]) -> int:
@@ -24,11 +30,7 @@ def count_kept_blocks(nonzero: torch.Tensor, block_shape: tuple[int, int]) -> in
     r, c = block_shape
     out_features, in_features = nonzero.shape
     rows, columns = _ceil_div(out_features, r), _ceil_div(in_features, c)
-    if nonzero.dtype == torch.uint8 and (rows * r, columns * c) == (out_features, in_features):
-        padded = nonzero.contiguous()
-    else:
-        padded = torch.zeros(rows * r, columns * c, dtype=torch.uint8)
-        padded[:out_features, :in_features] = nonzero != 0
+    padded = padded_mask(nonzero, rows * r, columns * c)
     per_row = padded.view(rows * r, columns, c).amax(dim=2)  # reduce the contiguous axis first
     return int(per_row.view(rows, r, columns).amax(dim=1).sum())
 

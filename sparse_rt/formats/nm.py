@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from sparse_rt.formats._checks import check_index_range, check_int, check_keys, check_pair, check_tensor
-from sparse_rt.formats.base import WeightFormat, as_dense_weight, register_format
+from sparse_rt.formats.base import WeightFormat, as_dense_weight, padded_mask, register_format
 
 MAX_M = torch.iinfo(torch.int8).max + 1  # in-group positions 0..m-1 fit int8
 
@@ -17,11 +17,7 @@ def fits_nm(nonzero: torch.Tensor, n: int, m: int) -> bool:
     of m inputs (zero-padded to whole groups): whether `NmFormat.from_dense(W, n=n, m=m)` fits.
     A uint8 mask of whole groups is read in place."""
     out_features, in_features = nonzero.shape
-    if nonzero.dtype == torch.uint8 and in_features % m == 0:
-        padded = nonzero.contiguous()
-    else:
-        padded = torch.zeros(out_features, _groups(in_features, m) * m, dtype=torch.uint8)
-        padded[:, :in_features] = nonzero != 0
+    padded = padded_mask(nonzero, out_features, _groups(in_features, m) * m)
     return bool(padded.view(out_features, -1, m).sum(dim=2, dtype=torch.int16).max() <= n)
 
 
