@@ -25,7 +25,7 @@ from sparse_rt.formats.base import WeightFormat, get_format
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Node
 from sparse_rt.ir.tensors import tensor_view
 from sparse_rt.kernels.activation import bind_with_activation
-from sparse_rt.kernels.registry import Config, Kernel, kernels_for
+from sparse_rt.kernels.registry import BoundLinear, Config, Kernel, kernels_for
 from sparse_rt.ops.registry import BindContext, register_op
 
 _RESERVED = ("format", "arrays", "kernel", "config", "timings", "activation", "dispatch", "output_layout")
@@ -118,8 +118,27 @@ def dispatch_of(node: Node) -> list[tuple[int, str, Config]]:
     return [(int(rows), str(name), dict(cfg)) for rows, name, cfg in entries]
 
 
+class BoundSparseLinear:
+    """A bound SparseLinear node: (x, *weight inputs) -> y; the bias and weight arrays are
+    already inside its kernels. `linears[i]` runs from `starts[i]` rows on (starts[0] == 1;
+    no rows run the first)."""
+
+    def __init__(self, starts: list[int], linears: list[BoundLinear]) -> None:
+        self.starts = starts
+        self.linears = linears
+
+    def __call__(self, x: torch.Tensor, *weight_inputs) -> torch.Tensor:
+        if len(self.linears) == 1:
+            return self.linears[0](x)
+        return self.at(x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0)(x)
+
+    def at(self, rows: int) -> BoundLinear:
+        """The kernel that runs x with `rows` rows."""
+        return self.linears[bisect.bisect_right(self.starts, rows) - 1 if rows else 0]
+
+
 @register_op("SparseLinear", domain=SPARSE_DOMAIN)
-def bind_sparse_linear(node: Node, ctx: BindContext):
+def bind_sparse_linear(node: Node, ctx: BindContext) -> BoundSparseLinear:
     weight = weight_of(node, ctx.constants)
     bias = bias_of(node, ctx.constants)
     kernel, config = choose_kernel(node, weight, ctx.device)
@@ -127,20 +146,11 @@ def bind_sparse_linear(node: Node, ctx: BindContext):
     available = {k.name: k for k in kernels_for(weight, ctx.device)}
     dispatch = dispatch_of(node)
     if dispatch and all(name in available for _, name, _ in dispatch):
-        starts = [rows for rows, _, _ in dispatch]
-        linears = [bind_with_activation(available[name], weight, bias, cfg, ctx.device, activation) for _, name, cfg in dispatch]
-
-        def run(x, *weight_inputs):  # bias and arrays are already inside the bound kernels
-            rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
-            return linears[bisect.bisect_right(starts, rows) - 1 if rows else 0](x)
-
-        return run
+        return BoundSparseLinear(
+            [rows for rows, _, _ in dispatch],
+            [bind_with_activation(available[name], weight, bias, cfg, ctx.device, activation) for _, name, cfg in dispatch],
+        )
     options = {}
     if node.attributes.get("output_layout") == "batch_tiles" and kernel.name == TILED_KERNEL:
         options["tiles_out"] = True
-    linear = bind_with_activation(kernel, weight, bias, config, ctx.device, activation, **options)
-
-    def run(x, *weight_inputs):  # bias and arrays are already inside the bound kernel
-        return linear(x)
-
-    return run
+    return BoundSparseLinear([1], [bind_with_activation(kernel, weight, bias, config, ctx.device, activation, **options)])

@@ -3,7 +3,8 @@
 Nodes are bound to implementations once, at construction; `run` is a plain loop
 over a dict of values. A value is dropped as soon as its last consumer has run.
 Values computed from shapes alone (`runtime.shapes`) are kept per input-shape
-signature, and later runs with the same input shapes skip their nodes.
+signature, and later runs with the same input shapes skip their nodes. Dense layers
+that feed each other are planned as one step (`runtime.chains`).
 `run` keeps its state in locals (the shape-value cache only gains entries), so
 concurrent calls on one session are safe.
 """
@@ -21,6 +22,7 @@ import torch
 from sparse_rt.ir.graph import Graph, Value
 from sparse_rt.ir.tensors import tensor_view
 from sparse_rt.ops.registry import BindContext, OpCallable, lookup_nodes
+from sparse_rt.runtime.chains import chain_dense_steps
 from sparse_rt.runtime.memory import retain_freed_memory, trim_free_memory
 from sparse_rt.runtime.shapes import shape_values
 
@@ -129,7 +131,9 @@ class InferenceSession:
             set_threads(threads)
         self.graph = ensure_graph(model, device=self.device)
         self._inputs = list(self.graph.inputs)
+        self._input_values = {v.name: v for v in self._inputs}
         self._outputs = list(self.graph.outputs)
+        self._output_names = [v.name for v in self._outputs]
         self._constants = {
             name: tensor_view(array).to(self.device)
             for name, array in self.graph.constants.items()
@@ -166,7 +170,7 @@ class InferenceSession:
             dynamic = tuple((i, name) for i, name in enumerate(node.inputs) if name and name not in self._constants)
             steps.append(_Step(fn, template, dynamic, tuple(node.outputs), tuple(sorted(dying)), label,
                                self._computes_shape(node)))
-        return steps
+        return chain_dense_steps(steps)
 
     def _computes_shape(self, node) -> bool:
         return any(out in self._shape_values for out in node.outputs)
@@ -186,12 +190,18 @@ class InferenceSession:
 
         Returns numpy arrays, or torch tensors if the inputs were torch tensors.
         """
-        wanted = self._check_output_names(output_names)
+        wanted = self._output_names if output_names is None else self._check_output_names(output_names)
         values, as_torch = self._check_feed(input_feed)
-        shared = {_storage(t) for t in values.values()} | self._constant_storages
-        shared |= self._execute(values)
+        inputs = {_storage(t) for t in values.values()}
+        kept = self._execute(values)
         # outputs never alias the caller's inputs, the session's constants or its kept shape values
-        results = [values[name].clone() if _storage(values[name]) in shared else values[name] for name in wanted]
+        results = []
+        for name in wanted:
+            tensor = values[name]
+            storage = _storage(tensor)
+            if storage in inputs or storage in kept or storage in self._constant_storages:
+                tensor = tensor.clone()
+            results.append(tensor)
         if as_torch:
             return results
         return [_to_numpy(t) for t in results]
@@ -255,10 +265,8 @@ class InferenceSession:
         self._shape_cache[signature] = _ShapeEntry(captured, storages)
         return storages
 
-    def _check_output_names(self, output_names: Sequence[str] | None) -> list[str]:
-        known = [v.name for v in self._outputs]
-        if output_names is None:
-            return known
+    def _check_output_names(self, output_names: Sequence[str]) -> list[str]:
+        known = self._output_names
         if isinstance(output_names, str):
             raise TypeError(f"output_names: expected a list of names or None, got the string {output_names!r}")
         for name in output_names:
@@ -269,53 +277,52 @@ class InferenceSession:
     def _check_feed(self, input_feed: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], bool]:
         if not isinstance(input_feed, Mapping):
             raise TypeError(f"input_feed: expected a dict {{name: array}}, got {type(input_feed).__name__}")
-        expected = {v.name: v for v in self._inputs}
-        unknown = [name for name in input_feed if name not in expected]
-        if unknown:
-            raise ValueError(f"unknown input(s) {unknown}; the model's inputs are {list(expected)}")
-        missing = [name for name in expected if name not in input_feed]
-        if missing:
+        expected = self._input_values
+        if input_feed.keys() != expected.keys():
+            unknown = [name for name in input_feed if name not in expected]
+            if unknown:
+                raise ValueError(f"unknown input(s) {unknown}; the model's inputs are {list(expected)}")
+            missing = [name for name in expected if name not in input_feed]
             raise ValueError(f"missing input(s) {missing}; the model's inputs are {list(expected)}")
         values: dict[str, torch.Tensor] = {}
-        kinds = set()
+        as_torch = bool(expected)  # numpy results for numpy inputs and for models without inputs
         symbols: dict[str, int] = {}
         for name, value in expected.items():
             array = input_feed[name]
             if isinstance(array, torch.Tensor):
-                kinds.add("torch")
                 tensor = array.detach()
                 dtype = str(tensor.dtype).removeprefix("torch.")
             else:
-                kinds.add("numpy")
+                as_torch = False
                 if not isinstance(array, np.ndarray):
                     array = np.asarray(array)
                 dtype = array.dtype.name
                 if dtype not in _TORCH_DTYPES:
                     raise TypeError(f"input {name!r}: expected {value.describe()}, got unsupported dtype {dtype}")
                 tensor = tensor_view(array)
-            _check_input(name, value, dtype, tuple(tensor.shape), symbols)
-            values[name] = tensor.to(self.device)
-        return values, kinds == {"torch"}
+            _check_input(name, value, dtype, tensor.shape, symbols)
+            values[name] = tensor if tensor.device == self.device else tensor.to(self.device)
+        return values, as_torch
 
 
-def _check_input(name: str, value: Value, dtype: str, shape: tuple[int, ...], symbols: dict[str, int]) -> None:
-    found = f"{dtype} [{', '.join(map(str, shape))}]"
+def _check_input(name: str, value: Value, dtype: str, shape: Sequence[int], symbols: dict[str, int]) -> None:
+    def found() -> str:
+        return f"{dtype} [{', '.join(map(str, shape))}]"
+
     if dtype != value.dtype:
-        raise TypeError(f"input {name!r}: expected {value.describe()}, got {found}")
+        raise TypeError(f"input {name!r}: expected {value.describe()}, got {found()}")
     if value.shape is None:
         return
     if len(shape) != len(value.shape):
         raise ValueError(
-            f"input {name!r}: expected rank {len(value.shape)} {value.describe()}, got rank {len(shape)} {found}"
+            f"input {name!r}: expected rank {len(value.shape)} {value.describe()}, got rank {len(shape)} {found()}"
         )
     for axis, (want, got) in enumerate(zip(value.shape, shape)):
-        if isinstance(want, int) and want != got:
-            raise ValueError(f"input {name!r}: expected {value.describe()}, got {found} (axis {axis})")
-        if isinstance(want, str):
-            if symbols.setdefault(want, got) != got:
-                raise ValueError(
-                    f"input {name!r}: dim {want!r} is {got} here but {symbols[want]} in another input"
-                )
+        if isinstance(want, int):
+            if want != got:
+                raise ValueError(f"input {name!r}: expected {value.describe()}, got {found()} (axis {axis})")
+        elif isinstance(want, str) and symbols.setdefault(want, got) != got:
+            raise ValueError(f"input {name!r}: dim {want!r} is {got} here but {symbols[want]} in another input")
 
 
 def _storage(tensor: torch.Tensor) -> int:
@@ -323,9 +330,12 @@ def _storage(tensor: torch.Tensor) -> int:
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    if tensor.dtype == torch.bfloat16:
-        tensor = tensor.float()
-    return tensor.detach().cpu().numpy()
+    try:  # a plain CPU tensor of a dtype numpy has
+        return tensor.numpy()
+    except (TypeError, RuntimeError):
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.float()
+        return tensor.detach().cpu().numpy()
 
 
 def set_threads(threads: int) -> None:

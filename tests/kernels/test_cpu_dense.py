@@ -5,7 +5,7 @@ import torch
 
 from sparse_rt.formats import DenseFormat
 from sparse_rt.kernels.cpu.configs import simd_width
-from sparse_rt.kernels.cpu.dense import dense_linear_reference, pack_dense
+from sparse_rt.kernels.cpu.dense import DenseChain, dense_linear_reference, pack_dense
 from sparse_rt.kernels.registry import kernels_for
 from tests.helpers import assert_close
 
@@ -61,3 +61,46 @@ def test_dense_reference_and_errors():
         bound(x.double())
     with pytest.raises(ValueError, match="expected device cpu"):
         native.bind(fmt, None, native.configs(fmt, torch.device("cpu"))[0], torch.device("meta"))
+
+
+def bound_native(weight, bias=None, activation=None, config=None):
+    fmt = DenseFormat.from_dense(weight)
+    native = kernels_for(fmt, "cpu")[0]
+    config = config or native.configs(fmt, torch.device("cpu"))[0]
+    extra = {"activation": activation} if activation else {}
+    return native.bind(fmt, bias, config, torch.device("cpu"), **extra)
+
+
+@pytest.mark.parametrize("lead", [(0,), (1,), (3,), (9,), (40,), (2, 5)], ids=str)
+def test_dense_chain_equals_its_layers_one_by_one(lead):
+    # odd widths, a GELU epilogue on some layers, with and without bias, a k-blocked config,
+    # an all-zero and a one-column layer in the middle
+    torch.manual_seed(0)
+    widths = [37, 53, 1, 130, 19]
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        weight = torch.zeros(n_out, n_in) if i == 2 else torch.randn(n_out, n_in)
+        bias = torch.randn(n_out) if i % 2 == 0 else None
+        config = {"panels_per_task": 1, "rows_per_tile": 3, "k_block": 16} if i == 1 else None
+        layers.append(bound_native(weight, bias, "gelu" if i in (0, 3) else None, config))
+    chain = DenseChain(layers)
+    x = torch.randn(*lead, widths[0])
+    expected = x
+    for layer in layers:
+        expected = layer(expected)
+    y = chain(x)
+    assert y.shape == (*lead, widths[-1])
+    assert torch.equal(y, expected)  # the same kernels, the same order of sums
+
+
+def test_dense_chain_checks_its_layers_and_input():
+    a, b = bound_native(torch.randn(6, 4)), bound_native(torch.randn(3, 5))
+    with pytest.raises(ValueError, match="layer 0 gives 6 features but layer 1 takes 5"):
+        DenseChain([a, b])
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        DenseChain([a])
+    chain = DenseChain([a, bound_native(torch.randn(3, 6))])
+    with pytest.raises(ValueError, match=r"expected float32 \[\.\.\., 4\]"):
+        chain(torch.randn(2, 5))
+    with pytest.raises(TypeError, match="expected float32"):
+        chain(torch.randn(2, 4, dtype=torch.float64))

@@ -139,6 +139,22 @@ void dense_linear(int num_threads, int64_t rows, int64_t in, int64_t out,
                             packed, bias, x, y};
     sr_parallel_for(num_threads, (panels + panels_per_task - 1) / panels_per_task, _dense_task, &job);
 }
+
+/* Layers run back to back, each reading the previous one's output: x [rows, in_0] ->
+   y [rows, out_last]. layers: int64 [count, 8] rows of (in, out, panels_per_task, mr, kc,
+   gelu, packed pointer, bias pointer), with in_{i+1} = out_i. The outputs between layers
+   alternate between work and work + rows * max_out, max_out the largest of out_0..out_{count-2}. */
+void dense_chain(int num_threads, int64_t rows, int64_t count, const int64_t* layers,
+                 const float* x, float* work, int64_t max_out, float* y) {
+    const float* input = x;
+    for (int64_t i = 0; i < count; i++) {
+        const int64_t* l = layers + 8 * i;
+        float* output = i == count - 1 ? y : work + (i % 2) * rows * max_out;
+        dense_linear(num_threads, rows, l[0], l[1], (const float*)(intptr_t)l[6], (const float*)(intptr_t)l[7],
+                     input, output, l[2], l[3], l[4], l[5]);
+        input = output;
+    }
+}
 """
 
 _P = ctypes.c_void_p
@@ -146,11 +162,17 @@ _I = ctypes.c_int64
 
 
 @functools.cache
+def _library():
+    return load_library("dense", SOURCE)
+
+
+@functools.cache
 def dense_library():
     """The compiled `dense_linear` function."""
-    library = load_library("dense", SOURCE)
-    return declare(
-        library,
-        "dense_linear",
-        [ctypes.c_int, _I, _I, _I, _P, _P, _P, _P, _I, _I, _I, _I],
-    )
+    return declare(_library(), "dense_linear", [ctypes.c_int, _I, _I, _I, _P, _P, _P, _P, _I, _I, _I, _I])
+
+
+@functools.cache
+def dense_chain_library():
+    """The compiled `dense_chain` function."""
+    return declare(_library(), "dense_chain", [ctypes.c_int, _I, _I, _P, _P, _P, _I, _P])

@@ -1,0 +1,98 @@
+"""Execution plan: consecutive dense layers that feed each other run as one step.
+
+Two planned steps are linked when both are bound SparseLinear nodes, the second's one
+computed input is the first's one output, and nothing else reads that value (it dies
+at the second step). A run of linked steps becomes one step that, at the row counts
+where every layer runs the native dense kernel (`kernels.cpu.dense.DenseChain`), makes
+one C call for all of them; at other row counts (a layer dispatched to another kernel)
+it calls the layers one by one, as before.
+
+Why: after a layer streams its weight through the caches, the Python between two
+kernel calls runs from cold caches and cost about 17 us a layer, against 180 us for the
+layer itself on a 768x3072 weight at batch 1. An 8-layer MLP went from 1.56 to 1.41 ms.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from typing import Sequence
+
+import torch
+
+from sparse_rt.kernels.cpu.dense import BoundDense, DenseChain
+from sparse_rt.ops.sparse_linear import BoundSparseLinear
+
+
+class ChainedLinears:
+    """SparseLinear nodes run back to back: x [..., in of the first] -> y [..., out of the
+    last]; one `DenseChain` call where all run the native dense kernel at x's row count."""
+
+    def __init__(self, linears: Sequence[BoundSparseLinear]) -> None:
+        self.linears = tuple(linears)
+        self.starts = sorted({start for linear in linears for start in linear.starts})
+        self.chains = [_dense_chain([linear.at(rows) for linear in linears]) for rows in self.starts]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+        chain = self.chains[bisect.bisect_right(self.starts, rows) - 1 if rows else 0]
+        if chain is not None:
+            return chain(x)
+        for linear in self.linears:
+            x = linear(x)
+        return x
+
+
+def _dense_chain(kernels: list) -> DenseChain | None:
+    if all(isinstance(kernel, BoundDense) for kernel in kernels):
+        return DenseChain(kernels)
+    return None
+
+
+def chain_dense_steps(steps: list) -> list:
+    """The session's planned steps with each run of linked dense layers merged into one
+    (see the module docstring); other steps are kept as they are."""
+    merged: list = []
+    run: list = []
+    for step in steps + [None]:
+        if run and step is not None and _links(run[-1], step) and _has_dense_chain(run + [step]):
+            run.append(step)
+            continue
+        if run:
+            merged.append(_merge(run) if len(run) > 1 else run[0])
+        run = [step] if step is not None and _chainable(step) else []
+        if step is not None and not run:
+            merged.append(step)
+    return merged
+
+
+def _chainable(step) -> bool:
+    return (isinstance(step.fn, BoundSparseLinear) and not step.computes_shape
+            and len(step.dynamic) == 1 and step.dynamic[0][0] == 0 and len(step.outputs) == 1)
+
+
+def _links(first, second) -> bool:
+    value = first.outputs[0]
+    return _chainable(second) and second.dynamic[0][1] == value and value in second.release
+
+
+def _has_dense_chain(run: list) -> bool:
+    """Whether at some row count every step of `run` runs the native dense kernel."""
+    starts = {start for step in run for start in step.fn.starts}
+    return any(all(isinstance(step.fn.at(rows), BoundDense) for step in run) for rows in starts)
+
+
+def _merge(run: list):
+    """One step for a run of linked steps: the first's input, the last's output."""
+    first, last = run[0], run[-1]
+    between = {step.outputs[0] for step in run[:-1]}
+    release = tuple(sorted({name for step in run for name in step.release} - between))
+    return dataclasses.replace(
+        first,
+        fn=ChainedLinears([step.fn for step in run]),
+        template=(None,),
+        outputs=last.outputs,
+        release=release,
+        label=f"{first.label} .. {last.label}: {len(run)} chained dense layers",
+    )
+
