@@ -20,6 +20,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -325,3 +326,22 @@ def test_expand_to_incompatible_shape_says_both_shapes():
     case = Case("Expand", 13, [rand(3, 2), ints(3, 4)])
     with pytest.raises(ValueError, match=r"shape \[3, 4\].*\[3, 2\]"):
         run_sparse_rt(case, constant=True)
+
+
+@pytest.mark.parametrize("attributes, torch_pool", [
+    ({"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}, lambda x: F.max_pool2d(x, 2, 2, ceil_mode=True)),
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, lambda x: F.max_pool2d(x, 3, 2, 1)),
+    ({"kernel_shape": [2, 3], "pads": [0, 2, 1, 0], "dilations": [2, 1]},
+     lambda x: F.max_pool2d(F.pad(x, [2, 0, 0, 1], value=-np.inf), [2, 3], 1, 0, [2, 1])),
+], ids=["ceil", "padded", "asymmetric_dilated"])
+def test_max_pool_propagates_nans(attributes, torch_pool):
+    """2-D MaxPool runs in channels-last layout; a window with a NaN still gives NaN, as in
+    torch's NCHW pooling (onnxruntime and the reference evaluator drop some NaNs)."""
+    x = rand(2, 5, 9, 11)
+    x[0, 1, 4, :] = np.nan
+    x[1, 4, 0, 0] = np.nan
+    (got,) = run_sparse_rt(Case("MaxPool", 12, [x], attributes), constant=False)
+    expected = torch_pool(torch.from_numpy(x)).numpy()
+    assert np.isnan(expected).sum() > 2
+    np.testing.assert_array_equal(got, expected)  # NaNs in the same places
+    assert got.flags.c_contiguous
