@@ -89,6 +89,51 @@ static inline void _dense_row(int64_t kc, const float* restrict w, const float* 
     else { vstore_n(y, y0, n0); vstore_n(y + VL, y1, n1); }
 }
 
+/* One row against up to 4 panels side by side (panel q at w + q * panel_stride): 4 weight
+   streams at once keep more memory requests in flight than one panel after another. */
+static inline void _dense_row_panels(int np, int64_t kc, const float* restrict w, int64_t panel_stride,
+                                     const float* restrict x, float* restrict y, int64_t cols,
+                                     const float* restrict bias, int gelu) {
+    vf acc[4][2];
+    for (int q = 0; q < 4; q++) {
+        int n0 = 0, n1 = 0;
+        if (q < np) { int64_t c = cols - q * NR; int nc = c < NR ? (int)c : NR; n0 = nc < VL ? nc : VL; n1 = nc - n0; }
+        if (bias) { acc[q][0] = vload(bias + q * NR); acc[q][1] = vload(bias + q * NR + VL); }
+        else { acc[q][0] = vload_n(y + q * NR, n0); acc[q][1] = vload_n(y + q * NR + VL, n1); }
+    }
+    if (np == 4) {
+        for (int64_t k = 0; k < kc; k++) {
+            vf xb = vset1(x[k]);
+            _Pragma("GCC unroll 4")
+            for (int q = 0; q < 4; q++) {
+                const float* wq = w + q * panel_stride + k * NR;
+                __builtin_prefetch(wq + PREFETCH_STEPS * NR);
+                __builtin_prefetch(wq + PREFETCH_STEPS * NR + VL);
+                acc[q][0] = vfma(xb, vload(wq), acc[q][0]);
+                acc[q][1] = vfma(xb, vload(wq + VL), acc[q][1]);
+            }
+        }
+    } else {
+        for (int64_t k = 0; k < kc; k++) {
+            vf xb = vset1(x[k]);
+            for (int q = 0; q < np; q++) {
+                const float* wq = w + q * panel_stride + k * NR;
+                __builtin_prefetch(wq + PREFETCH_STEPS * NR);
+                __builtin_prefetch(wq + PREFETCH_STEPS * NR + VL);
+                acc[q][0] = vfma(xb, vload(wq), acc[q][0]);
+                acc[q][1] = vfma(xb, vload(wq + VL), acc[q][1]);
+            }
+        }
+    }
+    for (int q = 0; q < np; q++) {
+        int64_t c = cols - q * NR;
+        int nc = c < NR ? (int)c : NR, n0 = nc < VL ? nc : VL, n1 = nc - n0;
+        if (gelu) { acc[q][0] = vgelu(acc[q][0]); acc[q][1] = vgelu(acc[q][1]); }
+        if (nc == NR) { vstore(y + q * NR, acc[q][0]); vstore(y + q * NR + VL, acc[q][1]); }
+        else { vstore_n(y + q * NR, acc[q][0], n0); vstore_n(y + q * NR + VL, acc[q][1], n1); }
+    }
+}
+
 static inline void _dense_tile(int mr, int64_t kc, const float* w, const float* x, int64_t ldx,
                                float* y, int64_t ldy, int ncols, const float* bias, int gelu) {
     switch (mr) {
@@ -115,6 +160,15 @@ static void _dense_task(void* context, int64_t t, int worker) {
     int64_t p_end = (t + 1) * job->panels_per_task < job->panels ? (t + 1) * job->panels_per_task : job->panels;
     for (int64_t k0 = 0; k0 < in; k0 += kc) {
         int64_t kcur = in - k0 < kc ? in - k0 : kc;
+        if (job->rows == 1) {
+            for (int64_t p = t * job->panels_per_task; p < p_end; p += 4) {
+                int np = p_end - p < 4 ? (int)(p_end - p) : 4;
+                _dense_row_panels(np, kcur, job->packed + (p * in + k0) * NR, in * NR, job->x + k0,
+                                  job->y + p * NR, out - p * NR, k0 == 0 ? job->bias + p * NR : NULL,
+                                  job->gelu && k0 + kcur == in);
+            }
+            continue;
+        }
         for (int64_t p = t * job->panels_per_task; p < p_end; p++) {
             const float* w = job->packed + (p * in + k0) * NR;
             int ncols = out - p * NR < NR ? (int)(out - p * NR) : NR;
