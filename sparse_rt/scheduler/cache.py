@@ -3,11 +3,15 @@
 A JSON file, `$SPARSE_RT_CACHE` or `<user cache dir>/sparse_rt/tuning.json`,
 shared across runs and processes. Writes go to a temporary file renamed over the
 old one (atomic), merged with what other processes wrote meanwhile. A corrupt
-file or one from another cache version is ignored with a warning.
+file or one from another cache version is ignored with a warning. Every key starts
+with a digest of the kernel sources (`kernels_digest`): timings of kernels that have
+changed since are not reused, and the next write drops them.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -45,6 +49,17 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache
+def kernels_digest() -> str:
+    """A digest of the sources under sparse_rt/kernels (the C kernels are built from them)."""
+    root = Path(__file__).resolve().parents[1] / "kernels"
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class TuningCache:
     """Maps a measurement key to seconds; `save()` persists new entries."""
 
@@ -56,7 +71,7 @@ class TuningCache:
     @staticmethod
     def key(device: str, kernel: str, config: dict, shape: tuple[int, int], weight_signature: str, batch: int) -> str:
         config_text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-        return f"{device}|{kernel}|{config_text}|{shape[0]}x{shape[1]}|{weight_signature}|b{batch}"
+        return f"{kernels_digest()}|{device}|{kernel}|{config_text}|{shape[0]}x{shape[1]}|{weight_signature}|b{batch}"
 
     def get(self, key: str) -> float | None:
         return self.entries.get(key)
@@ -80,7 +95,8 @@ class TuningCache:
                 stacklevel=3,
             )
             return {}
-        return {k: float(v) for k, v in data["entries"].items() if isinstance(v, (int, float))}
+        current = f"{kernels_digest()}|"
+        return {k: float(v) for k, v in data["entries"].items() if k.startswith(current) and isinstance(v, (int, float))}
 
     def save(self) -> None:
         """Merge new entries into the file atomically; failures only warn."""

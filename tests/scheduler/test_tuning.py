@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 import sparse_rt
 from sparse_rt.converters.lowering import LinearLayer, lower_linear_layers
 from sparse_rt.converters.onnx import import_onnx
-from sparse_rt.scheduler.cache import CACHE_VERSION, TuningCache
+from sparse_rt.scheduler.cache import CACHE_VERSION, TuningCache, kernels_digest
 from sparse_rt.scheduler.plan import batch_weights, make_chooser
 from sparse_rt.scheduler.tune import tune_layer
 
@@ -93,6 +93,24 @@ def test_cache_hit_skips_timing_across_processes(tmp_path):
     third = FakeTimer({})
     tune_layer(LinearLayer("l", sparse_weight(density=0.3), None), CPU, {1: 1.0}, TuningCache(path), third)
     assert third.calls > 0
+
+
+def test_timings_of_other_kernel_sources_are_not_reused(tmp_path):
+    path = tmp_path / "cache.json"
+    layer = LinearLayer("l", sparse_weight(), None)
+    cache = TuningCache(path)
+    tune_layer(layer, CPU, {1: 1.0}, cache, FakeTimer({"csr": 0.1}))
+    cache.save()
+    entries = json.loads(path.read_text())["entries"]
+    assert entries and all(key.startswith(kernels_digest() + "|") for key in entries)
+    stale = {"0" * 16 + key.partition("|")[1] + key.partition("|")[2]: seconds for key, seconds in entries.items()}
+    path.write_text(json.dumps({"version": CACHE_VERSION, "entries": stale}))
+    timer = FakeTimer({"csr": 0.1})
+    cache = TuningCache(path)
+    tune_layer(layer, CPU, {1: 1.0}, cache, timer)  # measured again, as if the kernels had changed
+    assert timer.calls > 0
+    cache.save()
+    assert json.loads(path.read_text())["entries"].keys() == entries.keys()  # the stale ones are gone
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"version": CACHE_VERSION + 99, "entries": {}}), "[]"])
