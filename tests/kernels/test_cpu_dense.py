@@ -30,12 +30,14 @@ def test_dense_every_kernel_and_config(shape, with_bias):
                 assert_close(y, x @ weight.T + (0 if bias is None else bias), rtol=1e-5)
 
 
-def test_dense_k_blocks_and_row_tiles():
-    # a reduction split into blocks plus a partial last block, and every row-tile height
+@pytest.mark.parametrize("rows", [23, 530], ids=["one_row_block", "three_row_blocks"])
+def test_dense_k_blocks_and_row_tiles(rows):
+    # a reduction split into blocks plus a partial last block, every row-tile height, and
+    # rows past one task's block of rows (256)
     weight = torch.randn(70, 600)
     fmt = DenseFormat.from_dense(weight)
     (native, _) = kernels_for(fmt, "cpu")
-    x = torch.randn(23, 600)
+    x = torch.randn(rows, 600)
     for rows_per_tile in range(1, 9):
         config = {"panels_per_task": 2, "rows_per_tile": rows_per_tile, "k_block": 256}
         assert_close(native.bind(fmt, None, config, torch.device("cpu"))(x), x @ weight.T, rtol=1e-5)

@@ -154,9 +154,17 @@ struct dense_job {
     float* y;
 };
 
-static void _dense_task(void* context, int64_t t, int worker) {
+/* Rows per task: a task runs its panels over one block of x's rows, which stays in L2
+   (256 rows of 768 inputs: 768 KiB) while the panels go by. 3072 x 768 at 4096 rows:
+   67.5 ms, against 80 ms with every task over all rows (torch's GEMM: 58.6 ms). */
+#define ROW_BLOCK 256
+
+static void _dense_task(void* context, int64_t task, int worker) {
     const struct dense_job* job = (const struct dense_job*)context;
     int64_t in = job->in, out = job->out, kc = job->kc;
+    int64_t panel_tasks = (job->panels + job->panels_per_task - 1) / job->panels_per_task;
+    int64_t t = task % panel_tasks, r_begin = task / panel_tasks * ROW_BLOCK;
+    int64_t r_end = r_begin + ROW_BLOCK < job->rows ? r_begin + ROW_BLOCK : job->rows;
     int64_t p_end = (t + 1) * job->panels_per_task < job->panels ? (t + 1) * job->panels_per_task : job->panels;
     for (int64_t k0 = 0; k0 < in; k0 += kc) {
         int64_t kcur = in - k0 < kc ? in - k0 : kc;
@@ -172,8 +180,8 @@ static void _dense_task(void* context, int64_t t, int worker) {
         for (int64_t p = t * job->panels_per_task; p < p_end; p++) {
             const float* w = job->packed + (p * in + k0) * NR;
             int ncols = out - p * NR < NR ? (int)(out - p * NR) : NR;
-            for (int64_t r = 0; r < job->rows; r += job->mr) {
-                int m = job->rows - r < job->mr ? (int)(job->rows - r) : (int)job->mr;
+            for (int64_t r = r_begin; r < r_end; r += job->mr) {
+                int m = r_end - r < job->mr ? (int)(r_end - r) : (int)job->mr;
                 _dense_tile(m, kcur, w, job->x + r * in + k0, in, job->y + r * out + p * NR, out, ncols,
                             k0 == 0 ? job->bias + p * NR : NULL, job->gelu && k0 + kcur == in);
             }
@@ -183,7 +191,7 @@ static void _dense_task(void* context, int64_t t, int worker) {
 
 /* y [rows, out] = x [rows, in] @ W.T + bias.
    packed: [ceil(out / NR), in, NR]; bias: [ceil(out / NR) * NR] (zeros when the layer has none).
-   in >= 1. Work is split into tasks of `panels_per_task` panels; inside a task the reduction
+   in >= 1. Work is split into tasks of `panels_per_task` panels and ROW_BLOCK rows; inside a task the reduction
    runs in blocks of `kc` inputs (0: all) and the rows in tiles of `mr` (1..8). gelu: y = GELU(...). */
 void dense_linear(int num_threads, int64_t rows, int64_t in, int64_t out,
                   const float* packed, const float* bias, const float* x, float* y,
@@ -191,7 +199,8 @@ void dense_linear(int num_threads, int64_t rows, int64_t in, int64_t out,
     int64_t panels = (out + NR - 1) / NR;
     struct dense_job job = {rows, in, out, panels, panels_per_task, mr, kc <= 0 || kc > in ? in : kc, gelu,
                             packed, bias, x, y};
-    sr_parallel_for(num_threads, (panels + panels_per_task - 1) / panels_per_task, _dense_task, &job);
+    int64_t row_blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
+    sr_parallel_for(num_threads, (panels + panels_per_task - 1) / panels_per_task * row_blocks, _dense_task, &job);
 }
 
 /* Layers run back to back, each reading the previous one's output: x [rows, in_0] ->
