@@ -39,6 +39,19 @@ def _scalar(graph: Graph, name: str) -> float | None:
     return float(array.reshape(()))
 
 
+def _only_reader(value: str, consumers: dict[str, list[Node]], outputs: set[str], op_type: str | None = None,
+                 domains: tuple[str, ...] = ("",)) -> Node | None:
+    """The one node reading `value` (not a graph output) when it is an `op_type` (any op when
+    None) of one of `domains`, else None."""
+    users = consumers.get(value, [])
+    if value in outputs or len(users) != 1:
+        return None
+    user = users[0]
+    if user.domain not in domains or (op_type is not None and user.op_type != op_type):
+        return None
+    return user
+
+
 def _other(node: Node, name: str) -> str | None:
     """The other input of a binary node, given one of them."""
     if len(node.inputs) != 2 or name not in node.inputs:
@@ -52,10 +65,7 @@ def fuse_erf_gelu(graph: Graph) -> int:
     producers = graph.producers()
 
     def only_user(value: str, op_type: str) -> Node | None:
-        users = consumers.get(value, [])
-        if value in outputs or len(users) != 1 or users[0].op_type != op_type or users[0].domain:
-            return None
-        return users[0]
+        return _only_reader(value, consumers, outputs, op_type)
 
     removed: set[int] = set()
     replacement: dict[int, Node] = {}
@@ -134,10 +144,7 @@ def fuse_attention(graph: Graph) -> int:
     outputs = {v.name for v in graph.outputs}
 
     def only_user(value: str) -> Node | None:
-        users = consumers.get(value, [])
-        if value in outputs or len(users) != 1 or users[0].domain:
-            return None
-        return users[0]
+        return _only_reader(value, consumers, outputs)
 
     info = _value_info(graph)
 
@@ -213,12 +220,11 @@ def fuse_add_layer_norm(graph: Graph) -> int:
     removed: set[int] = set()
     replacement: dict[int, Node] = {}
     for add in graph.nodes:
-        if add.op_type != "Add" or add.domain or len(add.inputs) != 2 or add.outputs[0] in outputs:
+        if add.op_type != "Add" or add.domain or len(add.inputs) != 2:
             continue
-        users = consumers.get(add.outputs[0], [])
-        if len(users) != 1 or users[0].op_type != "LayerNormalization" or users[0].domain:
+        norm = _only_reader(add.outputs[0], consumers, outputs, "LayerNormalization")
+        if norm is None:
             continue
-        norm = users[0]
         total = info.get(add.outputs[0])
         if total is None or total.shape is None or total.dtype != "float32" or norm.inputs[0] != add.outputs[0]:
             continue
@@ -241,11 +247,8 @@ def fuse_add_layer_norm(graph: Graph) -> int:
 def only_gelu_reader(value: str, consumers: dict[str, list[Node]], outputs: set[str]) -> Node | None:
     """The GELU (erf form; ai.sparse_rt::Gelu or ONNX Gelu) that is the only reader of `value`
     (not a graph output), else None."""
-    users = consumers.get(value, [])
-    if value in outputs or len(users) != 1:
-        return None
-    gelu = users[0]
-    if gelu.op_type != "Gelu" or gelu.domain not in ("", SPARSE_DOMAIN) or gelu.attributes.get("approximate", "none") != "none":
+    gelu = _only_reader(value, consumers, outputs, "Gelu", ("", SPARSE_DOMAIN))
+    if gelu is None or gelu.attributes.get("approximate", "none") != "none":
         return None
     return gelu
 
