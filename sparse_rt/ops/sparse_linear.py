@@ -118,6 +118,16 @@ def dispatch_of(node: Node) -> list[tuple[int, str, Config]]:
     return [(int(rows), str(name), dict(cfg)) for rows, name, cfg in entries]
 
 
+def batch_rows(x: torch.Tensor) -> int:
+    """The rows a linear layer sees in x [..., in]: the product of the leading dims."""
+    return x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+
+
+def segment(starts: list[int], rows: int) -> int:
+    """Index of the entry of ascending `starts` (starts[0] == 1) that covers `rows` rows (0 for none)."""
+    return bisect.bisect_right(starts, rows) - 1 if rows else 0
+
+
 class BoundSparseLinear:
     """A bound SparseLinear node: (x, *weight inputs) -> y; the bias and weight arrays are
     already inside its kernels. `linears[i]` runs from `starts[i]` rows on (starts[0] == 1;
@@ -130,11 +140,11 @@ class BoundSparseLinear:
     def __call__(self, x: torch.Tensor, *weight_inputs) -> torch.Tensor:
         if len(self.linears) == 1:
             return self.linears[0](x)
-        return self.at(x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0)(x)
+        return self.at(batch_rows(x))(x)
 
     def at(self, rows: int) -> BoundLinear:
         """The kernel that runs x with `rows` rows."""
-        return self.linears[bisect.bisect_right(self.starts, rows) - 1 if rows else 0]
+        return self.linears[segment(self.starts, rows)]
 
 
 @register_op("SparseLinear", domain=SPARSE_DOMAIN)
