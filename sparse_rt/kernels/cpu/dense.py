@@ -1,9 +1,9 @@
 """Dense linear on the CPU: y = x @ W.T + b with W in DenseFormat.
 
 `dense_cpu_native` packs W once into panels of 2 * VL outputs ([panels, in, 2 * VL],
-see `_dense_native`) and runs one C GEMM for every batch size: at batch 1 a panel
-streams through two accumulators, batched it feeds a rows_per_tile x 2 * VL register
-tile. On 2 cores it beat torch's F.linear (MKL) and onnxruntime's Gemm at batch
+see `_dense_native`) and runs one C GEMM for every batch size: at batch 1 the row
+meets up to 4 panels at a time (4 weight streams), batched each panel feeds a
+rows_per_tile x 2 * VL register tile over blocks of 256 rows. On 2 cores it beat torch's F.linear (MKL) and onnxruntime's Gemm at batch
 1..32 (benchmarks/layers.py has the numbers).
 
 `DenseChain` runs layers that feed each other (each bound by `bind_dense`) in one C
