@@ -1,4 +1,4 @@
-"""`python -m sparse_rt {convert,explain,bench,serve}`."""
+"""`python -m sparse_rt {convert,explain,check,bench,serve}`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,25 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shapes(text: str) -> tuple[str, tuple[int, ...]]:
+    """'input_ids=1x128' -> ("input_ids", (1, 128))."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=DxDx... such as input_ids=1x128, got {text!r}") from None
+
+
+def _check(args: argparse.Namespace) -> int:
+    from sparse_rt.runtime.check import check_against_onnxruntime
+
+    report = check_against_onnxruntime(args.model, shapes=dict(args.shapes or ()))
+    print(report.describe())
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "bench":
@@ -40,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m sparse_rt", description="Sparse inference runtime.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{convert,explain,bench,serve}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{convert,explain,check,bench,serve}")
     convert = commands.add_parser("convert", help="convert an ONNX model: lower and tune its linear layers")
     convert.add_argument("model", help="input ONNX file")
     convert.add_argument("-o", "--output", required=True, help="where to write the converted model")
@@ -51,11 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     explain = commands.add_parser("explain", help="per-layer report of a converted model")
     explain.add_argument("model", help="a file written by `convert`")
     explain.add_argument("--batch", type=int, default=None, help="batch size to report (default: the first tuned)")
+    check = commands.add_parser(
+        "check", help="run a plain ONNX model in onnxruntime and converted in sparse_rt; name the first "
+                      "value that diverges (exit 1 if any does)")
+    check.add_argument("model", help="a plain ONNX file")
+    check.add_argument("--shapes", type=_shapes, nargs="+", metavar="NAME=DxD",
+                       help="input shapes for symbolic dims (default 1), e.g. input_ids=1x128")
     commands.add_parser("bench", help="benchmark (python -m sparse_rt.bench --help)")
     commands.add_parser("serve", help="HTTP server (python -m sparse_rt serve --help)")
     args = parser.parse_args(argv)
     try:
-        return {"convert": _convert, "explain": _explain}[args.command](args)
+        return {"convert": _convert, "explain": _explain, "check": _check}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -227,7 +227,23 @@ def _spatial_dims(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(range(2, x.dim()))
 
 
-register_op("GlobalAveragePool")(lambda node, ctx: lambda x: torch.mean(x, _spatial_dims(x), keepdim=True))
+
+
+@register_op("GlobalAveragePool")
+def bind_global_average_pool(node: Node, ctx: BindContext):
+    """x [N, C, *spatial] -> [N, C, 1, ...]. float32 sums accumulate in float64: torch's float32
+    mean takes a different summation order per channel when x is channels-last (a lowered 1x1
+    conv's output), so channels holding the same values could pool to results an ulp apart,
+    which a following Softmax over large logits turns into different classes."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return torch.mean(x, _spatial_dims(x), keepdim=True, dtype=torch.float64).to(torch.float32)
+        return torch.mean(x, _spatial_dims(x), keepdim=True)
+
+    return run
+
+
 register_op("GlobalMaxPool")(lambda node, ctx: lambda x: torch.amax(x, _spatial_dims(x), keepdim=True))
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 from onnx.backend.base import Backend, BackendRep
 
+from sparse_rt.api import convert
 from sparse_rt.converters.onnx import import_onnx
 from sparse_rt.runtime.session import InferenceSession
 
@@ -30,12 +31,15 @@ class SparseRtRep(BackendRep):
 
 
 class SparseRtBackend(Backend):
-    """Dense execution of ONNX models through sparse_rt's op registry (no lowering)."""
+    """ONNX models through sparse_rt: dense execution by the op registry, or with `lower=True`
+    converted as users convert them (linear layers lowered, kernels picked by the heuristic)."""
 
     @classmethod
-    def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> SparseRtRep:
-        super().prepare(model, device, **kwargs)
-        return SparseRtRep(InferenceSession(import_onnx(model), device="cpu"))
+    def prepare(cls, model: onnx.ModelProto, device: str = "CPU", lower: bool = False,
+                **kwargs: Any) -> SparseRtRep:
+        # no super().prepare: import_onnx runs onnx.checker itself (twice is 10 s on VGG-19)
+        graph = convert(model, tune=False) if lower else import_onnx(model)
+        return SparseRtRep(InferenceSession(graph, device="cpu"))
 
     @classmethod
     def run_model(cls, model: onnx.ModelProto, inputs: Sequence[np.ndarray], device: str = "CPU", **kwargs: Any):

@@ -215,11 +215,21 @@ class InferenceSession:
         medians = [(label, sorted(times)[len(times) // 2]) for label, times in samples.items()]
         return sorted(medians, key=lambda item: -item[1])
 
+    def intermediates(self, input_feed: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Every value one run computes, by name (nothing released): {name: tensor}.
+
+        For debugging (`sparse_rt.runtime.check`): it holds all intermediates in memory.
+        Values that a planned step keeps internal (dense chains, batch tiles) are left out."""
+        values, _ = self._check_feed(input_feed)
+        self._execute(values, keep_all=True)
+        return {name: value for name, value in values.items() if isinstance(value, torch.Tensor)}
+
     def _execute(
-        self, values: dict[str, torch.Tensor], timings: dict[str, list[float]] | None = None
+        self, values: dict[str, torch.Tensor], timings: dict[str, list[float]] | None = None,
+        keep_all: bool = False,
     ) -> frozenset[int]:
-        """Run the graph on `values` (the inputs; the rest are added); returns the storages of
-        the kept shape values it used or kept."""
+        """Run the graph on `values` (the inputs; the rest are added, and released after their
+        last reader unless keep_all); returns the storages of the kept shape values it used or kept."""
         for value in self._outputs:  # outputs that are constants
             if value.name in self._constants:
                 values[value.name] = self._constants[value.name]
@@ -252,8 +262,9 @@ class InferenceSession:
                             values[name] = tensor
                 if captured is not None and step.computes_shape:
                     captured.update((name, values[name]) for name in step.outputs if name)
-                for name in step.release:
-                    values.pop(name, None)
+                if not keep_all:
+                    for name in step.release:
+                        values.pop(name, None)
         if captured is not None:
             reused = self._keep_shapes(signature, captured)
         return reused
