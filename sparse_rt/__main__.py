@@ -11,12 +11,16 @@ def _convert(args: argparse.Namespace) -> int:
     import sparse_rt
 
     start = time.perf_counter()
-    graph = sparse_rt.convert(args.model, batch_sizes=args.batch_sizes, device=args.device,
-                              tune=not args.no_tune, progress=not args.quiet)
+    graph = sparse_rt.convert(args.model, shapes=dict(args.shapes) if args.shapes else None,
+                              batch_sizes=args.batch_sizes, device=args.device, tune=not args.no_tune,
+                              progress=not args.quiet)
     sparse_rt.save(graph, args.output)
     layers = sum(1 for n in graph.nodes if n.op_type == "SparseLinear")
-    print(f"converted {args.model} -> {args.output}: {layers} linear layers lowered, "
-          f"{'heuristic' if args.no_tune else 'tuned at batch ' + ' '.join(map(str, args.batch_sizes))}, "
+    how = "heuristic" if args.no_tune else "tuned"
+    at = (f"at {' '.join(map(str, args.batch_sizes))} rows" if args.batch_sizes
+          else "at the rows each layer sees" + (f" with {' '.join(f'{n}={list(s)}' for n, s in args.shapes)}"
+                                                if args.shapes else ""))
+    print(f"converted {args.model} -> {args.output}: {layers} linear layers lowered, {how} {at}, "
           f"{time.perf_counter() - start:.1f} s")
     return 0
 
@@ -63,13 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     convert = commands.add_parser("convert", help="convert an ONNX model: lower and tune its linear layers")
     convert.add_argument("model", help="input ONNX file")
     convert.add_argument("-o", "--output", required=True, help="where to write the converted model")
-    convert.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="rows per call to tune for")
+    convert.add_argument("--shapes", type=_shapes, nargs="+", metavar="NAME=DxD",
+                         help="representative input shapes (default: 1 for a leading dynamic dim, 128 for "
+                              "other dynamic dims), e.g. input_ids=1x128")
+    convert.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                         help="tune every layer at these rows instead of the rows it sees")
     convert.add_argument("--device", default="cpu")
     convert.add_argument("--no-tune", action="store_true", help="pick kernels by heuristic, without timing")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
     explain = commands.add_parser("explain", help="per-layer report of a converted model")
     explain.add_argument("model", help="a file written by `convert`")
-    explain.add_argument("--batch", type=int, default=None, help="batch size to report (default: the first tuned)")
+    explain.add_argument("--batch", type=int, default=None, help="rows per call to report (default: the rows most layers were tuned at)")
     check = commands.add_parser(
         "check", help="run a plain ONNX model in onnxruntime and converted in sparse_rt; name the first "
                       "value that diverges (exit 1 if any does)")

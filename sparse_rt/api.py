@@ -9,12 +9,13 @@ import onnx
 import torch
 
 from sparse_rt.converters.fusion import chain_csr_layers, fuse_graph, fuse_linear_activation
-from sparse_rt.converters.lowering import lower_linear_layers
+from sparse_rt.converters.lowering import linear_inputs, lower_linear_layers
 from sparse_rt.converters.onnx import import_onnx
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph
 from sparse_rt.ir.onnx_io import load as load_graph
 from sparse_rt.ir.onnx_io import read_model_proto
 from sparse_rt.ir.onnx_io import save as save_graph
+from sparse_rt.scheduler.workload import rows_per_input
 
 ModelLike = Graph | str | os.PathLike | bytes | onnx.ModelProto
 
@@ -23,7 +24,8 @@ def convert(
     model: Any,
     example_inputs: Sequence[torch.Tensor] | None = None,
     *,
-    batch_sizes: Sequence[int] | Mapping[int, float] = (1,),
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    batch_sizes: Sequence[int] | Mapping[int, float] | None = None,
     device: str | torch.device = "cpu",
     tune: bool = True,
     lower: bool = True,
@@ -32,16 +34,24 @@ def convert(
     """Convert a model to a sparse_rt Graph with its linear layers lowered.
 
     model: an ONNX path, bytes or ModelProto, or a torch.nn.Module (then
-    `example_inputs` is required). batch_sizes: the rows per call to tune for
-    (tokens per call for sequence models), or {batch: weight}. tune=False picks
-    kernels by a deterministic heuristic, without timing. progress: a progress
-    bar over the layers while tuning.
+    `example_inputs` is required). By default every linear layer is tuned at the rows
+    it really sees: the model runs once on representative inputs (`shapes` {input name:
+    shape} where given, else 1 for a leading dynamic dim and 128 for other dynamic dims,
+    such as a sequence), and the chosen format's kernels are also timed at a spread of
+    row counts, for the session to dispatch each call by its rows
+    (`scheduler.workload`). batch_sizes: tune every layer at these rows instead
+    (tokens per call for sequence models), or {rows: weight}. tune=False picks kernels
+    by a deterministic heuristic, without timing. progress: a progress bar over the
+    layers while tuning.
     """
     structured = None
     if isinstance(model, torch.nn.Module):
         from sparse_rt.converters.torch import export_module
 
         model, structured = export_module(model, example_inputs)
+        if shapes is None and batch_sizes is None:  # the example inputs are the representative ones
+            examples = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+            shapes = {value.name: tuple(t.shape) for value, t in zip(model.graph.input, examples)}
     elif example_inputs is not None:
         raise TypeError("example_inputs: only used when converting a torch.nn.Module")
     if isinstance(model, Graph):
@@ -52,8 +62,11 @@ def convert(
     if lower:
         from sparse_rt.scheduler.plan import make_chooser
 
+        if batch_sizes is not None and shapes is not None:
+            raise TypeError("convert: give shapes (representative inputs) or batch_sizes (rows to tune at), not both")
+        rows = rows_per_input(graph, linear_inputs(graph), shapes) if batch_sizes is None else None
         chooser = make_chooser(torch.device(device), batch_sizes, tune=tune, structured=structured)
-        lower_linear_layers(graph, chooser, progress=progress, keep_apart=_arrived_structured(structured))
+        lower_linear_layers(graph, chooser, progress=progress, keep_apart=_arrived_structured(structured), rows=rows)
         fuse_linear_activation(graph)
         chain_csr_layers(graph)
     return graph

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -35,12 +35,14 @@ class LinearLayer:
     """A linear layer found in a graph: weight [out, in] float32, bias [out] or None.
 
     activation: "gelu" when a GELU (erf form) is the only reader of its output, which
-    conversion then fuses into it (so the tuner times kernels with it)."""
+    conversion then fuses into it (so the tuner times kernels with it).
+    rows: the rows per call it sees at the model's representative input shapes, when known."""
 
     name: str
     weight: np.ndarray
     bias: np.ndarray | None
     activation: str | None = None
+    rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class Choice:
     timings: when tuned, {candidate label: {batch: seconds}} (saved with the model).
     dispatch: when the best kernel of this format differs between batch sizes, the
     [(from rows, kernel, config)] to use from each row count on, ascending from 1.
+    tuned_rows: the row counts the format was chosen at (the others in timings only
+    decided the dispatch).
     """
 
     weight: WeightFormat
@@ -57,6 +61,7 @@ class Choice:
     config: Config
     timings: dict[str, dict[int, float]] | None = None
     dispatch: list[tuple[int, str, Config]] | None = None
+    tuned_rows: tuple[int, ...] | None = None
 
 
 Chooser = Callable[[LinearLayer], Choice]
@@ -76,14 +81,24 @@ class _Match:
     absorbed: tuple[Node, ...]
 
 
+def linear_inputs(graph: Graph) -> dict[str, int]:
+    """{x name: its feature axis} for the values Gemm and MatMul (axis -1) and Conv (axis 1)
+    nodes read as x: a superset of the inputs of the layers `lower_linear_layers` recognises."""
+    return {node.inputs[0]: 1 if node.op_type == "Conv" else -1 for node in graph.nodes
+            if not node.domain and node.op_type in ("Gemm", "MatMul", "Conv") and node.inputs}
+
+
 def lower_linear_layers(
-    graph: Graph, choose: Chooser, progress: bool = False, keep_apart: Callable[[LinearLayer], bool] | None = None
+    graph: Graph, choose: Chooser, progress: bool = False, keep_apart: Callable[[LinearLayer], bool] | None = None,
+    rows: Mapping[str, int] | None = None,
 ) -> int:
     """Replace every recognised linear layer by a SparseLinear node (layers reading the same
     input merged into one); returns how many SparseLinear nodes.
 
     progress: show a progress bar over the layers while `choose` runs (tuning).
     keep_apart: layers never merged with their siblings (those arriving in a structured format).
+    rows: {x name: rows per call} (`scheduler.workload.rows_per_input`), given to `choose` as
+    LinearLayer.rows.
     """
     consumers = graph.consumers()
     graph_outputs = {v.name for v in graph.outputs}
@@ -95,6 +110,8 @@ def lower_linear_layers(
         match = _match(graph, node, consumers, graph_outputs)
         if match is not None:
             layer, x, y, extra = match
+            if rows and x in rows:
+                layer = dataclasses.replace(layer, rows=int(rows[x]))
             if only_gelu_reader(y, consumers, graph_outputs) is not None:  # fuse_linear_activation folds it
                 layer = dataclasses.replace(layer, activation="gelu")
             matches.append(_Match(node, layer, x, (y,), (layer.weight.shape[0],), tuple(extra)))
@@ -139,7 +156,7 @@ def _merge_siblings(matches: list[_Match], keep_apart: Callable[[LinearLayer], b
                 g.layer.bias if g.layer.bias is not None else np.zeros(g.layer.weight.shape[0], np.float32)
                 for g in group
             ])
-        layer = LinearLayer("+".join(g.layer.name for g in group), weight, bias)
+        layer = LinearLayer("+".join(g.layer.name for g in group), weight, bias, rows=m.layer.rows)
         outputs = tuple(y for g in group for y in g.outputs)
         sizes = tuple(size for g in group for size in g.sizes)
         absorbed = tuple(n for g in group for n in g.absorbed) + tuple(g.node for g in group[1:])
@@ -223,7 +240,7 @@ def _emit(graph: Graph, match: _Match, choice: Choice) -> list[Node]:
         graph.constants[bias] = layer.bias
     def linear(x_name: str, y_name: str) -> Node:
         return sparse_linear_node(base, x_name, y_name, bias, arrays, choice.weight, choice.kernel, choice.config,
-                                  choice.timings, choice.dispatch)
+                                  choice.timings, choice.dispatch, choice.tuned_rows)
 
     if len(match.outputs) > 1:
         merged = graph.fresh_name(f"{base}.merged")

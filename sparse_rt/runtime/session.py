@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Container, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,14 @@ from sparse_rt.runtime.chains import chain_dense_steps
 from sparse_rt.runtime.memory import retain_freed_memory, trim_free_memory
 from sparse_rt.runtime.shapes import shape_values
 
+class _Everything:
+    """A container holding every name."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+_EVERYTHING = _Everything()
 # Input-shape signatures whose shape values a session keeps (the oldest is dropped first).
 SHAPE_CACHE_ENTRIES = 64
 
@@ -215,21 +223,23 @@ class InferenceSession:
         medians = [(label, sorted(times)[len(times) // 2]) for label, times in samples.items()]
         return sorted(medians, key=lambda item: -item[1])
 
-    def intermediates(self, input_feed: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Every value one run computes, by name (nothing released): {name: tensor}.
+    def intermediates(self, input_feed: Mapping[str, Any], names: Container[str] | None = None) -> dict[str, torch.Tensor]:
+        """The values one run computes, by name: all of them, or those in `names` (which are
+        then kept past their last reader): {name: tensor}.
 
-        For debugging (`sparse_rt.runtime.check`): it holds all intermediates in memory.
+        For debugging (`sparse_rt.runtime.check`) and for finding the rows each layer sees.
         Values that a planned step keeps internal (dense chains, batch tiles) are left out."""
         values, _ = self._check_feed(input_feed)
-        self._execute(values, keep_all=True)
-        return {name: value for name, value in values.items() if isinstance(value, torch.Tensor)}
+        self._execute(values, keep=_EVERYTHING if names is None else names)
+        return {name: value for name, value in values.items()
+                if isinstance(value, torch.Tensor) and (names is None or name in names)}
 
     def _execute(
         self, values: dict[str, torch.Tensor], timings: dict[str, list[float]] | None = None,
-        keep_all: bool = False,
+        keep: Container[str] = (),
     ) -> frozenset[int]:
         """Run the graph on `values` (the inputs; the rest are added, and released after their
-        last reader unless keep_all); returns the storages of the kept shape values it used or kept."""
+        last reader unless in `keep`); returns the storages of the kept shape values it used or kept."""
         for value in self._outputs:  # outputs that are constants
             if value.name in self._constants:
                 values[value.name] = self._constants[value.name]
@@ -262,8 +272,8 @@ class InferenceSession:
                             values[name] = tensor
                 if captured is not None and step.computes_shape:
                     captured.update((name, values[name]) for name in step.outputs if name)
-                if not keep_all:
-                    for name in step.release:
+                for name in step.release:
+                    if name not in keep:
                         values.pop(name, None)
         if captured is not None:
             reused = self._keep_shapes(signature, captured)

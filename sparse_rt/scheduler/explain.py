@@ -22,6 +22,14 @@ class LayerReport:
     timings: dict[str, dict[int, float]]  # candidate label -> {batch: seconds}
     chosen: str | None                    # label of the chosen candidate, if tuned
     dispatch: tuple[tuple[int, str, str], ...] = ()  # (from rows, kernel, candidate label)
+    tuned_rows: tuple[int, ...] = ()  # the rows the format was chosen at
+
+    def ranges(self) -> list[tuple[int, int | None, str]]:
+        """[(from rows, to rows or None, candidate label)]: what runs each range of rows."""
+        if not self.dispatch:
+            return [(1, None, self.chosen or f"{self.format}/{self.kernel}")]
+        ends = [rows - 1 for rows, _, _ in self.dispatch[1:]] + [None]
+        return [(rows, end, label) for (rows, _, label), end in zip(self.dispatch, ends)]
 
     def seconds(self, label: str | None, batch: int) -> float | None:
         return self.timings.get(label, {}).get(batch) if label else None
@@ -53,6 +61,7 @@ def layer_reports(graph: Graph) -> list[LayerReport]:
             name=node.label(), shape=tuple(weight.shape), density=float((dense != 0).float().mean()) if dense.numel() else 0.0,
             format=weight.name, kernel=node.attributes["kernel"], nbytes=weight.nbytes,
             dense_nbytes=dense.numel() * 4, timings=timings, chosen=chosen, dispatch=dispatch,
+            tuned_rows=tuple(int(r) for r in node.attributes.get("tuned_rows", ())),
         ))
     return reports
 
@@ -66,8 +75,10 @@ def format_report(reports: list[LayerReport], batch: int | None = None) -> str:
     if not reports:
         return "no SparseLinear layers in this model"
     batches = sorted({b for r in reports for t in r.timings.values() for b in t})
-    batch = batch if batch is not None else (batches[0] if batches else None)
-    lines = [f"{'layer':<28} {'shape':>11} {'density':>7} {'choice':<34} {'bytes':>10} {'ms':>8} {'GB/s':>6}  candidates (ms at batch {batch})"]
+    tuned = [b for r in reports for b in r.tuned_rows]
+    if batch is None:  # the rows the most layers were chosen at, else the smallest timed
+        batch = max(set(tuned), key=lambda b: (tuned.count(b), -b)) if tuned else (batches[0] if batches else None)
+    lines = [f"{'layer':<28} {'shape':>11} {'density':>7} {'choice':<34} {'bytes':>10} {'ms':>8} {'GB/s':>6}  candidates (ms at {batch} rows)"]
     total, total_dense = 0.0, 0.0
     for r in reports:
         kernel, label = r.at(batch)
@@ -85,6 +96,12 @@ def format_report(reports: list[LayerReport], batch: int | None = None) -> str:
         choice = f"{r.format}/{kernel}" + (" (by batch)" if r.dispatch else "")
         lines.append(f"{r.name[:28]:<28} {r.shape[0]:>5}x{r.shape[1]:<5} {r.density:>7.1%} {choice[:34]:<34} "
                      f"{r.nbytes:>10,} {ms:>8} {gbs:>6}  {cands or 'not tuned (heuristic choice)'}")
+    by_rows = [r for r in reports if r.dispatch]
+    if by_rows:
+        lines.append("by rows per call (the session switches kernels at these row counts):")
+        for r in by_rows:
+            spans = ", ".join(f"{start}{'+' if end is None else '-' + str(end)}: {label}" for start, end, label in r.ranges())
+            lines.append(f"  {r.name[:28]:<28} {spans}")
     weight_bytes = sum(r.nbytes for r in reports)
     dense_bytes = sum(r.dense_nbytes for r in reports)
     lines.append(f"total: {len(reports)} layers, weights {weight_bytes:,} bytes ({weight_bytes / dense_bytes:.1%} of dense {dense_bytes:,})")

@@ -11,6 +11,7 @@ from sparse_rt.formats.base import WeightFormat
 from sparse_rt.scheduler.cache import TuningCache
 from sparse_rt.scheduler.heuristic import heuristic_choice
 from sparse_rt.scheduler.tune import Timer, tune_layer, wall_clock_timer, weight_signature
+from sparse_rt.scheduler.workload import DEFAULT_SEQUENCE, ROW_SPREAD
 
 
 def batch_weights(batch_sizes: Sequence[int] | Mapping[int, float]) -> dict[int, float]:
@@ -23,7 +24,7 @@ def batch_weights(batch_sizes: Sequence[int] | Mapping[int, float]) -> dict[int,
 
 def make_chooser(
     device: torch.device,
-    batch_sizes: Sequence[int] | Mapping[int, float] = (1,),
+    batch_sizes: Sequence[int] | Mapping[int, float] | None = None,
     tune: bool = True,
     cache: TuningCache | None = None,
     timer: Timer = wall_clock_timer,
@@ -31,14 +32,16 @@ def make_chooser(
 ) -> Chooser:
     """A function LinearLayer -> Choice for `device`.
 
-    tune=False: the deterministic heuristic. tune=True: time the candidates at
-    `batch_sizes` through `cache` (the default on-disk cache when None).
-    structured: {weight_signature: format} for layers that arrived as a
-    structured format (butterfly, permuted): that format joins the candidates
-    and is the heuristic's pick.
+    batch_sizes None: each layer is chosen at the rows it sees (LinearLayer.rows, from the
+    model's representative shapes; DEFAULT_SEQUENCE when unknown), and its chosen format's
+    kernels are also timed at ROW_SPREAD, so the session switches kernels by the rows of each
+    call. Given: every layer is chosen at those rows (or {rows: weight}).
+    tune=False: the deterministic heuristic. tune=True: time the candidates through `cache`
+    (the default on-disk cache when None).
+    structured: {weight_signature: format} for layers that arrived as a structured format
+    (butterfly, permuted): that format joins the candidates and is the heuristic's pick.
     """
-    weights = batch_weights(batch_sizes)
-    heaviest_batch = max(weights, key=lambda b: (weights[b], -b))
+    fixed = None if batch_sizes is None else batch_weights(batch_sizes)
     structured = dict(structured or {})
     if tune and cache is None:
         cache = TuningCache()
@@ -50,10 +53,13 @@ def make_chooser(
 
     def choose(layer: LinearLayer) -> Choice:
         known = structured_format(layer)
+        weights = fixed if fixed is not None else {layer.rows or DEFAULT_SEQUENCE: 1.0}
+        spread = () if fixed is not None else tuple(r for r in ROW_SPREAD if r not in weights)
         if not tune:
-            return heuristic_choice(layer, device, known, batch=heaviest_batch)
+            heaviest = max(weights, key=lambda b: (weights[b], -b))
+            return heuristic_choice(layer, device, known, batch=heaviest)
         try:
-            return tune_layer(layer, device, weights, cache, timer, known)
+            return tune_layer(layer, device, weights, cache, timer, known, spread=spread)
         finally:
             cache.save()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -66,14 +66,17 @@ def tune_layer(
     cache: TuningCache,
     timer: Timer = wall_clock_timer,
     structured: WeightFormat | None = None,
+    spread: Sequence[int] = (),
 ) -> Choice:
     """Time the candidates of `layer` and return the fastest, with all timings.
 
-    Every format and kernel is timed with its default config, twice, interleaved
-    (keeping the faster); then the configs next to the winner's default (one
-    setting changed) are timed too. Measurements
-    are keyed by the weight's structure (shape, format, stored bytes), so layers of
-    the same shape and sparsity share them.
+    Every format and kernel is timed with its default config at the rows of
+    `batch_weights`, twice, interleaved (keeping the faster); then the configs next to
+    the winner's default (one setting changed) are timed too. The weighted times decide
+    the format. Then the best config of each kernel of that format is timed at the rows
+    of `spread` too, and the dispatch by rows picks among them at every row count timed.
+    Measurements are keyed by the weight's structure (shape, format, stored bytes), so
+    layers of the same shape and sparsity share them.
     """
     weight = torch.from_numpy(layer.weight)
     bias = None if layer.bias is None else torch.from_numpy(layer.bias)
@@ -90,10 +93,10 @@ def tune_layer(
     bound: dict[str, BoundLinear] = {}
     fresh: dict[str, dict[int, str]] = {}  # label -> {batch: cache key} timed in this call
 
-    def measure(candidate: Candidate) -> None:
+    def measure(candidate: Candidate, batches: Sequence[int] = tuple(batch_weights)) -> None:
         label = candidate.label
         per_batch = timings.setdefault(label, {})
-        for batch in batch_weights:
+        for batch in batches:
             key = TuningCache.key(fingerprint, candidate.kernel, candidate.config, tuple(weight.shape),
                                   _structure_signature(candidate.weight, layer.activation), batch)
             seconds = cache.get(key)
@@ -106,7 +109,7 @@ def tune_layer(
                 cache.put(key, seconds)
                 fresh.setdefault(label, {})[batch] = key
             per_batch[batch] = seconds
-        scores[label] = (sum(batch_weights[b] * t for b, t in per_batch.items()), candidate)
+        scores[label] = (sum(batch_weights[b] * per_batch[b] for b in batch_weights), candidate)
 
     defaults = candidates(weight, device, structured, all_configs=False)
     for candidate in defaults:
@@ -121,7 +124,20 @@ def tune_layer(
         if sum(config.get(k) != v for k, v in best.config.items()) == 1:
             measure(Candidate(best.weight, best.kernel, config))
     chosen = min(scores.values(), key=lambda item: item[0])[1]
-    return Choice(chosen.weight, chosen.kernel, chosen.config, timings, batch_dispatch(chosen, scores, timings))
+    if spread:
+        for candidate in _best_per_kernel(chosen, scores):
+            measure(candidate, spread)
+    return Choice(chosen.weight, chosen.kernel, chosen.config, timings, batch_dispatch(chosen, scores, timings),
+                  tuple(sorted(batch_weights)))
+
+
+def _best_per_kernel(chosen: Candidate, scores: Mapping[str, tuple[float, Candidate]]) -> list[Candidate]:
+    """The best-scoring config of each kernel of the chosen weight format (chosen first)."""
+    best: dict[str, tuple[float, Candidate]] = {chosen.kernel: (-1.0, chosen)}
+    for score, candidate in scores.values():
+        if candidate.weight is chosen.weight and score < best.get(candidate.kernel, (float("inf"),))[0]:
+            best[candidate.kernel] = (score, candidate)
+    return [candidate for _, candidate in best.values()]
 
 
 def batch_dispatch(

@@ -53,7 +53,7 @@ def test_every_mask_form_converts_to_sparse_layers_with_equal_outputs(prune):
     x = torch.randn(7, 64)
     with torch.no_grad():
         expected = model(x).numpy()
-    graph = sparse_rt.convert(model, example_inputs=(torch.randn(2, 64),), tune=False)
+    graph = sparse_rt.convert(model, example_inputs=(torch.randn(2, 64),), batch_sizes=(1,), tune=False)
     formats = [n.attributes["format"] for n in graph.nodes if n.op_type == "SparseLinear"]
     assert len(formats) == 3 and all(f != "dense" for f in formats), formats
     (y,) = sparse_rt.InferenceSession(graph).run(None, {graph.inputs[0].name: x.numpy()})
