@@ -25,9 +25,14 @@ CACHE_VERSION = 1
 
 
 def default_cache_path() -> Path:
+    """`$SPARSE_RT_CACHE`, else tuning.json in `$SPARSE_RT_CACHE_DIR` (where the compiled
+    kernels go too), else ~/.cache/sparse_rt/tuning.json."""
     override = os.environ.get("SPARSE_RT_CACHE")
     if override:
         return Path(override)
+    directory = os.environ.get("SPARSE_RT_CACHE_DIR")
+    if directory:
+        return Path(directory) / "tuning.json"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "sparse_rt" / "tuning.json"
 
