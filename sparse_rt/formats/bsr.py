@@ -32,7 +32,7 @@ def count_kept_blocks(nonzero: torch.Tensor, block_shape: tuple[int, int]) -> in
     rows, columns = _ceil_div(out_features, r), _ceil_div(in_features, c)
     padded = padded_mask(nonzero, rows * r, columns * c)
     per_row = padded.view(rows * r, columns, c).amax(dim=2)  # reduce the contiguous axis first
-    return int(per_row.view(rows, r, columns).amax(dim=1).sum())
+    return int(torch.count_nonzero(per_row.view(rows, r, columns).amax(dim=1)))
 
 
 def _ceil_div(a: int, b: int) -> int:

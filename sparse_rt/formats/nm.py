@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +19,10 @@ def fits_nm(nonzero: torch.Tensor, n: int, m: int) -> bool:
     of m inputs (zero-padded to whole groups): whether `NmFormat.from_dense(W, n=n, m=m)` fits.
     A uint8 mask of whole groups is read in place."""
     out_features, in_features = nonzero.shape
-    padded = padded_mask(nonzero, out_features, _groups(in_features, m) * m)
-    return bool(padded.view(out_features, -1, m).sum(dim=2, dtype=torch.int16).max() <= n)
+    groups = padded_mask(nonzero, out_features, _groups(in_features, m) * m).view(out_features, -1, m)
+    # m strided slices added up (torch sums a short inner axis slowly); uint8 holds up to m <= 255
+    count = functools.reduce(torch.add, (groups[:, :, j] for j in range(m)))
+    return bool(count.max() <= n)
 
 
 def _groups(in_features: int, m: int) -> int:

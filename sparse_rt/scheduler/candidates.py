@@ -49,7 +49,7 @@ def weight_formats(weight: torch.Tensor, structured: WeightFormat | None = None)
     if structured is not None:
         formats.append(structured)
     nonzero = (weight != 0).to(torch.uint8)
-    nnz = int(nonzero.sum(dtype=torch.int64))
+    nnz = int(torch.count_nonzero(nonzero))
     formats.append(get_format("csr").from_dense(weight))
     if nnz == 0:
         return formats

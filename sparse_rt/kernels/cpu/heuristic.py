@@ -94,18 +94,19 @@ KERNELS = {
 }
 
 
-def candidate_costs(weight: torch.Tensor, batch: int) -> list[tuple[float, str, dict]]:
-    """(modelled us per call, format name, format params) for every lossless candidate, dense first."""
+def candidate_costs(weight: torch.Tensor, batch: int, width: int | None = None) -> list[tuple[float, str, dict]]:
+    """(modelled us per call, format name, format params) for every lossless candidate, dense first.
+    width: floats per SIMD register the batched kernels pad rows to (default: this host's)."""
     out_features, in_features = weight.shape
-    width = simd_width()
+    width = simd_width() if width is None else width
     regime = 0 if batch == 1 else 1
     lanes = -(-batch // width) * width
 
     def time(costs: tuple[Cost, Cost], stored: int, padded: bool = True) -> float:
         return costs[regime].time(out_features, stored, lanes if padded else batch)
 
-    mask = (weight != 0).to(torch.float32)
-    nnz = int(mask.sum())
+    mask = (weight != 0).to(torch.uint8)  # uint8: the block and N:M counts read it in place
+    nnz = int(torch.count_nonzero(mask))
     dense = time(DENSE_COST, weight.numel(), padded=False)
     costs = [(dense, "dense", {}), (time(CSR_COST, nnz), "csr", {})]
     if nnz == 0:
