@@ -9,6 +9,7 @@ import sparse_rt
 from sparse_rt.converters.fusion import fuse_linear_activation
 from sparse_rt.formats import CsrFormat, DenseFormat
 from sparse_rt.kernels.cpu._native import native_available
+from sparse_rt.kernels.cpu.configs import simd_width
 from sparse_rt.kernels.registry import get_kernel
 from sparse_rt.ir.graph import Node, Value
 from sparse_rt.zoo import MLP, seeded
@@ -110,8 +111,9 @@ def test_tiles_of_another_width_are_refused():
     kernel = get_kernel("csr_cpu_rowwise")
     linear = kernel.bind(CsrFormat.from_dense(masked_weight(8, 16, density=0.5)), None,
                          {"tasks_per_thread": 1, "unroll": 1, "batch_vectors": 2}, torch.device("cpu"))
-    with pytest.raises(ValueError, match="input tiles: expected 16 features"):
-        linear(BatchTiles(torch.zeros(16 * 16), 4, 16, (4,), 16))
+    other_width = 4 * simd_width()  # the layer cuts tiles 2 * simd_width() rows wide
+    with pytest.raises(ValueError, match=f"input tiles: expected 16 features cut {2 * simd_width()} rows wide"):
+        linear(BatchTiles(torch.zeros(16 * other_width), 4, 16, (4,), other_width))
 
 
 def test_conversion_chains_csr_layers_read_by_one_csr_layer():

@@ -24,7 +24,7 @@ def mlp(density: float = 1.0) -> nn.Sequential:
 
 
 def converted(model: nn.Module):
-    return sparse_rt.convert(model, (torch.randn(2, 24),), tune=False)
+    return sparse_rt.convert(model, (torch.randn(2, 24),), batch_sizes=(1,), tune=False)
 
 
 def step_labels(session, rows: int = 1) -> list[str]:
