@@ -1,6 +1,7 @@
 """`python -m sparse_rt serve MODEL [MODEL ...]`: load models and serve them over HTTP with uvicorn.
 
-Each model is served under its file stem (`models/mlp.onnx` -> `mlp`). SIGTERM or
+Each model is served under its file stem (`models/mlp.onnx` -> `mlp`);
+`POST /v2/repository/models/{name}/load` reads its file again. SIGTERM or
 Ctrl-C stops accepting connections, lets in-flight requests finish (up to the
 request timeout), runs the queued batches, then exits.
 """
@@ -8,6 +9,7 @@ request timeout), runs the queued batches, then exits.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -72,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    sessions = {name: InferenceSession(path, threads=args.threads) for name, path in paths.items()}
-    app = create_app(sessions, config)
+    loaders = {name: functools.partial(InferenceSession, path, threads=args.threads) for name, path in paths.items()}
+    sessions = {name: load() for name, load in loaders.items()}
+    app = create_app(sessions, config, loaders)
     server = uvicorn.Server(uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
         timeout_graceful_shutdown=int(args.timeout_s) + 5,
