@@ -10,6 +10,7 @@
 
 Every error answers {"error": "..."}: 400 bad request, 404 unknown model or path,
 413 body over the limit, 415 compressed body, 503 shutting down, 504 timeout, 500 internal error.
+A client that hangs up before its body is read gets nothing and is counted under status 499.
 Model runs happen on the engines' worker threads, never on the event loop.
 
 A reload builds the new session and engine off the event loop, swaps them in, then
@@ -29,7 +30,7 @@ from typing import Any, AsyncIterator, Callable, Mapping
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -49,6 +50,8 @@ from sparse_rt.serve.protocol import (
 logger = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
+CLIENT_CLOSED = 499
+"""The metrics' status label of a request whose client disconnected before sending its whole body."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,8 @@ class ModelServer:
             response = await self._run(model, request)
         except RequestError as exc:
             response = _error(str(exc), exc.status)
+        except ClientDisconnect:  # nobody is left to answer; counted under the status nginx logs for it
+            response = Response(status_code=CLIENT_CLOSED)
         except HTTPException as exc:
             response = _error(str(exc.detail), exc.status_code)
         except Exception as exc:
