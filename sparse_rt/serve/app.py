@@ -89,6 +89,8 @@ class ModelServer:
 
     loaders: {model name: () -> session} for the models that can be reloaded
     (POST /v2/repository/models/{name}/load); the others answer that route with 400.
+    engine: what runs each model, called as BatchingEngine is (session, max_batch=,
+    max_delay_ms=, workers=, on_batch=); it provides infer, output_names, queue_depth, close.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class ModelServer:
         sessions: Mapping[str, Any],
         config: ServeConfig = ServeConfig(),
         loaders: Mapping[str, Loader] | None = None,
+        engine: Callable[..., Any] = BatchingEngine,
     ):
         if not sessions:
             raise ValueError("sessions: expected at least one model to serve, got none")
@@ -105,6 +108,7 @@ class ModelServer:
         self.config = config
         self.metrics = ServeMetrics()
         self.loaders = dict(loaders or {})
+        self._engine = engine
         self.models: dict[str, _Model] = {name: self._serve(name, session) for name, session in sessions.items()}
         self._reloading: dict[str, asyncio.Lock] = {}
         self.ready = False
@@ -117,7 +121,7 @@ class ModelServer:
     def _serve(self, name: str, session: Any) -> _Model:
         """A model entry with its own engine (metrics labelled `name`)."""
         config = self.config
-        engine = BatchingEngine(
+        engine = self._engine(
             session, max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,
             workers=config.workers, on_batch=self.metrics.batch_observer(name),
         )
