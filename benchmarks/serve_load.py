@@ -9,7 +9,8 @@ Default model: a seeded zoo MLP (256-1024-1024-10, GELU) pruned to 90% by
 magnitude and converted by sparse_rt: small, so the server's own costs show. For each mode a server process is
 started (`python -m sparse_rt serve`), warmed up, loaded by `--clients` keep-alive
 connections each sending one request after another for `--duration` seconds,
-then stopped with SIGTERM. Every answer is checked against the session run in
+then stopped with SIGTERM (`ray`: `serve --ray --replicas N`, a local Ray cluster
+with Ray Serve's batching; its rows per run are one replica's, whole run). Every answer is checked against the session run in
 this process: the table reports errors (non-200 answers), lost requests (no
 answer: connection dropped or client timeout), wrong results, throughput, p50
 and p99 latency, and the mean rows per model run read from /metrics.
@@ -116,7 +117,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="size of a named dynamic dim other than the batch dim (default 16)")
     parser.add_argument("--max-batch", type=int, default=32, help="server --max-batch when batching is on")
     parser.add_argument("--max-delay-ms", type=float, default=2.0, help="server --max-delay-ms when batching is on")
-    parser.add_argument("--modes", nargs="+", choices=("on", "off", "faults"), default=["on", "off"])
+    parser.add_argument("--modes", nargs="+", choices=("on", "off", "ray", "faults"), default=["on", "off"],
+                        help="on/off: the server with batching on/off; ray: serve --ray (batching on); faults: see above")
+    parser.add_argument("--replicas", type=int, default=2, help="ray: replicas (default: %(default)s)")
+    parser.add_argument("--replica-threads", type=int, default=1, help="ray: threads per replica (default: %(default)s)")
     parser.add_argument("--reload-every", type=float, default=10.0, help="faults: seconds between reloads")
     parser.add_argument("--max-body-mb", type=float, default=1.0, help="faults: server body limit in MiB")
     parser.add_argument("--threads", type=int, help="server --threads")
@@ -563,16 +567,21 @@ def start_server(model: Path, port: int, max_batch: int, max_delay_ms: float, th
 def stop_server(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGTERM)
     try:
-        process.wait(30)
+        process.wait(90)  # a Ray server shuts its cluster down first
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
 
 
+MODE_NAMES = {"on": "batching", "off": "no batching", "ray": "Ray Serve, {replicas} replicas"}
+
+
 def run_mode(mode: str, model: Path, payloads: list[Payload], args: argparse.Namespace) -> ModeResult:
-    max_batch, max_delay_ms = (args.max_batch, args.max_delay_ms) if mode == "on" else (1, 0.0)
+    max_batch, max_delay_ms = (args.max_batch, args.max_delay_ms) if mode != "off" else (1, 0.0)
     port = free_port()
-    process = start_server(model, port, max_batch, max_delay_ms, args.threads)
+    extra = ["--ray", "--replicas", str(args.replicas)] if mode == "ray" else []
+    threads = args.replica_threads if mode == "ray" else args.threads
+    process = start_server(model, port, max_batch, max_delay_ms, threads, extra)
     try:
         name = model.stem
         runs_before = rows_before = 0.0
@@ -586,12 +595,14 @@ def run_mode(mode: str, model: Path, payloads: list[Payload], args: argparse.Nam
 
         outcome = asyncio.run(measure())
         runs, rows = batch_totals(port, name)
+        if mode == "ray":  # /metrics is one replica's, maybe not the one read before: its whole run
+            runs_before = rows_before = 0.0
     finally:
         stop_server(process)
     latencies = np.array(outcome["latencies"]) * 1e3
     completed = len(latencies)
     return ModeResult(
-        mode="batching" if mode == "on" else "no batching",
+        mode=MODE_NAMES[mode].format(replicas=args.replicas),
         max_batch=max_batch,
         max_delay_ms=max_delay_ms,
         requests=outcome["requests"],
