@@ -134,14 +134,14 @@ class ModelServer:
     async def reload(self, name: str) -> None:
         """Load `name` again from its loader and swap it in; the old engine drains.
 
-        KeyError if no such model is served, LookupError if it has no loader; what the
-        loader raises propagates (and the old model keeps serving).
+        ValueError if no such model is served or it has no loader; what the loader raises
+        propagates (and the old model keeps serving).
         """
         if name not in self.models:
-            raise KeyError(name)
+            raise ValueError(f"unknown model {name!r}; served models: {sorted(self.models)}")
         loader = self.loaders.get(name)
         if loader is None:
-            raise LookupError(f"model {name!r} was not loaded from a file, so it cannot be reloaded")
+            raise ValueError(f"model {name!r} was not loaded from a file, so it cannot be reloaded")
         loop = asyncio.get_running_loop()
         async with self._reloading.setdefault(name, asyncio.Lock()):
             fresh = await loop.run_in_executor(None, lambda: self._serve(name, loader()))
@@ -202,12 +202,12 @@ class ModelServer:
 
     async def _load(self, request: Request) -> Response:
         name = request.path_params["model"]
+        if name not in self.models:
+            return _error(f"unknown model {name!r}; served models: {sorted(self.models)}", 404)
+        if name not in self.loaders:
+            return _error(f"model {name!r} was not loaded from a file, so it cannot be reloaded", 400)
         try:
             await self.reload(name)
-        except KeyError:
-            return _error(f"unknown model {name!r}; served models: {sorted(self.models)}", 404)
-        except LookupError as exc:
-            return _error(str(exc), 400)
         except Exception as exc:
             logger.exception("model %r: reload failed", name)
             return _error(f"model {name!r}: reload failed, the previous version keeps serving: "
