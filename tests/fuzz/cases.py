@@ -283,6 +283,7 @@ class GraphCase:
     model: onnx.ModelProto
     feeds: list[dict[str, np.ndarray]]  # good feeds (different batch sizes)
     bad_feeds: list[Any] = field(default_factory=list)
+    formats_seed: int = 0  # picks the formats, kernels and configs the linear layers are re-encoded in
 
 
 class _Builder:
@@ -439,7 +440,52 @@ def graph_cases(draw) -> GraphCase:
     if len(first) == 2:
         other = [k for k in first if k != name][0]
         bad.append({name: first[name], other: np.concatenate([first[other], first[other]])})
-    return GraphCase(model, feeds, bad)
+    return GraphCase(model, feeds, bad, draw(st.integers(0, 2**31 - 1)))
+
+
+_BLOCK_SHAPES = [(1, 4), (4, 1), (2, 3), (4, 4), (8, 8)]
+_NM_PATTERNS = [(2, 4), (1, 4), (4, 8), (1, 1)]
+
+
+def reencode(graph, seed: int):
+    """A copy of a converted graph whose SparseLinear layers hold their weights in random lossless
+    formats (CSR, BSR, N:M where it fits, dense), each on a random CPU kernel and config of its space,
+    CSR layers chained as the converter chains them; tests every kernel inside whole graphs."""
+    import copy
+
+    from sparse_rt.converters.fusion import chain_csr_layers
+    from sparse_rt.ops.sparse_linear import sparse_linear_node, weight_of
+
+    rng = np.random.default_rng(seed)
+    graph = copy.deepcopy(graph)
+    cpu = torch.device("cpu")
+    for index, node in enumerate(graph.nodes):
+        if node.op_type != "SparseLinear" or node.domain != SPARSE_DOMAIN:
+            continue
+        dense = weight_of(node, graph.constants).to_dense()
+        choices = [CsrFormat.from_dense(dense), DenseFormat.from_dense(dense),
+                   BsrFormat.from_dense(dense, block_shape=_BLOCK_SHAPES[rng.integers(len(_BLOCK_SHAPES))])]
+        n, m = _NM_PATTERNS[rng.integers(len(_NM_PATTERNS))]
+        try:
+            choices.append(NmFormat.from_dense(dense, n=n, m=m))
+        except ValueError:
+            pass
+        fmt = choices[rng.integers(len(choices))]
+        kernel = kernels_for(fmt, cpu)[rng.integers(len(kernels_for(fmt, cpu)))]
+        space = kernel.configs(fmt, cpu)
+        arrays = {}
+        for field_name, array in fmt.arrays().items():
+            arrays[field_name] = f"{node.name or index}.re.{field_name}"
+            graph.constants[arrays[field_name]] = array.numpy()
+        fresh = sparse_linear_node(node.name, node.inputs[0], node.outputs[0], node.inputs[1], arrays, fmt,
+                                   kernel.name, space[rng.integers(len(space))])
+        if node.attributes.get("activation"):
+            fresh.attributes["activation"] = node.attributes["activation"]
+        graph.nodes[index] = fresh
+    used = {name for node in graph.nodes for name in node.inputs}
+    graph.constants = {name: array for name, array in graph.constants.items() if name in used}
+    chain_csr_layers(graph)
+    return graph
 
 
 def check_graph(case: GraphCase) -> None:
@@ -449,13 +495,16 @@ def check_graph(case: GraphCase) -> None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     reference = ort.InferenceSession(case.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    session = sparse_rt.InferenceSession(sparse_rt.convert(case.model, tune=False))
+    converted = sparse_rt.convert(case.model, tune=False)
+    session = sparse_rt.InferenceSession(converted)
     names = [o.name for o in reference.get_outputs()]
+    reencoded = sparse_rt.InferenceSession(reencode(converted, case.formats_seed))
     for feeds in case.feeds:
         expected = reference.run(names, feeds)
-        actual = session.run(names, feeds)
-        for name, a, e in zip(names, actual, expected):
-            assert_close(a, e, f"output {name!r} at batch {next(iter(feeds.values())).shape[0]}")
+        rows = next(iter(feeds.values())).shape[0]
+        for which, runner in (("converted", session), ("re-encoded", reencoded)):
+            for name, a, e in zip(names, runner.run(names, feeds), expected):
+                assert_close(a, e, f"{which}: output {name!r} at batch {rows}")
     for feeds in case.bad_feeds:
         try:
             session.run(None, feeds)

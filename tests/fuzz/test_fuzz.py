@@ -37,7 +37,7 @@ def test_kernels_match_the_dense_reference(case):
     check_kernel(case)
 
 
-@settings(BOUNDED, max_examples=60)
+@settings(BOUNDED, max_examples=40)
 @given(graph_cases())
 def test_random_graphs_match_onnxruntime(case):
     check_graph(case)
