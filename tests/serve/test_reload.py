@@ -105,3 +105,29 @@ def test_loaders_must_name_served_models():
 
     with pytest.raises(ValueError, match=r"loaders: expected loaders of served models \['mlp'\], got ones for \['x'\]"):
         create_app({"mlp": session_of(mlp_model())}, loaders={"x": lambda: None})
+
+
+def test_a_request_that_found_the_replaced_model_runs_on_its_replacement(model_file):
+    """A request reads its body after finding its model; a reload in between must not fail it."""
+    import asyncio
+
+    from sparse_rt.serve.app import ModelServer
+    from sparse_rt.serve.batching import EngineClosedError
+
+    x = np.ones((2, 8), np.float32)
+    expected = session_of(scaled_mlp(1.0)).run(["y"], {"x": x})[0]
+    server = ModelServer({"mlp": load_file(model_file)}, loaders={"mlp": functools.partial(load_file, model_file)})
+    found = server.models["mlp"]
+
+    async def reload_then_submit():
+        await server.reload("mlp")
+        with pytest.raises(EngineClosedError):
+            await found.engine.infer({"x": x}, ["y"])
+        return await server._submit(found, {"x": x}, ["y"])
+
+    try:
+        result = asyncio.run(reload_then_submit())
+    finally:
+        server.close()
+    assert server.models["mlp"] is not found
+    np.testing.assert_allclose(result["y"], expected, rtol=1e-5, atol=1e-5)
