@@ -48,6 +48,9 @@ def test_bad_arguments_exit_with_usage(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(model), "--max-batch", "0"])
     assert "max_batch: expected an integer >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(model), "--ray", "--replicas", "3", "--max-replicas", "2"])
+    assert "--replicas: expected >= 1 and <= --max-replicas, got 3 (--max-replicas 2)" in capsys.readouterr().err
 
 
 def start_server(tmp_path, *args):
