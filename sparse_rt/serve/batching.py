@@ -235,7 +235,7 @@ class BatchingEngine:
             request.future.set_exception(exc)
         else:
             request.future.set_result(dict(zip(request.output_names, results)))
-        self._record(_rows_of(request.feeds), 1)
+        self._record(rows_of(request.feeds), 1)
 
     def _run_merged(self, batch: list[_Request]) -> None:
         rows = [request.rows for request in batch]
@@ -312,7 +312,7 @@ def is_batchable(session: Any) -> bool:
     return bool(inputs) and dynamic_inputs and not any(arg.shape and isinstance(arg.shape[0], int) for arg in outputs)
 
 
-def _rows_of(feeds: Mapping[str, np.ndarray]) -> int:
+def rows_of(feeds: Mapping[str, np.ndarray]) -> int:
     """Rows of a request run alone, for the statistics: dim 0 of its first input (1 for scalars)."""
     first = next(iter(feeds.values()), None)
     return int(first.shape[0]) if first is not None and first.ndim else 1

@@ -39,7 +39,7 @@ import ray
 from ray import serve
 
 from sparse_rt.serve.app import ModelServer, ServeConfig
-from sparse_rt.serve.batching import BatchObserver, EngineClosedError, batch_key, is_batchable, split_rows
+from sparse_rt.serve.batching import BatchObserver, EngineClosedError, batch_key, is_batchable, rows_of, split_rows
 
 DEFAULT_MAX_ONGOING = 256
 """Requests one replica holds at once (Ray Serve's max_ongoing_requests): enough for full batches."""
@@ -108,7 +108,7 @@ class ServeBatchEngine:
 
     def _run_alone(self, feeds: dict[str, np.ndarray], wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
         results = self.session.run(list(wanted), feeds)
-        self._record(_rows_of(feeds), 1)
+        self._record(rows_of(feeds), 1)
         return dict(zip(wanted, results))
 
     async def _run_batch(self, items: list[_Item]) -> list[dict[str, np.ndarray] | BaseException]:
@@ -147,11 +147,6 @@ class ServeBatchEngine:
     def _record(self, rows: int, requests: int) -> None:
         if self._on_batch is not None:
             self._on_batch(rows, requests)
-
-
-def _rows_of(feeds: Mapping[str, np.ndarray]) -> int:
-    first = next(iter(feeds.values()), None)
-    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 @serve.ingress()
