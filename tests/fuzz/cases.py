@@ -114,11 +114,12 @@ def weight_formats(draw, dtypes=(torch.float32,)):
         cls = DenseFormat if name == "dense" else CsrFormat
         return cls.from_dense(weight), weight
     if name == "bsr":
-        block_shape = (draw(st.integers(1, 8)), draw(st.integers(1, 8)))
+        side = st.one_of(st.integers(1, 8), st.sampled_from([16, 33, 64]))
+        block_shape = (draw(side), draw(side))
         weight = _block_weight(draw(masked_weights(dtypes=(dtype,))), block_shape, seed)
         return BsrFormat.from_dense(weight, block_shape=block_shape), weight
     if name == "nm":
-        m = draw(st.sampled_from([1, 2, 3, 4, 8, 16]))
+        m = draw(st.sampled_from([1, 2, 3, 4, 8, 16, 37, 128]))
         n = draw(st.integers(1, m))
         weight = _nm_weight(draw(masked_weights(dtypes=(dtype,))), n, m)
         return NmFormat.from_dense(weight, n=n, m=m), weight
