@@ -95,8 +95,22 @@ def _uses_external_data(tensor: TensorProto) -> bool:
 
 
 def onnx_dtype_name(elem_type: int) -> str:
-    """ONNX element type -> numpy dtype name ("float32")."""
-    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    """ONNX element type -> numpy dtype name ("float32"); ModelFormatError for a type ONNX does not define."""
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except (KeyError, TypeError, ValueError):
+        raise ModelFormatError(f"unknown ONNX element type {elem_type}") from None
+
+
+def _constant(tensor: TensorProto) -> np.ndarray:
+    """An initializer as an array; ModelFormatError naming it if its type or data is unreadable."""
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as exc:  # onnx raises KeyError, ValueError, TypeError for bad types and sizes
+        raise ModelFormatError(
+            f"initializer {tensor.name!r}: unreadable (data type {tensor.data_type}, dims {list(tensor.dims)}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _value_from_proto(info: onnx.ValueInfoProto) -> Value:
@@ -124,7 +138,7 @@ def _value_to_proto(value: Value) -> onnx.ValueInfoProto:
 
 def _attribute_value(attr: AttributeProto, node_label: str) -> Any:
     if attr.type == AttributeProto.TENSOR:
-        return numpy_helper.to_array(attr.t)
+        return _constant(attr.t)
     if attr.type == AttributeProto.STRING:
         return attr.s.decode("utf-8")
     if attr.type == AttributeProto.STRINGS:
@@ -154,7 +168,7 @@ def _attribute_proto(name: str, value: Any) -> AttributeProto:
 def graph_from_proto(proto: onnx.ModelProto) -> Graph:
     """A faithful IR copy of an ONNX model (no folding, no lowering)."""
     onnx_graph = proto.graph
-    constants = {t.name: numpy_helper.to_array(t) for t in onnx_graph.initializer}
+    constants = {t.name: _constant(t) for t in onnx_graph.initializer}
     nodes: list[Node] = []
     for index, n in enumerate(onnx_graph.node):
         label = n.name or (n.output[0] if n.output else f"#{index}")

@@ -73,8 +73,24 @@ def sparse_linear_node(
     return Node("SparseLinear", [x, bias, *weight_arrays.values()], [y], attributes, name, SPARSE_DOMAIN)
 
 
+def check_node(node: Node) -> None:
+    """The layout above: inputs [x, bias or ""], a string `format`, `arrays` a list of names, and `kernel`
+    and `config` strings when present; ValueError if not."""
+    if len(node.inputs) < 2 or len(node.outputs) != 1:
+        raise ValueError(f"SparseLinear {node.label()!r}: expected inputs [x, bias or '', *weight arrays] and one "
+                         f"output, got {len(node.inputs)} inputs and {len(node.outputs)} outputs")
+    for name, kind in (("format", str), ("arrays", list), ("kernel", str), ("config", str)):
+        value = node.attributes.get(name)
+        if value is None and name in ("kernel", "config"):
+            continue
+        if not isinstance(value, kind) or (kind is list and not all(isinstance(v, str) for v in value)):
+            raise ValueError(f"SparseLinear {node.label()!r}: expected attribute {name!r} to be a "
+                             f"{'list of strings' if kind is list else 'string'}, got {value!r}")
+
+
 def weight_of(node: Node, constants: dict[str, np.ndarray]) -> WeightFormat:
     """Rebuild the weight format of a SparseLinear node from the graph's constants."""
+    check_node(node)
     fields = node.attributes["arrays"]
     names = node.inputs[2:]
     if len(fields) != len(names):
@@ -104,7 +120,10 @@ def choose_kernel(node: Node, weight: WeightFormat, device: torch.device) -> tup
     available = kernels_for(weight, device)
     for kernel in available:
         if kernel.name == name:
-            return kernel, json.loads(node.attributes.get("config", "{}") or "{}")
+            config = json.loads(node.attributes.get("config", "{}") or "{}")
+            if not isinstance(config, dict):
+                raise ValueError(f"SparseLinear {node.label()!r}: config: expected a JSON object, got {config!r}")
+            return kernel, config
     if not available:
         raise ValueError(f"no kernel for format {weight.name!r} on device {device}")
     kernel = available[0]
@@ -117,11 +136,15 @@ def dispatch_of(node: Node) -> list[tuple[int, str, Config]]:
     if not text:
         return []
     entries = json.loads(text)
-    if (not isinstance(entries, list) or not entries or entries[0][0] != 1
-            or any(a[0] >= b[0] for a, b in zip(entries, entries[1:]))):
+    well_formed = (
+        isinstance(entries, list) and entries
+        and all(isinstance(e, list) and len(e) == 3 and type(e[0]) is int and isinstance(e[1], str)
+                and isinstance(e[2], dict) for e in entries)
+    )
+    if not well_formed or entries[0][0] != 1 or any(a[0] >= b[0] for a, b in zip(entries, entries[1:])):
         raise ValueError(f"SparseLinear {node.label()!r}: dispatch: expected [[1, kernel, config], ...] with "
                          f"ascending row counts, got {text!r}")
-    return [(int(rows), str(name), dict(cfg)) for rows, name, cfg in entries]
+    return [(rows, name, cfg) for rows, name, cfg in entries]
 
 
 def batch_rows(x: torch.Tensor) -> int:

@@ -5,6 +5,7 @@
 
     app = create_app({"mlp": session})            # ASGI app for uvicorn
     python -m sparse_rt serve mlp.onnx --port 8000
+    python -m sparse_rt serve mlp.onnx --ray --replicas 2    # Ray Serve (sparse_rt.serve.ray)
 """
 
 from sparse_rt.serve.batching import BatchingEngine, BatchStats, EngineClosedError

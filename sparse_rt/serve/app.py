@@ -5,11 +5,18 @@
     GET  /v2/models/{name}[/versions/1]       model metadata
     GET  /v2/models/{name}[/versions/1]/ready model readiness
     POST /v2/models/{name}[/versions/1]/infer inference (JSON or binary tensor data)
+    POST /v2/repository/models/{name}/load    reload a model from its source while serving
     GET  /metrics                             Prometheus metrics
 
 Every error answers {"error": "..."}: 400 bad request, 404 unknown model or path,
 413 body over the limit, 415 compressed body, 503 shutting down, 504 timeout, 500 internal error.
+A client that hangs up before its body is read gets nothing and is counted under status 499.
 Model runs happen on the engines' worker threads, never on the event loop.
+
+A reload builds the new session and engine off the event loop, swaps them in, then
+drains the old engine: requests already queued finish on the old model, later ones
+run on the new one, none is dropped. If the new model fails to load, the old one
+keeps serving and the reload answers 400.
 """
 
 from __future__ import annotations
@@ -19,11 +26,11 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Callable, Mapping
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -43,6 +50,8 @@ from sparse_rt.serve.protocol import (
 logger = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
+CLIENT_CLOSED = 499
+"""The metrics' status label of a request whose client disconnected before sending its whole body."""
 
 
 @dataclass(frozen=True)
@@ -71,22 +80,37 @@ class _Model:
     metadata: dict[str, Any]
 
 
-class ModelServer:
-    """The served models, their engines and metrics; `app` is the ASGI app serving them."""
+Loader = Callable[[], Any]
+"""Builds a fresh session of a model (from its file), for reloads."""
 
-    def __init__(self, sessions: Mapping[str, Any], config: ServeConfig = ServeConfig()):
+
+class ModelServer:
+    """The served models, their engines and metrics; `app` is the ASGI app serving them.
+
+    loaders: {model name: () -> session} for the models that can be reloaded
+    (POST /v2/repository/models/{name}/load); the others answer that route with 400.
+    engine: what runs each model, called as BatchingEngine is (session, max_batch=,
+    max_delay_ms=, workers=, on_batch=); it provides infer, output_names, queue_depth, close.
+    """
+
+    def __init__(
+        self,
+        sessions: Mapping[str, Any],
+        config: ServeConfig = ServeConfig(),
+        loaders: Mapping[str, Loader] | None = None,
+        engine: Callable[..., Any] = BatchingEngine,
+    ):
         if not sessions:
             raise ValueError("sessions: expected at least one model to serve, got none")
+        unknown = sorted(set(loaders or {}) - set(sessions))
+        if unknown:
+            raise ValueError(f"loaders: expected loaders of served models {sorted(sessions)}, got ones for {unknown}")
         self.config = config
         self.metrics = ServeMetrics()
-        self.models: dict[str, _Model] = {}
-        for name, session in sessions.items():
-            engine = BatchingEngine(
-                session, max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,
-                workers=config.workers, on_batch=self.metrics.batch_observer(name),
-            )
-            self.metrics.track_queue(name, engine)
-            self.models[name] = _Model(name, engine, session.get_inputs(), _model_metadata(name, session))
+        self.loaders = dict(loaders or {})
+        self._engine = engine
+        self.models: dict[str, _Model] = {name: self._serve(name, session) for name, session in sessions.items()}
+        self._reloading: dict[str, asyncio.Lock] = {}
         self.ready = False
         self.app = Starlette(
             routes=self._routes(),
@@ -94,8 +118,35 @@ class ModelServer:
             lifespan=self._lifespan,
         )
 
+    def _serve(self, name: str, session: Any) -> _Model:
+        """A model entry with its own engine (metrics labelled `name`)."""
+        config = self.config
+        engine = self._engine(
+            session, max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,
+            workers=config.workers, on_batch=self.metrics.batch_observer(name),
+        )
+        self.metrics.track_queue(name, engine)
+        return _Model(name, engine, session.get_inputs(), _model_metadata(name, session))
+
     def engine(self, name: str) -> BatchingEngine:
         return self.models[name].engine
+
+    async def reload(self, name: str) -> None:
+        """Load `name` again from its loader and swap it in; the old engine drains.
+
+        ValueError if no such model is served or it has no loader; what the loader raises
+        propagates (and the old model keeps serving).
+        """
+        if name not in self.models:
+            raise ValueError(f"unknown model {name!r}; served models: {sorted(self.models)}")
+        loader = self.loaders.get(name)
+        if loader is None:
+            raise ValueError(f"model {name!r} was not loaded from a file, so it cannot be reloaded")
+        loop = asyncio.get_running_loop()
+        async with self._reloading.setdefault(name, asyncio.Lock()):
+            fresh = await loop.run_in_executor(None, lambda: self._serve(name, loader()))
+            old, self.models[name] = self.models[name], fresh
+        await loop.run_in_executor(None, old.engine.close)
 
     def close(self) -> None:
         """Stop taking requests and finish the queued ones."""
@@ -117,6 +168,7 @@ class ModelServer:
             Route("/v2/health/live", self._live),
             Route("/v2/health/ready", self._ready),
             Route("/metrics", self._metrics),
+            Route("/v2/repository/models/{model}/load", self._load, methods=["POST"]),
         ]
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             routes += [
@@ -148,6 +200,21 @@ class ModelServer:
         self._find(request)
         return JSONResponse({"ready": self.ready}, status_code=200 if self.ready else 503)
 
+    async def _load(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        if name not in self.models:
+            return _error(f"unknown model {name!r}; served models: {sorted(self.models)}", 404)
+        if name not in self.loaders:
+            return _error(f"model {name!r} was not loaded from a file, so it cannot be reloaded", 400)
+        try:
+            await self.reload(name)
+        except Exception as exc:
+            logger.exception("model %r: reload failed", name)
+            return _error(f"model {name!r}: reload failed, the previous version keeps serving: "
+                          f"{type(exc).__name__}: {exc}", 400)
+        logger.info("model %r: reloaded", name)
+        return JSONResponse({})
+
     async def _infer(self, request: Request) -> Response:
         start = time.perf_counter()
         label = request.path_params["model"] if request.path_params["model"] in self.models else UNKNOWN_MODEL
@@ -156,6 +223,8 @@ class ModelServer:
             response = await self._run(model, request)
         except RequestError as exc:
             response = _error(str(exc), exc.status)
+        except ClientDisconnect:  # nobody is left to answer; counted under the status nginx logs for it
+            response = Response(status_code=CLIENT_CLOSED)
         except HTTPException as exc:
             response = _error(str(exc.detail), exc.status_code)
         except Exception as exc:
@@ -176,9 +245,7 @@ class ModelServer:
             wanted = [(output.name, output.binary) for output in decoded.outputs]
         timeout = min(self.config.timeout_s, decoded.timeout_s or self.config.timeout_s)
         try:
-            results = await asyncio.wait_for(
-                model.engine.infer(decoded.inputs, [name for name, _ in wanted]), timeout
-            )
+            results = await asyncio.wait_for(self._submit(model, decoded.inputs, [name for name, _ in wanted]), timeout)
         except asyncio.TimeoutError:
             return _error(f"model {model.name!r}: inference did not finish within {timeout:g} s", 504)
         except EngineClosedError:
@@ -193,6 +260,17 @@ class ModelServer:
         )
         return Response(body, headers=headers)
 
+    async def _submit(self, model: _Model, inputs: dict[str, Any], outputs: list[str]) -> dict[str, Any]:
+        """Run on the model's engine; if a reload closed it meanwhile, on the engine that replaced it."""
+        while True:
+            try:
+                return await model.engine.infer(inputs, outputs)
+            except EngineClosedError:
+                current = self.models.get(model.name)
+                if current is None or current is model:
+                    raise
+                model = current
+
     def _find(self, request: Request) -> _Model:
         name = request.path_params["model"]
         version = request.path_params.get("version", MODEL_VERSION)
@@ -204,9 +282,16 @@ class ModelServer:
         return model
 
 
-def create_app(sessions: Mapping[str, Any], config: ServeConfig = ServeConfig()) -> Starlette:
-    """The ASGI app serving `sessions` ({model name: InferenceSession}); its ModelServer is `app.state.server`."""
-    server = ModelServer(sessions, config)
+def create_app(
+    sessions: Mapping[str, Any],
+    config: ServeConfig = ServeConfig(),
+    loaders: Mapping[str, Loader] | None = None,
+) -> Starlette:
+    """The ASGI app serving `sessions` ({model name: InferenceSession}); its ModelServer is `app.state.server`.
+
+    loaders: {model name: () -> fresh session}, for the models the load route may reload.
+    """
+    server = ModelServer(sessions, config, loaders)
     server.app.state.server = server
     return server.app
 

@@ -171,14 +171,7 @@ class BatchingEngine:
         return tuple(output_names)
 
     def _batch_key(self, arrays: dict[str, np.ndarray]) -> tuple[Hashable | None, int]:
-        """(key, rows): requests with equal keys can be concatenated along dim 0."""
-        if not self.batching or sorted(arrays) != sorted(self.input_names):
-            return None, 0
-        shapes = [arrays[name].shape for name in self.input_names]
-        if any(len(shape) == 0 for shape in shapes) or len({shape[0] for shape in shapes}) != 1:
-            return None, 0
-        key = tuple((name, arrays[name].dtype.str, arrays[name].shape[1:]) for name in self.input_names)
-        return key, shapes[0][0]
+        return batch_key(arrays, self.input_names) if self.batching else (None, 0)
 
     # -- workers -----------------------------------------------------------------
 
@@ -242,7 +235,7 @@ class BatchingEngine:
             request.future.set_exception(exc)
         else:
             request.future.set_result(dict(zip(request.output_names, results)))
-        self._record(_rows_of(request.feeds), 1)
+        self._record(rows_of(request.feeds), 1)
 
     def _run_merged(self, batch: list[_Request]) -> None:
         rows = [request.rows for request in batch]
@@ -253,22 +246,15 @@ class BatchingEngine:
             for request in batch:
                 self._run_alone(request)
             return
-        total = sum(rows)
-        bad = [name for name, result in zip(self.output_names, results) if result.ndim == 0 or result.shape[0] != total]
-        if bad:
-            logger.warning(
-                "outputs %s do not have one row per input row (%d) in a merged run; batching is now off for this model",
-                bad, total,
-            )
+        parts = split_rows(results, self.output_names, rows)
+        if parts is None:
             self.batching = False
             for request in batch:
                 self._run_alone(request)
             return
-        splits = np.cumsum(rows)[:-1]
-        parts = {name: np.split(result, splits) for name, result in zip(self.output_names, results)}
-        for index, request in enumerate(batch):
-            request.future.set_result({name: parts[name][index] for name in request.output_names})
-        self._record(total, len(batch))
+        for part, request in zip(parts, batch):
+            request.future.set_result({name: part[name] for name in request.output_names})
+        self._record(sum(rows), len(batch))
 
     def _record(self, rows: int, requests: int) -> None:
         with self._condition:
@@ -277,6 +263,33 @@ class BatchingEngine:
             self._rows += rows
         if self._on_batch is not None:
             self._on_batch(rows, requests)
+
+
+def batch_key(arrays: Mapping[str, np.ndarray], input_names: Sequence[str]) -> tuple[Hashable | None, int]:
+    """(key, rows) of a request: requests with equal keys can be concatenated along dim 0
+    (the same inputs, dtypes and dims after the first); key None when it cannot be merged."""
+    if sorted(arrays) != sorted(input_names):
+        return None, 0
+    shapes = [arrays[name].shape for name in input_names]
+    if any(len(shape) == 0 for shape in shapes) or len({shape[0] for shape in shapes}) != 1:
+        return None, 0
+    return tuple((name, arrays[name].dtype.str, arrays[name].shape[1:]) for name in input_names), shapes[0][0]
+
+
+def split_rows(results: Sequence[np.ndarray], output_names: Sequence[str], rows: Sequence[int]) -> list[dict] | None:
+    """The outputs of a merged run split back into {output name: array} per request of `rows` rows;
+    None (with a warning) if an output does not have one row per input row."""
+    total = sum(rows)
+    bad = [name for name, result in zip(output_names, results) if result.ndim == 0 or result.shape[0] != total]
+    if bad:
+        logger.warning(
+            "outputs %s do not have one row per input row (%d) in a merged run; batching is now off for this model",
+            bad, total,
+        )
+        return None
+    splits = np.cumsum(rows)[:-1]
+    parts = {name: np.split(result, splits) for name, result in zip(output_names, results)}
+    return [{name: parts[name][index] for name in output_names} for index in range(len(rows))]
 
 
 def check_settings(max_batch: int, max_delay_ms: float, workers: int) -> None:
@@ -299,7 +312,7 @@ def is_batchable(session: Any) -> bool:
     return bool(inputs) and dynamic_inputs and not any(arg.shape and isinstance(arg.shape[0], int) for arg in outputs)
 
 
-def _rows_of(feeds: Mapping[str, np.ndarray]) -> int:
+def rows_of(feeds: Mapping[str, np.ndarray]) -> int:
     """Rows of a request run alone, for the statistics: dim 0 of its first input (1 for scalars)."""
     first = next(iter(feeds.values()), None)
     return int(first.shape[0]) if first is not None and first.ndim else 1

@@ -1,6 +1,10 @@
 """`python -m sparse_rt serve MODEL [MODEL ...]`: load models and serve them over HTTP with uvicorn.
 
-Each model is served under its file stem (`models/mlp.onnx` -> `mlp`). SIGTERM or
+With --ray the models are served by a Ray Serve deployment (`sparse_rt.serve.ray`) of
+--replicas replicas (autoscaled up to --max-replicas), on the same routes.
+
+Each model is served under its file stem (`models/mlp.onnx` -> `mlp`);
+`POST /v2/repository/models/{name}/load` reads its file again. SIGTERM or
 Ctrl-C stops accepting connections, lets in-flight requests finish (up to the
 request timeout), runs the queued batches, then exits.
 """
@@ -8,6 +12,7 @@ request timeout), runs the queued batches, then exits.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -38,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="threads running each model (default: %(default)s)")
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="request body limit in MiB (default: %(default)s)")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout (default: %(default)s)")
+    parser.add_argument("--ray", action="store_true",
+                        help="serve with Ray Serve (replicas, @serve.batch batching); needs the 'ray' extra")
+    parser.add_argument("--replicas", type=int, default=1, help="--ray: replicas (default: %(default)s)")
+    parser.add_argument("--max-replicas", type=int, default=None,
+                        help="--ray: autoscale between --replicas and this many replicas")
+    parser.add_argument("--ray-address", default=None, help="--ray: join this cluster (default: start a local one)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     return parser
@@ -69,11 +80,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, workers=args.workers,
             max_body_bytes=int(args.max_body_mb * (1 << 20)), timeout_s=args.timeout_s,
         )
+        if args.replicas < 1 or (args.max_replicas is not None and args.max_replicas < args.replicas):
+            raise ValueError(f"--replicas: expected >= 1 and <= --max-replicas, got {args.replicas} "
+                             f"(--max-replicas {args.max_replicas})")
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    sessions = {name: InferenceSession(path, threads=args.threads) for name, path in paths.items()}
-    app = create_app(sessions, config)
+    if args.ray:
+        try:
+            from sparse_rt.serve.ray import serve_forever
+        except ImportError as exc:
+            parser.error(f"--ray needs Ray Serve (pip install 'sparse_rt[ray]'): {exc}")
+        return serve_forever(paths, config, args.host, args.port, num_replicas=args.replicas,
+                             max_replicas=args.max_replicas, threads=args.threads, address=args.ray_address)
+    loaders = {name: functools.partial(InferenceSession, path, threads=args.threads) for name, path in paths.items()}
+    sessions = {name: load() for name, load in loaders.items()}
+    app = create_app(sessions, config, loaders)
     server = uvicorn.Server(uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
         timeout_graceful_shutdown=int(args.timeout_s) + 5,

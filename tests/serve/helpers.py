@@ -67,9 +67,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(sessions, config: ServeConfig = ServeConfig()):
+def running_server(sessions, config: ServeConfig = ServeConfig(), loaders=None):
     """Serve `sessions` with uvicorn in a background thread; yields (base url, app)."""
-    app = create_app(sessions, config)
+    app = create_app(sessions, config, loaders)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

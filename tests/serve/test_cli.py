@@ -48,6 +48,9 @@ def test_bad_arguments_exit_with_usage(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(model), "--max-batch", "0"])
     assert "max_batch: expected an integer >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(model), "--ray", "--replicas", "3", "--max-replicas", "2"])
+    assert "--replicas: expected >= 1 and <= --max-replicas, got 3 (--max-replicas 2)" in capsys.readouterr().err
 
 
 def start_server(tmp_path, *args):
@@ -108,3 +111,25 @@ def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path):
     assert "serving ['mlp', 'slow'] on http://127.0.0.1:" in output
 
 
+
+
+def test_the_container_entry_point_and_kserve_arguments_parse():
+    """The Dockerfile's ENTRYPOINT and CMD, and the InferenceService's args, are valid serve arguments."""
+    from sparse_rt.serve.cli import build_parser
+
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    entry = json.loads(next(line for line in lines if line.startswith("ENTRYPOINT")).split(None, 1)[1])
+    command = json.loads(next(line for line in lines if line.startswith("CMD")).split(None, 1)[1])
+    assert entry[:4] == ["python", "-m", "sparse_rt", "serve"]
+    args = build_parser().parse_args(entry[4:] + command)
+    assert (args.host, args.port, [str(m) for m in args.models]) == ("0.0.0.0", 8080, ["/mnt/models/model.onnx"])
+    manifest = (REPO / "deploy" / "kserve" / "inferenceservice.yaml").read_text().splitlines()
+    start = manifest.index("        args:") + 1
+    kserve_args = []
+    for line in manifest[start:]:
+        if not line.startswith("          - "):
+            break
+        kserve_args.append(line.removeprefix("          - "))
+    args = build_parser().parse_args(entry[4:] + kserve_args)
+    assert [str(m) for m in args.models] == ["/mnt/models/mlp.onnx"] and args.port == 8080
+    assert (args.max_batch, args.max_delay_ms, args.threads) == (32, 2.0, 2)
