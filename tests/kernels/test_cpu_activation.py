@@ -111,7 +111,7 @@ def test_tiles_of_another_width_are_refused():
     linear = kernel.bind(CsrFormat.from_dense(masked_weight(8, 16, density=0.5)), None,
                          {"tasks_per_thread": 1, "unroll": 1, "batch_vectors": 2}, torch.device("cpu"))
     with pytest.raises(ValueError, match="input tiles: expected 16 features"):
-        linear(BatchTiles(torch.zeros(16 * 16), 4, 16, (4,), 16))
+        linear(BatchTiles(torch.zeros(16 * 16), 4, 16, (4,), 7))  # no SIMD width makes tiles 7 rows wide
 
 
 def test_conversion_chains_csr_layers_read_by_one_csr_layer():

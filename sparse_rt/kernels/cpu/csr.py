@@ -2,10 +2,13 @@
 
 `pack_csr` converts the arrays once per layer (int64 row offsets, float32 values,
 column indices kept in their narrow int8/int16/int32 dtype, which the kernels widen
-in registers) and splits the rows into tasks of about equal nonzeros. `csr_linear`
-runs the C kernels of `_csr_native`: one input row takes the gather dot product
-kernel; several take the transposed-input kernel, where each nonzero is a
-contiguous batch-wide multiply-add.
+in registers) and splits the rows into tasks of about equal nonzeros; with
+gemv_layout "slices" it also builds the row-sliced copy the batch-1 kernel reads
+(`pack_slices`; the CsrFormat itself is unchanged). `csr_linear` runs the C kernels
+of `_csr_native`: one input row takes the batch-1 kernel of the options' layout
+(a gather dot product per row, or one SIMD lane per row over sorted slices);
+several take the transposed-input kernel, where each nonzero is a contiguous
+batch-wide multiply-add.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparse_rt.kernels.cpu._csr_native import csr_gemm, csr_gemv
+from sparse_rt.kernels.cpu._csr_native import csr_gemm, csr_gemv, csr_slices_gemv
 from sparse_rt.kernels.cpu._launch import (
     TaskSplit,
     bias_of,
@@ -33,6 +36,82 @@ from sparse_rt.kernels.registry import Config, Kernel, register_kernel
 INDEX_NAMES = {torch.int8: "i8", torch.int16: "i16", torch.int32: "i32"}
 # Cost of a row beyond its nonzeros (loop set-up, reduction, store), in nonzeros, for the split.
 ROW_OVERHEAD = 8
+# Cost of a slice beyond its steps (set-up, the scattered store of its outputs), in steps.
+SLICE_OVERHEAD = 2
+
+
+@dataclass(frozen=True)
+class CsrSlices:
+    """The batch-1 "slices" layout of a CSR weight (SELL-C-sigma: C = `width`, the SIMD width,
+    sigma = all rows). Rows are sorted by length, longest first (stable), and cut into slices of
+    `width` rows; slice s holds its steps j = 0 .. its longest row's length - 1, step j being
+    `width` entries, entry l the j-th nonzero of the slice's l-th row (value 0 past that row's end,
+    column index its last column, or 0 for an empty row: a NaN or inf in x there leaks into the
+    row, as it does through every zero weight of a dense kernel).
+
+    slice_offsets:  int64 [slices + 1]; slice s is entries slice_offsets[s]:slice_offsets[s + 1]
+    slice_rows:     int32 [slices * width]; the output row of each lane, -1 past the last row
+    column_indices: the CSR index dtype [slice_offsets[-1]]
+    values:         float32 [slice_offsets[-1]]
+    slice_bias:     float32 [slices * width]; each lane's bias (0 without a bias or a row)
+    tasks:          slice boundaries per thread count, balancing steps
+    """
+
+    width: int
+    slice_offsets: torch.Tensor
+    slice_rows: torch.Tensor
+    column_indices: torch.Tensor
+    values: torch.Tensor
+    slice_bias: torch.Tensor
+    tasks: TaskSplit
+
+
+def pack_slices(row_offsets: torch.Tensor, column_indices: torch.Tensor, values: torch.Tensor,
+                bias: torch.Tensor | None, width: int, tasks_per_thread: int) -> CsrSlices:
+    """The "slices" layout (CsrSlices) of CSR arrays: row_offsets int64 [out + 1], column_indices
+    [nnz], values float32 [nnz], bias float32 [out] or None, `width` rows a slice."""
+    out_features = row_offsets.shape[0] - 1
+    lengths = row_offsets.diff()
+    order = torch.sort(lengths, descending=True, stable=True).indices  # lane position -> row
+    slices = -(-out_features // width)
+    lanes = slices * width
+    slice_rows = torch.full((lanes,), -1, dtype=torch.int32)
+    slice_rows[:out_features] = order.to(torch.int32)
+    lane_lengths = torch.zeros(lanes, dtype=torch.int64)
+    lane_lengths[:out_features] = lengths[order]
+    steps = lane_lengths.view(slices, width).amax(1) if slices else lane_lengths[:0]
+    slice_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), (steps * width).cumsum(0)])
+    total = int(slice_offsets[-1])
+    # every entry's place: slice of its row, step = its rank in the row, lane of its row
+    position = torch.empty(out_features, dtype=torch.int64)
+    position[order] = torch.arange(out_features)
+    nnz = values.shape[0]
+    entry_rows = torch.repeat_interleave(torch.arange(out_features), lengths, output_size=nnz)
+    rank = torch.arange(nnz) - row_offsets[entry_rows]
+    row_position = position[entry_rows]
+    destination = slice_offsets[row_position // width] + rank * width + row_position % width
+    # padding: each lane repeats its row's last column (0 for an empty or missing row)
+    last_column = torch.zeros(lanes, dtype=column_indices.dtype)
+    filled = lane_lengths > 0
+    last_column[filled] = column_indices[row_offsets[slice_rows[filled].long() + 1] - 1]
+    lane_of_entry = torch.arange(total) - torch.repeat_interleave(slice_offsets[:-1], steps * width, output_size=total)
+    slice_of_entry = torch.repeat_interleave(torch.arange(slices), steps * width, output_size=total)
+    padded_indices = last_column[slice_of_entry * width + lane_of_entry % width]
+    padded_indices[destination] = column_indices
+    padded_values = torch.zeros(total, dtype=torch.float32)
+    padded_values[destination] = values
+    slice_bias = torch.zeros(lanes, dtype=torch.float32)
+    if bias is not None:
+        slice_bias[:out_features] = bias[order]
+    return CsrSlices(
+        width=width,
+        slice_offsets=slice_offsets,
+        slice_rows=slice_rows,
+        column_indices=padded_indices.contiguous(),
+        values=padded_values,
+        slice_bias=slice_bias,
+        tasks=TaskSplit(steps + SLICE_OVERHEAD, tasks_per_thread),
+    )
 
 
 @dataclass(frozen=True)
@@ -44,6 +123,7 @@ class CsrPacked:
     values:         float32 [nnz]
     bias:           float32 [out] or None
     tasks:          row boundaries per thread count, balancing nonzeros
+    slices:         the batch-1 "slices" layout (gemv_layout "slices"), else None
     """
 
     shape: tuple[int, int]
@@ -53,6 +133,7 @@ class CsrPacked:
     values: torch.Tensor
     bias: torch.Tensor | None
     tasks: TaskSplit
+    slices: CsrSlices | None = None
 
 
 def pack_csr_arrays(
@@ -73,14 +154,19 @@ def pack_csr_arrays(
     row_offsets = row_offsets.to(torch.int64).contiguous()
     column_indices = column_indices.contiguous()
     values = values.to(torch.float32).contiguous()
+    bias = bias_of(bias, out_features, what)
+    slices = None
+    if options.gemv_layout == "slices":
+        slices = pack_slices(row_offsets, column_indices, values, bias, simd_width(), options.tasks_per_thread)
     return CsrPacked(
         shape=(out_features, in_features),
         index=INDEX_NAMES[column_indices.dtype],
         row_offsets=row_offsets,
         column_indices=column_indices,
         values=values,
-        bias=bias_of(bias, out_features, what),
+        bias=bias,
         tasks=TaskSplit(row_offsets.diff() + ROW_OVERHEAD, options.tasks_per_thread),
+        slices=slices,
     )
 
 
@@ -109,6 +195,16 @@ def csr_rows_linear(rows: torch.Tensor, packed: CsrPacked, options: CsrOptions, 
     batch = rows.shape[0]
     y = torch.empty(batch, out_features, dtype=torch.float32)
     if batch == 0:
+        return y
+    if batch == 1 and packed.slices is not None:
+        num_threads = threads()
+        slices = packed.slices
+        split = slices.tasks(num_threads)
+        csr_slices_gemv(packed.index, options.x_loads)(
+            num_threads, split.shape[0] - 1, pointer(split), pointer(slices.slice_offsets),
+            pointer(slices.slice_rows), pointer(slices.column_indices), pointer(slices.values),
+            pointer(slices.slice_bias), pointer(rows), pointer(y), int(gelu),
+        )
         return y
     if batch == 1:
         num_threads = threads()
