@@ -264,16 +264,63 @@ def csr_linear(x: torch.Tensor | BatchTiles, packed: CsrPacked, options: CsrOpti
     return y.reshape(*leading, out_features)
 
 
+class BoundCsr:
+    """x -> csr_linear(x, packed, options, gelu, tiles_out): a layer bound to the CSR kernels.
+
+    A single contiguous float32 row [1, in] with the "slices" layout goes straight to the C
+    kernel, its weight-side arguments made once (per thread count for the task split): at
+    384x384 and 10 % the kernel takes about 4 us, and the general path spent 7 us more in
+    Python."""
+
+    def __init__(self, packed: CsrPacked, options: CsrOptions, gelu: bool, tiles_out: bool) -> None:
+        self.packed = packed
+        self.options = options
+        self.gelu = gelu
+        self.tiles_out = tiles_out
+        self._row_shape = torch.Size([1, packed.shape[1]])
+        self._out_features = packed.shape[0]
+        self._launches: dict[int, tuple] = {}
+        self._slices_gemv = None
+        if packed.slices is not None:
+            slices = packed.slices
+            self._slices_gemv = csr_slices_gemv(packed.index, options.x_loads)
+            self._weight_pointers = (
+                pointer(slices.slice_offsets), pointer(slices.slice_rows), pointer(slices.column_indices),
+                pointer(slices.values), pointer(slices.slice_bias),
+            )
+
+    def _launch(self, num_threads: int) -> tuple:
+        """(threads, tasks, task boundaries, weight-side pointers...) of the slices kernel."""
+        launch = self._launches.get(num_threads)
+        if launch is None:
+            split = self.packed.slices.tasks(num_threads)
+            launch = (num_threads, split.shape[0] - 1, pointer(split), *self._weight_pointers)
+            self._launches[num_threads] = launch
+        return launch
+
+    def __call__(self, x):
+        if (
+            self._slices_gemv is not None
+            and type(x) is torch.Tensor
+            and x.shape == self._row_shape
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and x.is_contiguous()
+        ):
+            y = torch.empty(1, self._out_features)
+            self._slices_gemv(*self._launch(threads()), x.data_ptr(), y.data_ptr(), self.gelu)
+            return y
+        return csr_linear(x, self.packed, self.options, self.gelu, self.tiles_out)
+
+
 def bind_csr(weight, bias: torch.Tensor | None, config: Config, device: torch.device, activation: str | None = None,
-             tiles_out: bool = False):
+             tiles_out: bool = False) -> BoundCsr:
     """Kernel.bind: pack once, return x -> csr_linear(x) (GELU'd for activation "gelu"; batched
     outputs left as BatchTiles with tiles_out)."""
     check_cpu(device, "csr_linear")
     check_activation(activation, "csr_linear")
     options = parse_options(CsrOptions, config)
-    packed = pack_csr(weight, bias, options)
-    gelu = activation == "gelu"
-    return lambda x: csr_linear(x, packed, options, gelu, tiles_out)
+    return BoundCsr(pack_csr(weight, bias, options), options, activation == "gelu", tiles_out)
 
 
 def csr_linear_reference(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
