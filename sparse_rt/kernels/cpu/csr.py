@@ -14,10 +14,18 @@ batch-wide multiply-add.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
-from sparse_rt.kernels.cpu._csr_native import csr_gemm, csr_gemv, csr_slices_gemv
+from sparse_rt.kernels.cpu._csr_native import (
+    CHAIN_INDEX_CODES,
+    CHAIN_LOADS_CODES,
+    csr_gemm,
+    csr_gemv,
+    csr_slices_chain,
+    csr_slices_gemv,
+)
 from sparse_rt.kernels.cpu._launch import (
     TaskSplit,
     bias_of,
@@ -311,6 +319,53 @@ class BoundCsr:
             self._slices_gemv(*self._launch(threads()), x.data_ptr(), y.data_ptr(), self.gelu)
             return y
         return csr_linear(x, self.packed, self.options, self.gelu, self.tiles_out)
+
+
+class CsrRowChain:
+    """Layers bound by `bind_csr` with the "slices" layout where each reads the previous one's
+    output, run at batch 1 in one C call (`csr_slices_chain`): x float32 [..., in of the first]
+    with one row -> y float32 [..., out of the last]. Other row counts are not its to run."""
+
+    def __init__(self, layers: Sequence[BoundCsr]) -> None:
+        if len(layers) < 2:
+            raise ValueError(f"CsrRowChain: expected at least 2 layers, got {len(layers)}")
+        for i, layer in enumerate(layers):
+            if layer.packed.slices is None:
+                raise ValueError(f"CsrRowChain: layer {i}: expected gemv_layout 'slices', got "
+                                 f"{layer.options.gemv_layout!r}")
+        for i, (a, b) in enumerate(zip(layers, layers[1:])):
+            if a.packed.shape[0] != b.packed.shape[1]:
+                raise ValueError(f"CsrRowChain: layer {i} gives {a.packed.shape[0]} features but layer {i + 1} "
+                                 f"takes {b.packed.shape[1]}")
+        self.layers = tuple(layers)
+        self.in_features = layers[0].packed.shape[1]
+        self.out_features = layers[-1].packed.shape[0]
+        self._max_between = max(layer.packed.shape[0] for layer in layers[:-1])
+        self._tables: dict[int, torch.Tensor] = {}
+
+    def _table(self, num_threads: int) -> torch.Tensor:
+        """The layers' rows for `csr_slices_chain` at this thread count (task splits differ)."""
+        table = self._tables.get(num_threads)
+        if table is None:
+            rows = []
+            for layer in self.layers:
+                _, tasks, *pointers = layer._launch(num_threads)
+                variant = 2 * CHAIN_INDEX_CODES[layer.packed.index] + CHAIN_LOADS_CODES[layer.options.x_loads]
+                rows.append([variant, tasks, *pointers, int(layer.gelu)])
+            table = torch.tensor(rows, dtype=torch.int64)
+            self._tables[num_threads] = table
+        return table
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        row = rows_of(x, self.in_features, "csr_row_chain")
+        if row.shape[0] != 1:
+            raise ValueError(f"csr_row_chain: input 'x': expected one row of {self.in_features}, got {list(x.shape)}")
+        num_threads = threads()
+        y = torch.empty(1, self.out_features)
+        work = torch.empty(2 * self._max_between)
+        csr_slices_chain()(num_threads, len(self.layers), pointer(self._table(num_threads)), pointer(row),
+                           pointer(work), self._max_between, pointer(y))
+        return shaped_like(y, x)
 
 
 def bind_csr(weight, bias: torch.Tensor | None, config: Config, device: torch.device, activation: str | None = None,
