@@ -16,8 +16,13 @@ values and indices (padding not counted), its row offsets (rows) or slice offset
 and lane biases (slices), x and y; for dense the weight, bias, x and y (ort: the same bytes).
 `vs dense` is CSR GB/s over dense GB/s at the same timing (the issue's 60 % target).
 
+--chain adds a stack at batch 1: --blocks x (384->1536, GELU, 1536->384) at each density, its
+layers called one by one (CSR slices; native dense) against one C call for all of them
+(`CsrRowChain`; `DenseChain`), and onnxruntime (Gemm + Gelu nodes).
+
     python benchmarks/csr_gemv.py                     (2 threads, all shapes, 90 % and 95 %)
     python benchmarks/csr_gemv.py --threads 1 --json benchmarks/results/csr_gemv_1t.json
+    python benchmarks/csr_gemv.py --shapes "" --chain
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
+from onnx import TensorProto, helper, numpy_helper
+
 from sparse_rt.bench_layers import ort_session, parse_shape, time_round_robin
 from sparse_rt.formats import CsrFormat, DenseFormat
 from sparse_rt.kernels.cpu._dense_native import dense_library
 from sparse_rt.kernels.cpu._launch import pointer
-from sparse_rt.kernels.cpu.csr import csr_gemv
+from sparse_rt.kernels.cpu.csr import CsrRowChain, csr_gemv
+from sparse_rt.kernels.cpu.dense import DenseChain
 from sparse_rt.kernels.cpu.configs import simd_width
 from sparse_rt.kernels.registry import get_kernel
 
@@ -114,6 +122,83 @@ def run_case(in_features: int, out_features: int, density: float, threads: int, 
     return row
 
 
+CHAIN_DIMS = (384, 1536)
+
+
+def ort_chain(layers: list[tuple[torch.Tensor, torch.Tensor]], threads: int) -> ort.InferenceSession:
+    """onnxruntime on the stack: Gemm (+ Gelu after every first layer of a block)."""
+    nodes, initializers, current = [], [], "x"
+    for index, (weight, bias) in enumerate(layers):
+        initializers += [numpy_helper.from_array(weight.numpy(), f"W{index}"),
+                         numpy_helper.from_array(bias.numpy(), f"b{index}")]
+        nodes.append(helper.make_node("Gemm", [current, f"W{index}", f"b{index}"], [f"y{index}"], transB=1))
+        current = f"y{index}"
+        if index % 2 == 0:
+            nodes.append(helper.make_node("Gelu", [current], [f"g{index}"]))
+            current = f"g{index}"
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHAIN_DIMS[0]])],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, [1, CHAIN_DIMS[0]])], initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run_chain(blocks: int, density: float, threads: int, iters: int) -> dict:
+    """The stack's layers one by one against one C call, CSR and dense, and onnxruntime."""
+    model, hidden = CHAIN_DIMS
+    device = torch.device("cpu")
+    csr_kernel, dense_kernel = get_kernel("csr_cpu_rowwise"), get_kernel("dense_cpu_native")
+    layers, csr_layers, dense_layers = [], [], []
+    for index in range(2 * blocks):
+        out_features, in_features = (hidden, model) if index % 2 == 0 else (model, hidden)
+        weight = torch.randn(out_features, in_features) * (torch.rand(out_features, in_features) < density)
+        bias = torch.randn(out_features)
+        layers.append((weight, bias))
+        activation = {"activation": "gelu"} if index % 2 == 0 else {}
+        fmt, dense_fmt = CsrFormat.from_dense(weight), DenseFormat.from_dense(weight)
+        config = {**csr_kernel.configs(fmt, device)[0], "gemv_layout": "slices"}
+        csr_layers.append(csr_kernel.bind(fmt, bias, config, device, **activation))
+        dense_layers.append(dense_kernel.bind(dense_fmt, bias, dense_kernel.configs(dense_fmt, device)[0], device,
+                                              **activation))
+    x = torch.randn(1, model)
+    x_numpy = x.numpy()
+
+    def one_by_one(bound):
+        y = x
+        for layer in bound:
+            y = layer(y)
+        return y
+
+    csr_chain, dense_chain = CsrRowChain(csr_layers), DenseChain(dense_layers)
+    session = ort_chain(layers, threads)
+    reference = torch.from_numpy(session.run(None, {"x": x_numpy})[0])
+    for y in (one_by_one(csr_layers), csr_chain(x), dense_chain(x)):
+        torch.testing.assert_close(y, reference, rtol=1e-3, atol=1e-3)
+    runs = {
+        "csr_layers": lambda: one_by_one(csr_layers),
+        "csr_chain": lambda: csr_chain(x),
+        "dense_layers": lambda: one_by_one(dense_layers),
+        "dense_chain": lambda: dense_chain(x),
+        "ort": lambda: session.run(None, {"x": x_numpy}),
+    }
+    samples = time_round_robin(runs, iters)
+    row = {"suite": "chain", "blocks": blocks, "dims": list(CHAIN_DIMS), "density": density, "threads": threads}
+    for name, times in samples.items():
+        row[f"{name}_us"] = statistics.median(times) * 1e6
+        row[f"{name}_min_us"] = min(times) * 1e6
+    return row
+
+
+def print_chain(row: dict) -> None:
+    names = ("csr_layers", "csr_chain", "dense_layers", "dense_chain", "ort")
+    print(f"{row['density'] * 100:>4.0f}%" + "".join(f"{row[f'{name}_us']:>14.1f}" for name in names)
+          + f"{row['ort_us'] / row['csr_chain_us']:>10.2f}x", flush=True)
+
+
 COLUMNS = [("rows", "rows"), ("sl.scal", "slices_scalar"), ("sl.gath", "slices_gather"), ("dense", "dense")]
 
 
@@ -137,6 +222,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--shapes", default=",".join(SHAPES), help="IN x OUT, comma separated")
     parser.add_argument("--densities", default=",".join(map(str, DENSITIES)), help="percent nonzero, comma separated")
     parser.add_argument("--iters", type=int, default=300, help="timed calls per contender")
+    parser.add_argument("--chain", action="store_true", help="also time the stack of --blocks FFN blocks")
+    parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
@@ -144,13 +231,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     print(f"{args.threads} threads, SIMD width {simd_width()}, torch {torch.__version__}, onnxruntime "
           f"{ort.__version__}, median of {args.iters} warm calls; us and GB/s per cell", flush=True)
-    print_header()
     rows = []
-    for shape in args.shapes.split(","):
-        in_features, out_features = parse_shape(shape)
-        for density in args.densities.split(","):
-            row = run_case(in_features, out_features, float(density) / 100, args.threads, args.iters)
+    shapes = [parse_shape(shape) for shape in args.shapes.split(",") if shape]
+    densities = [float(density) / 100 for density in args.densities.split(",")]
+    if shapes:
+        print_header()
+    for in_features, out_features in shapes:
+        for density in densities:
+            row = run_case(in_features, out_features, density, args.threads, args.iters)
             print_row(row)
+            rows.append(row)
+    if args.chain:
+        print(f"\nchain at batch 1: {args.blocks} x ({CHAIN_DIMS[0]}->{CHAIN_DIMS[1]}, GELU, "
+              f"{CHAIN_DIMS[1]}->{CHAIN_DIMS[0]}), median us")
+        print(f"{'dens':>5}{'CSR layers':>14}{'CSR chain':>14}{'dense layers':>14}{'dense chain':>14}{'ort':>14}"
+              f"{'ort/chain':>10}")
+        for density in densities:
+            row = run_chain(args.blocks, density, args.threads, args.iters)
+            print_chain(row)
             rows.append(row)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

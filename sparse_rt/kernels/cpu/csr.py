@@ -102,9 +102,9 @@ def pack_slices(row_offsets: torch.Tensor, column_indices: torch.Tensor, values:
     last_column = torch.zeros(lanes, dtype=column_indices.dtype)
     filled = lane_lengths > 0
     last_column[filled] = column_indices[row_offsets[slice_rows[filled].long() + 1] - 1]
-    lane_of_entry = torch.arange(total) - torch.repeat_interleave(slice_offsets[:-1], steps * width, output_size=total)
+    within_slice = torch.arange(total) - torch.repeat_interleave(slice_offsets[:-1], steps * width, output_size=total)
     slice_of_entry = torch.repeat_interleave(torch.arange(slices), steps * width, output_size=total)
-    padded_indices = last_column[slice_of_entry * width + lane_of_entry % width]
+    padded_indices = last_column[slice_of_entry * width + within_slice % width]
     padded_indices[destination] = column_indices
     padded_values = torch.zeros(total, dtype=torch.float32)
     padded_values[destination] = values
@@ -131,7 +131,8 @@ class CsrPacked:
     values:         float32 [nnz]
     bias:           float32 [out] or None
     tasks:          row boundaries per thread count, balancing nonzeros
-    slices:         the batch-1 "slices" layout (gemv_layout "slices"), else None
+    slices:         the batch-1 "slices" layout (gemv_layout "slices"), else None; a second
+                    copy of the nonzeros (the batched kernel reads the rows above)
     """
 
     shape: tuple[int, int]
