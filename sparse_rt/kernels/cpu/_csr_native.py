@@ -14,6 +14,8 @@ Batch 1, two layouts:
   read: "gather" (the SIMD gather) or "scalar" (VL scalar loads put together with
   inserts, the indices read 64 bits at a time): on AMD Zen 3 the AVX2 gather is the
   slower of the two (13 against 24 GB/s on one core for 384x384 at 10 %).
+  `csr_slices_chain` runs several such layers, each reading the previous one's output,
+  in one call.
 
 Batched (`csr_gemm_<index>`): x [rows, in] is first transposed into a scratch of
 batch tiles, tile b0 a contiguous xT block [in, width] (width = `batch_vectors` SIMD
