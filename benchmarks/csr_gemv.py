@@ -6,6 +6,7 @@ For each shape (IN x OUT) and density, with a bias, one input row:
   rows        csr_cpu_rowwise, gemv_layout "rows" (a gather dot product per row: the kernel
               before the slices layout)
   slices      csr_cpu_rowwise, gemv_layout "slices", x read with scalar loads and with the gather
+              (all on --threads threads: gemv_threads 0)
   dense       dense_cpu_native on the dense weight
   ort         onnxruntime Gemm on the dense weight (intra_op_num_threads = --threads)
 
@@ -48,10 +49,11 @@ from sparse_rt.kernels.registry import get_kernel
 
 SHAPES = ("384x384", "1536x384", "384x1536", "768x3072", "3072x768")
 DENSITIES = (10, 5)
+# every layout on all --threads (gemv_threads 0), whatever the default config caps
 CSR_LAYOUTS = {
-    "rows": {"gemv_layout": "rows", "x_loads": "gather"},
-    "slices_scalar": {"gemv_layout": "slices", "x_loads": "scalar"},
-    "slices_gather": {"gemv_layout": "slices", "x_loads": "gather"},
+    "rows": {"gemv_layout": "rows", "x_loads": "gather", "gemv_threads": 0},
+    "slices_scalar": {"gemv_layout": "slices", "x_loads": "scalar", "gemv_threads": 0},
+    "slices_gather": {"gemv_layout": "slices", "x_loads": "gather", "gemv_threads": 0},
 }
 
 
@@ -160,7 +162,7 @@ def run_chain(blocks: int, density: float, threads: int, iters: int) -> dict:
         layers.append((weight, bias))
         activation = {"activation": "gelu"} if index % 2 == 0 else {}
         fmt, dense_fmt = CsrFormat.from_dense(weight), DenseFormat.from_dense(weight)
-        config = {**csr_kernel.configs(fmt, device)[0], "gemv_layout": "slices"}
+        config = {**csr_kernel.configs(fmt, device)[0], "gemv_layout": "slices", "gemv_threads": 0}
         csr_layers.append(csr_kernel.bind(fmt, bias, config, device, **activation))
         dense_layers.append(dense_kernel.bind(dense_fmt, bias, dense_kernel.configs(dense_fmt, device)[0], device,
                                               **activation))

@@ -116,6 +116,19 @@ def test_configs_offer_both_layouts_and_old_configs_load():
         KERNEL.bind(fmt, None, {**CONFIG, "gemv_layout": "columns"}, torch.device("cpu"))
     with pytest.raises(ValueError, match="x_loads"):
         KERNEL.bind(fmt, None, {**CONFIG, "x_loads": "vector"}, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"expected gemv_threads in \[0, 1024\], got -1"):
+        KERNEL.bind(fmt, None, {**CONFIG, "gemv_threads": -1}, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("layout", ["rows", "slices"])
+def test_gemv_threads_caps_the_batch_one_call(layout):
+    fmt = CsrFormat.from_dense(masked_weight(300, 200, 0.2, seed=9))
+    torch.set_num_threads(2)
+    linear = KERNEL.bind(fmt, None, {**CONFIG, "gemv_layout": layout, "gemv_threads": 1}, torch.device("cpu"))
+    x = torch.randn(1, 200)
+    assert_close(linear(x), x @ fmt.to_dense().T, rtol=1e-5)
+    if layout == "slices":
+        assert linear._launch(1) in linear._launches.values() and 2 not in linear._launches
 
 
 OTHER_ISA_SCRIPT = """

@@ -144,11 +144,14 @@ def test_csr_row_chain_takes_any_single_row_shape():
     weights = [masked_weight(6, 6, 0.5, seed=1), masked_weight(9, 6, 0.5, seed=2)]
     biases = [torch.randn(6), torch.randn(9)]
     layers = []
-    for weight, bias, activation in zip(weights, biases, ({"activation": "gelu"}, {})):
+    # the second layer runs on one thread at most, the first on all
+    for weight, bias, activation, cap in zip(weights, biases, ({"activation": "gelu"}, {}), (0, 1)):
         fmt = CsrFormat.from_dense(weight)
-        config = {**kernel.configs(fmt, torch.device("cpu"))[0], "gemv_layout": "slices"}
+        config = {**kernel.configs(fmt, torch.device("cpu"))[0], "gemv_layout": "slices", "gemv_threads": cap}
         layers.append(kernel.bind(fmt, bias, config, torch.device("cpu"), **activation))
     chain = CsrRowChain(layers)
+    torch.set_num_threads(2)
+    assert chain._table(2)[:, 1].tolist() == [2, 1]  # threads per layer
     for x in (torch.randn(1, 6), torch.randn(6), torch.randn(1, 1, 6)):
         expected = torch.nn.functional.linear(torch.nn.functional.gelu(x @ weights[0].T + biases[0]), weights[1], biases[1])
         y = chain(x)

@@ -297,26 +297,26 @@ DEFINE_CSR(i32, int32_t)
 
 /* Batch-1 layers of the slices layout run back to back, each reading the previous one's
    output: x [in_0] -> y [out_last], no Python between. layers: int64 [count, CSR_CHAIN_FIELDS]
-   rows of (variant = 2 * index (0 i8, 1 i16, 2 i32) + loads (0 gather, 1 scalar), tasks,
-   task_slices, slice_offsets, slice_rows, column_indices, values, slice_bias, gelu), pointers
-   as integers. The outputs between layers alternate between work and work + max_out. */
-#define CSR_CHAIN_FIELDS 9
-void csr_slices_chain(int num_threads, int64_t count, const int64_t* layers, const float* x, float* work,
-                      int64_t max_out, float* y) {
+   rows of (variant = 2 * index (0 i8, 1 i16, 2 i32) + loads (0 gather, 1 scalar), threads,
+   tasks, task_slices, slice_offsets, slice_rows, column_indices, values, slice_bias, gelu),
+   pointers as integers. The outputs between layers alternate between work and work + max_out. */
+#define CSR_CHAIN_FIELDS 10
+void csr_slices_chain(int64_t count, const int64_t* layers, const float* x, float* work, int64_t max_out,
+                      float* y) {
     const float* input = x;
     for (int64_t i = 0; i < count; i++) {
         const int64_t* l = layers + CSR_CHAIN_FIELDS * i;
         float* output = i == count - 1 ? y : work + (i % 2) * max_out;
-        const int64_t *task_slices = (const int64_t*)(intptr_t)l[2], *slice_offsets = (const int64_t*)(intptr_t)l[3];
-        const int32_t* slice_rows = (const int32_t*)(intptr_t)l[4];
-        const void* column_indices = (const void*)(intptr_t)l[5];
-        const float *values = (const float*)(intptr_t)l[6], *slice_bias = (const float*)(intptr_t)l[7];
+        const int64_t *task_slices = (const int64_t*)(intptr_t)l[3], *slice_offsets = (const int64_t*)(intptr_t)l[4];
+        const int32_t* slice_rows = (const int32_t*)(intptr_t)l[5];
+        const void* column_indices = (const void*)(intptr_t)l[6];
+        const float *values = (const float*)(intptr_t)l[7], *slice_bias = (const float*)(intptr_t)l[8];
         switch (l[0]) {
 #define CSR_CHAIN_CASE(VARIANT, IDX, ITYPE, LOADS)                                                   \
         case VARIANT:                                                                            \
-            csr_slices_gemv_##IDX##_##LOADS(num_threads, l[1], task_slices, slice_offsets, slice_rows, \
+            csr_slices_gemv_##IDX##_##LOADS((int)l[1], l[2], task_slices, slice_offsets, slice_rows, \
                                             (const ITYPE*)column_indices, values, slice_bias, input, \
-                                            output, l[8]);                                      \
+                                            output, l[9]);                                      \
             break;
         CSR_CHAIN_CASE(0, i8, int8_t, gather) CSR_CHAIN_CASE(1, i8, int8_t, scalar)
         CSR_CHAIN_CASE(2, i16, int16_t, gather) CSR_CHAIN_CASE(3, i16, int16_t, scalar)
@@ -353,12 +353,12 @@ def csr_slices_gemv(index: str, loads: str):
 
 @functools.cache
 def csr_slices_chain():
-    """`csr_slices_chain`: (threads, count, layers int64 [count, 9], x [in_0], work float32
+    """`csr_slices_chain`: (count, layers int64 [count, 10], x [in_0], work float32
     [2 * max_out], max_out, y [out_last]); a layers row is (2 * CHAIN_INDEX_CODES[index] +
-    CHAIN_LOADS_CODES[loads], tasks, task_slices, slice_offsets, slice_rows, column_indices,
-    values, slice_bias, gelu)."""
+    CHAIN_LOADS_CODES[loads], threads, tasks, task_slices, slice_offsets, slice_rows,
+    column_indices, values, slice_bias, gelu)."""
     library = load_library("csr", SOURCE)
-    return declare(library, "csr_slices_chain", [ctypes.c_int, _I, _P, _P, _P, _I, _P])
+    return declare(library, "csr_slices_chain", [_I, _P, _P, _P, _I, _P])
 
 
 @functools.cache

@@ -206,7 +206,7 @@ def csr_rows_linear(rows: torch.Tensor, packed: CsrPacked, options: CsrOptions, 
     if batch == 0:
         return y
     if batch == 1 and packed.slices is not None:
-        num_threads = threads()
+        num_threads = gemv_threads(options)
         slices = packed.slices
         split = slices.tasks(num_threads)
         csr_slices_gemv(packed.index, options.x_loads)(
@@ -216,7 +216,7 @@ def csr_rows_linear(rows: torch.Tensor, packed: CsrPacked, options: CsrOptions, 
         )
         return y
     if batch == 1:
-        num_threads = threads()
+        num_threads = gemv_threads(options)
         split = packed.tasks(num_threads)
         csr_gemv(packed.index, options.unroll)(
             num_threads, split.shape[0] - 1, pointer(split), pointer(packed.row_offsets),
@@ -225,6 +225,12 @@ def csr_rows_linear(rows: torch.Tensor, packed: CsrPacked, options: CsrOptions, 
         return gelu_erf(y) if gelu else y
     _gemm(packed, options, batch, rows, False, y, False, gelu)
     return y
+
+
+def gemv_threads(options: CsrOptions) -> int:
+    """Threads of a batch-1 call: the runtime's count, at most options.gemv_threads (0: no cap)."""
+    num_threads = threads()
+    return min(num_threads, options.gemv_threads) if options.gemv_threads else num_threads
 
 
 def _gemm(packed: CsrPacked, options: CsrOptions, batch: int, x: torch.Tensor, x_tiles: bool, y: torch.Tensor,
@@ -317,7 +323,7 @@ class BoundCsr:
             and x.is_contiguous()
         ):
             y = torch.empty(1, self._out_features)
-            self._slices_gemv(*self._launch(threads()), x.data_ptr(), y.data_ptr(), self.gelu)
+            self._slices_gemv(*self._launch(gemv_threads(self.options)), x.data_ptr(), y.data_ptr(), self.gelu)
             return y
         return csr_linear(x, self.packed, self.options, self.gelu, self.tiles_out)
 
@@ -350,9 +356,10 @@ class CsrRowChain:
         if table is None:
             rows = []
             for layer in self.layers:
-                _, tasks, *pointers = layer._launch(num_threads)
+                cap = layer.options.gemv_threads
+                layer_threads, tasks, *pointers = layer._launch(min(num_threads, cap) if cap else num_threads)
                 variant = 2 * CHAIN_INDEX_CODES[layer.packed.index] + CHAIN_LOADS_CODES[layer.options.x_loads]
-                rows.append([variant, tasks, *pointers, int(layer.gelu)])
+                rows.append([variant, layer_threads, tasks, *pointers, int(layer.gelu)])
             table = torch.tensor(rows, dtype=torch.int64)
             self._tables[num_threads] = table
         return table
@@ -364,8 +371,8 @@ class CsrRowChain:
         num_threads = threads()
         y = torch.empty(1, self.out_features)
         work = torch.empty(2 * self._max_between)
-        csr_slices_chain()(num_threads, len(self.layers), pointer(self._table(num_threads)), pointer(row),
-                           pointer(work), self._max_between, pointer(y))
+        csr_slices_chain()(len(self.layers), pointer(self._table(num_threads)), pointer(row), pointer(work),
+                           self._max_between, pointer(y))
         return shaped_like(y, x)
 
 
