@@ -11,8 +11,9 @@ to another kernel) it calls the layers one by one, as before.
 Why: after a layer streams its weight through the caches, the Python between two
 kernel calls runs from cold caches and cost about 17 us a layer, against 180 us for the
 layer itself on a 768x3072 weight at batch 1. An 8-layer MLP went from 1.56 to 1.41 ms.
-Sparse layers are shorter still (a 384x1536 CSR layer at 10 % takes about 15 us), so the
-Python between them weighs more.
+Sparse layers are shorter still (a 384x1536 CSR layer at 10 % takes about 20 us), so the
+Python between them weighs more: 4 FFN blocks of 384->1536->384 at 10 % went from 257 to
+162 us on one thread (benchmarks/results/csr_gemv.md).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _csr_row_kernels(linears: Sequence[BoundSparseLinear]) -> list[BoundCsr] | N
 
 
 def chain_dense_steps(steps: list) -> list:
-    """The session's planned steps with each run of linked dense layers merged into one
+    """The session's planned steps with each run of linked dense or CSR layers merged into one
     (see the module docstring); other steps are kept as they are."""
     merged: list = []
     run: list = []

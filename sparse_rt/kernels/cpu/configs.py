@@ -192,7 +192,8 @@ def csr_configs(weight, device: torch.device) -> list[Config]:
 
 def default_x_loads() -> str:
     """How the batch-1 "slices" kernel reads x by default: scalar loads with AVX2 (on AMD Zen 3
-    the AVX2 gather was 1.8x slower, benchmarks/results/csr_gemv.md), the gather with AVX-512."""
+    the AVX2 gather was 1.3x to 1.8x slower, benchmarks/results/csr_gemv.md), the gather with
+    AVX-512 (not measured against scalar loads yet; the tuner times both)."""
     return "gather" if simd_width() == 16 else "scalar"
 
 
