@@ -13,7 +13,8 @@ Batch 1, two layouts:
   leaves almost no padding (0.1-1 % at 90 % random sparsity). `loads` says how x is
   read: "gather" (the SIMD gather) or "scalar" (VL scalar loads put together with
   inserts, the indices read 64 bits at a time): on AMD Zen 3 the AVX2 gather is the
-  slower of the two (13 against 24 GB/s on one core for 384x384 at 10 %).
+  slower of the two (13 against 24 GB/s on one core for 384x384 at 10 %), on an AVX-512
+  Xeon the faster.
   `csr_slices_chain` runs several such layers, each reading the previous one's output,
   in one call.
 
