@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from typing import TypeVar
 
 from sparse_rt.kernels.registry import Config
@@ -17,9 +17,11 @@ OptionsT = TypeVar("OptionsT")
 
 
 def parse_options(cls: type[OptionsT], config: Config) -> OptionsT:
-    """The options a config dict stands for; ValueError names missing and unknown keys."""
+    """The options a config dict stands for (fields with a default may be left out: configs
+    saved before the field existed); ValueError names missing and unknown keys."""
     expected = {f.name for f in fields(cls)}
-    if set(config) != expected:
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    if not required <= set(config) <= expected:
         raise ValueError(f"{cls.__name__}: expected config keys {sorted(expected)}, got {sorted(config)}")
     return cls(**config)
 

@@ -26,6 +26,10 @@ from sparse_rt.kernels.registry import Config
 # Measured on 2 cores (benchmarks/layers.py): a few tasks per thread balance the nnz-split rows
 # without paying for scheduling; 4 was within noise of the best on every shape tried.
 DEFAULT_TASKS_PER_THREAD = 4
+# Below this many nonzeros a batch-1 CSR call runs on one thread by default: 384x384 at 10 %
+# (14.7k nonzeros) took 9.4 us on one thread against 12.5 us on two (2 cores, median of 300),
+# where 1536x384 at 10 % (59k) was faster on two (15.6 against 18.9 us).
+GEMV_ONE_THREAD_NNZ = 32768
 # Batch lanes per register tile of the batched sparse kernels: 32 lanes (two AVX-512 or four
 # AVX2 registers) was the fastest at batch 32 for CSR and BSR.
 DEFAULT_BATCH_LANES = 32
@@ -74,20 +78,40 @@ class TorchDenseOptions:
             raise ValueError(f"TorchDenseOptions: expected layout 'out_in' or 'in_out', got {self.layout!r}")
 
 
+CSR_GEMV_LAYOUTS = ("rows", "slices")
+X_LOADS = ("gather", "scalar")
+
+
 @dataclass(frozen=True)
 class CsrOptions:
-    """tasks_per_thread: nnz-balanced row ranges per thread.
-    unroll:        SIMD accumulators per row at batch 1 (1, 2 or 4).
-    batch_vectors: SIMD registers per batch tile when batched (1..4)."""
+    """tasks_per_thread: nnz-balanced row ranges (or slices) per thread.
+    unroll:        SIMD accumulators per row at batch 1 with layout "rows" (1, 2 or 4).
+    batch_vectors: SIMD registers per batch tile when batched (1..4).
+    gemv_layout:   the batch-1 kernel: "rows" (a gather dot product per row) or "slices"
+                   (rows sorted by length, SIMD-width rows a slice, one lane per row).
+    x_loads:       how the "slices" kernel reads x: "gather" (SIMD gather) or "scalar"
+                   (scalar loads and inserts); the "rows" kernel always gathers.
+    gemv_threads:  threads of the batch-1 kernel at most (0: as many as the runtime runs); a
+                   small layer can take longer on two threads than its work on one.
+
+    gemv_layout, x_loads and gemv_threads default to what configs saved before they existed ran."""
 
     tasks_per_thread: int
     unroll: int
     batch_vectors: int
+    gemv_layout: str = "rows"
+    x_loads: str = "gather"
+    gemv_threads: int = 0
 
     def __post_init__(self) -> None:
         _check_range(self, "tasks_per_thread", 1, 256)
         _check_int(self, "unroll", (1, 2, 4))
         _check_range(self, "batch_vectors", 1, 4)
+        if self.gemv_layout not in CSR_GEMV_LAYOUTS:
+            raise ValueError(f"CsrOptions: expected gemv_layout in {list(CSR_GEMV_LAYOUTS)}, got {self.gemv_layout!r}")
+        if self.x_loads not in X_LOADS:
+            raise ValueError(f"CsrOptions: expected x_loads in {list(X_LOADS)}, got {self.x_loads!r}")
+        _check_range(self, "gemv_threads", 0, 1024)
 
 
 @dataclass(frozen=True)
@@ -138,7 +162,8 @@ def torch_dense_configs(weight, device: torch.device) -> list[Config]:
 
 
 def csr_configs(weight, device: torch.device) -> list[Config]:
-    """CSR: tasks per thread, accumulators per row (batch 1), batch tile (batched)."""
+    """CSR: tasks per thread, batch-1 layout, x loads (accumulators per row for "rows") and
+    threads, batch tile (batched)."""
     lengths = weight.row_offsets.diff()
     mean = float(lengths.float().mean()) if lengths.numel() else 0.0
     # rows shorter than two registers cannot use more than one accumulator
@@ -147,13 +172,29 @@ def csr_configs(weight, device: torch.device) -> list[Config]:
         tasks_per_thread=DEFAULT_TASKS_PER_THREAD,
         unroll=unroll,
         batch_vectors=_batch_vectors(),
+        gemv_layout="slices",
+        x_loads=default_x_loads(),
+        gemv_threads=1 if int(weight.row_offsets[-1]) < GEMV_ONE_THREAD_NNZ else 0,
     )
     axes = {
         "tasks_per_thread": [1, DEFAULT_TASKS_PER_THREAD, 16],
+        "gemv_layout": list(CSR_GEMV_LAYOUTS),
+        "x_loads": list(X_LOADS),
+        "gemv_threads": [0, 1],
         "unroll": [1, 2, 4],
         "batch_vectors": sorted({1, _batch_vectors(), 4}),
     }
-    return config_space(default, axes)
+    # unroll only matters to "rows", x_loads only to "slices"; the thread cap is tried on "slices"
+    keep = (lambda o: o.x_loads == "gather" and o.gemv_threads == default.gemv_threads if o.gemv_layout == "rows"
+            else o.unroll == default.unroll)
+    return config_space(default, axes, keep)
+
+
+def default_x_loads() -> str:
+    """How the batch-1 "slices" kernel reads x by default: scalar loads with AVX2 (on AMD Zen 3
+    the AVX2 gather was 1.3x to 1.8x slower), the gather with AVX-512 (on an Intel Xeon 16
+    scalar loads and inserts were 1.0x to 1.55x slower); benchmarks/results/csr_gemv.md."""
+    return "gather" if simd_width() == 16 else "scalar"
 
 
 def block_configs(weight, device: torch.device) -> list[Config]:

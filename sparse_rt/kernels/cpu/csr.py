@@ -2,19 +2,30 @@
 
 `pack_csr` converts the arrays once per layer (int64 row offsets, float32 values,
 column indices kept in their narrow int8/int16/int32 dtype, which the kernels widen
-in registers) and splits the rows into tasks of about equal nonzeros. `csr_linear`
-runs the C kernels of `_csr_native`: one input row takes the gather dot product
-kernel; several take the transposed-input kernel, where each nonzero is a
-contiguous batch-wide multiply-add.
+in registers) and splits the rows into tasks of about equal nonzeros; with
+gemv_layout "slices" it also builds the row-sliced copy the batch-1 kernel reads
+(`pack_slices`; the CsrFormat itself is unchanged). `csr_linear` runs the C kernels
+of `_csr_native`: one input row takes the batch-1 kernel of the options' layout
+(a gather dot product per row, or one SIMD lane per row over sorted slices);
+several take the transposed-input kernel, where each nonzero is a contiguous
+batch-wide multiply-add.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
-from sparse_rt.kernels.cpu._csr_native import csr_gemm, csr_gemv
+from sparse_rt.kernels.cpu._csr_native import (
+    CHAIN_INDEX_CODES,
+    CHAIN_LOADS_CODES,
+    csr_gemm,
+    csr_gemv,
+    csr_slices_chain,
+    csr_slices_gemv,
+)
 from sparse_rt.kernels.cpu._launch import (
     TaskSplit,
     bias_of,
@@ -33,6 +44,82 @@ from sparse_rt.kernels.registry import Config, Kernel, register_kernel
 INDEX_NAMES = {torch.int8: "i8", torch.int16: "i16", torch.int32: "i32"}
 # Cost of a row beyond its nonzeros (loop set-up, reduction, store), in nonzeros, for the split.
 ROW_OVERHEAD = 8
+# Cost of a slice beyond its steps (set-up, the scattered store of its outputs), in steps.
+SLICE_OVERHEAD = 2
+
+
+@dataclass(frozen=True)
+class CsrSlices:
+    """The batch-1 "slices" layout of a CSR weight (SELL-C-sigma: C = `width`, the SIMD width,
+    sigma = all rows). Rows are sorted by length, longest first (stable), and cut into slices of
+    `width` rows; slice s holds its steps j = 0 .. its longest row's length - 1, step j being
+    `width` entries, entry l the j-th nonzero of the slice's l-th row (value 0 past that row's end,
+    column index its last column, or 0 for an empty row: a NaN or inf in x there leaks into the
+    row, as it does through every zero weight of a dense kernel).
+
+    slice_offsets:  int64 [slices + 1]; slice s is entries slice_offsets[s]:slice_offsets[s + 1]
+    slice_rows:     int32 [slices * width]; the output row of each lane, -1 past the last row
+    column_indices: the CSR index dtype [slice_offsets[-1]]
+    values:         float32 [slice_offsets[-1]]
+    slice_bias:     float32 [slices * width]; each lane's bias (0 without a bias or a row)
+    tasks:          slice boundaries per thread count, balancing steps
+    """
+
+    width: int
+    slice_offsets: torch.Tensor
+    slice_rows: torch.Tensor
+    column_indices: torch.Tensor
+    values: torch.Tensor
+    slice_bias: torch.Tensor
+    tasks: TaskSplit
+
+
+def pack_slices(row_offsets: torch.Tensor, column_indices: torch.Tensor, values: torch.Tensor,
+                bias: torch.Tensor | None, width: int, tasks_per_thread: int) -> CsrSlices:
+    """The "slices" layout (CsrSlices) of CSR arrays: row_offsets int64 [out + 1], column_indices
+    [nnz], values float32 [nnz], bias float32 [out] or None, `width` rows a slice."""
+    out_features = row_offsets.shape[0] - 1
+    lengths = row_offsets.diff()
+    order = torch.sort(lengths, descending=True, stable=True).indices  # lane position -> row
+    slices = -(-out_features // width)
+    lanes = slices * width
+    slice_rows = torch.full((lanes,), -1, dtype=torch.int32)
+    slice_rows[:out_features] = order.to(torch.int32)
+    lane_lengths = torch.zeros(lanes, dtype=torch.int64)
+    lane_lengths[:out_features] = lengths[order]
+    steps = lane_lengths.view(slices, width).amax(1) if slices else lane_lengths[:0]
+    slice_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), (steps * width).cumsum(0)])
+    total = int(slice_offsets[-1])
+    # every entry's place: slice of its row, step = its rank in the row, lane of its row
+    position = torch.empty(out_features, dtype=torch.int64)
+    position[order] = torch.arange(out_features)
+    nnz = values.shape[0]
+    entry_rows = torch.repeat_interleave(torch.arange(out_features), lengths, output_size=nnz)
+    rank = torch.arange(nnz) - row_offsets[entry_rows]
+    row_position = position[entry_rows]
+    destination = slice_offsets[row_position // width] + rank * width + row_position % width
+    # padding: each lane repeats its row's last column (0 for an empty or missing row)
+    last_column = torch.zeros(lanes, dtype=column_indices.dtype)
+    filled = lane_lengths > 0
+    last_column[filled] = column_indices[row_offsets[slice_rows[filled].long() + 1] - 1]
+    within_slice = torch.arange(total) - torch.repeat_interleave(slice_offsets[:-1], steps * width, output_size=total)
+    slice_of_entry = torch.repeat_interleave(torch.arange(slices), steps * width, output_size=total)
+    padded_indices = last_column[slice_of_entry * width + within_slice % width]
+    padded_indices[destination] = column_indices
+    padded_values = torch.zeros(total, dtype=torch.float32)
+    padded_values[destination] = values
+    slice_bias = torch.zeros(lanes, dtype=torch.float32)
+    if bias is not None:
+        slice_bias[:out_features] = bias[order]
+    return CsrSlices(
+        width=width,
+        slice_offsets=slice_offsets,
+        slice_rows=slice_rows,
+        column_indices=padded_indices.contiguous(),
+        values=padded_values,
+        slice_bias=slice_bias,
+        tasks=TaskSplit(steps + SLICE_OVERHEAD, tasks_per_thread),
+    )
 
 
 @dataclass(frozen=True)
@@ -44,6 +131,8 @@ class CsrPacked:
     values:         float32 [nnz]
     bias:           float32 [out] or None
     tasks:          row boundaries per thread count, balancing nonzeros
+    slices:         the batch-1 "slices" layout (gemv_layout "slices"), else None; a second
+                    copy of the nonzeros (the batched kernel reads the rows above)
     """
 
     shape: tuple[int, int]
@@ -53,6 +142,7 @@ class CsrPacked:
     values: torch.Tensor
     bias: torch.Tensor | None
     tasks: TaskSplit
+    slices: CsrSlices | None = None
 
 
 def pack_csr_arrays(
@@ -73,14 +163,19 @@ def pack_csr_arrays(
     row_offsets = row_offsets.to(torch.int64).contiguous()
     column_indices = column_indices.contiguous()
     values = values.to(torch.float32).contiguous()
+    bias = bias_of(bias, out_features, what)
+    slices = None
+    if options.gemv_layout == "slices":
+        slices = pack_slices(row_offsets, column_indices, values, bias, simd_width(), options.tasks_per_thread)
     return CsrPacked(
         shape=(out_features, in_features),
         index=INDEX_NAMES[column_indices.dtype],
         row_offsets=row_offsets,
         column_indices=column_indices,
         values=values,
-        bias=bias_of(bias, out_features, what),
+        bias=bias,
         tasks=TaskSplit(row_offsets.diff() + ROW_OVERHEAD, options.tasks_per_thread),
+        slices=slices,
     )
 
 
@@ -110,8 +205,18 @@ def csr_rows_linear(rows: torch.Tensor, packed: CsrPacked, options: CsrOptions, 
     y = torch.empty(batch, out_features, dtype=torch.float32)
     if batch == 0:
         return y
+    if batch == 1 and packed.slices is not None:
+        num_threads = gemv_threads(options)
+        slices = packed.slices
+        split = slices.tasks(num_threads)
+        csr_slices_gemv(packed.index, options.x_loads)(
+            num_threads, split.shape[0] - 1, pointer(split), pointer(slices.slice_offsets),
+            pointer(slices.slice_rows), pointer(slices.column_indices), pointer(slices.values),
+            pointer(slices.slice_bias), pointer(rows), pointer(y), int(gelu),
+        )
+        return y
     if batch == 1:
-        num_threads = threads()
+        num_threads = gemv_threads(options)
         split = packed.tasks(num_threads)
         csr_gemv(packed.index, options.unroll)(
             num_threads, split.shape[0] - 1, pointer(split), pointer(packed.row_offsets),
@@ -120,6 +225,12 @@ def csr_rows_linear(rows: torch.Tensor, packed: CsrPacked, options: CsrOptions, 
         return gelu_erf(y) if gelu else y
     _gemm(packed, options, batch, rows, False, y, False, gelu)
     return y
+
+
+def gemv_threads(options: CsrOptions) -> int:
+    """Threads of a batch-1 call: the runtime's count, at most options.gemv_threads (0: no cap)."""
+    num_threads = threads()
+    return min(num_threads, options.gemv_threads) if options.gemv_threads else num_threads
 
 
 def _gemm(packed: CsrPacked, options: CsrOptions, batch: int, x: torch.Tensor, x_tiles: bool, y: torch.Tensor,
@@ -168,16 +279,111 @@ def csr_linear(x: torch.Tensor | BatchTiles, packed: CsrPacked, options: CsrOpti
     return y.reshape(*leading, out_features)
 
 
+class BoundCsr:
+    """x -> csr_linear(x, packed, options, gelu, tiles_out): a layer bound to the CSR kernels.
+
+    A single contiguous float32 row [1, in] with the "slices" layout goes straight to the C
+    kernel, its weight-side arguments made once (per thread count for the task split): at
+    384x384 and 10 % the kernel takes about 4 us, and the general path spent 7 us more in
+    Python."""
+
+    def __init__(self, packed: CsrPacked, options: CsrOptions, gelu: bool, tiles_out: bool) -> None:
+        self.packed = packed
+        self.options = options
+        self.gelu = gelu
+        self.tiles_out = tiles_out
+        self._row_shape = torch.Size([1, packed.shape[1]])
+        self._out_features = packed.shape[0]
+        self._launches: dict[int, tuple] = {}
+        self._slices_gemv = None
+        if packed.slices is not None:
+            slices = packed.slices
+            self._slices_gemv = csr_slices_gemv(packed.index, options.x_loads)
+            self._weight_pointers = (
+                pointer(slices.slice_offsets), pointer(slices.slice_rows), pointer(slices.column_indices),
+                pointer(slices.values), pointer(slices.slice_bias),
+            )
+
+    def _launch(self, num_threads: int) -> tuple:
+        """(threads, tasks, task boundaries, weight-side pointers...) of the slices kernel."""
+        launch = self._launches.get(num_threads)
+        if launch is None:
+            split = self.packed.slices.tasks(num_threads)
+            launch = (num_threads, split.shape[0] - 1, pointer(split), *self._weight_pointers)
+            self._launches[num_threads] = launch
+        return launch
+
+    def __call__(self, x):
+        if (
+            self._slices_gemv is not None
+            and type(x) is torch.Tensor
+            and x.shape == self._row_shape
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and x.is_contiguous()
+        ):
+            y = torch.empty(1, self._out_features)
+            self._slices_gemv(*self._launch(gemv_threads(self.options)), x.data_ptr(), y.data_ptr(), self.gelu)
+            return y
+        return csr_linear(x, self.packed, self.options, self.gelu, self.tiles_out)
+
+
+class CsrRowChain:
+    """Layers bound by `bind_csr` with the "slices" layout where each reads the previous one's
+    output, run at batch 1 in one C call (`csr_slices_chain`): x float32 [..., in of the first]
+    with one row -> y float32 [..., out of the last]. Other row counts are not its to run."""
+
+    def __init__(self, layers: Sequence[BoundCsr]) -> None:
+        if len(layers) < 2:
+            raise ValueError(f"CsrRowChain: expected at least 2 layers, got {len(layers)}")
+        for i, layer in enumerate(layers):
+            if layer.packed.slices is None:
+                raise ValueError(f"CsrRowChain: layer {i}: expected gemv_layout 'slices', got "
+                                 f"{layer.options.gemv_layout!r}")
+        for i, (a, b) in enumerate(zip(layers, layers[1:])):
+            if a.packed.shape[0] != b.packed.shape[1]:
+                raise ValueError(f"CsrRowChain: layer {i} gives {a.packed.shape[0]} features but layer {i + 1} "
+                                 f"takes {b.packed.shape[1]}")
+        self.layers = tuple(layers)
+        self.in_features = layers[0].packed.shape[1]
+        self.out_features = layers[-1].packed.shape[0]
+        self._max_between = max(layer.packed.shape[0] for layer in layers[:-1])
+        self._tables: dict[int, torch.Tensor] = {}
+
+    def _table(self, num_threads: int) -> torch.Tensor:
+        """The layers' rows for `csr_slices_chain` at this thread count (task splits differ)."""
+        table = self._tables.get(num_threads)
+        if table is None:
+            rows = []
+            for layer in self.layers:
+                cap = layer.options.gemv_threads
+                layer_threads, tasks, *pointers = layer._launch(min(num_threads, cap) if cap else num_threads)
+                variant = 2 * CHAIN_INDEX_CODES[layer.packed.index] + CHAIN_LOADS_CODES[layer.options.x_loads]
+                rows.append([variant, layer_threads, tasks, *pointers, int(layer.gelu)])
+            table = torch.tensor(rows, dtype=torch.int64)
+            self._tables[num_threads] = table
+        return table
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        row = rows_of(x, self.in_features, "csr_row_chain")
+        if row.shape[0] != 1:
+            raise ValueError(f"csr_row_chain: input 'x': expected one row of {self.in_features}, got {list(x.shape)}")
+        num_threads = threads()
+        y = torch.empty(1, self.out_features)
+        work = torch.empty(2 * self._max_between)
+        csr_slices_chain()(len(self.layers), pointer(self._table(num_threads)), pointer(row), pointer(work),
+                           self._max_between, pointer(y))
+        return shaped_like(y, x)
+
+
 def bind_csr(weight, bias: torch.Tensor | None, config: Config, device: torch.device, activation: str | None = None,
-             tiles_out: bool = False):
+             tiles_out: bool = False) -> BoundCsr:
     """Kernel.bind: pack once, return x -> csr_linear(x) (GELU'd for activation "gelu"; batched
     outputs left as BatchTiles with tiles_out)."""
     check_cpu(device, "csr_linear")
     check_activation(activation, "csr_linear")
     options = parse_options(CsrOptions, config)
-    packed = pack_csr(weight, bias, options)
-    gelu = activation == "gelu"
-    return lambda x: csr_linear(x, packed, options, gelu, tiles_out)
+    return BoundCsr(pack_csr(weight, bias, options), options, activation == "gelu", tiles_out)
 
 
 def csr_linear_reference(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
