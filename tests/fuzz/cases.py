@@ -195,6 +195,9 @@ _FIELD_VALUES = {
     "unroll": st.sampled_from([1, 2, 4]),
     "batch_vectors": st.sampled_from([1, 2, 3, 4]),
     "rows_per_task": st.integers(1, 1 << 20),
+    "gemv_layout": st.sampled_from(["rows", "slices"]),
+    "x_loads": st.sampled_from(["gather", "scalar"]),
+    "gemv_threads": st.integers(0, 1024),
 }
 
 
