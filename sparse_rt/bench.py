@@ -121,8 +121,9 @@ def build_workload(kind: str, sparsity: float, pattern: str, seq_len: int, workd
     return Workload(kind, path, make_feeds, rows, module)
 
 
-def prune(module: torch.nn.Module, sparsity: float, pattern: str) -> None:
-    """Prune every linear (and 1x1 conv) layer with the project's pruners, then bake the zeros in."""
+def prune(module: torch.nn.Module, sparsity: float, pattern: str, filter_fn=None) -> None:
+    """Prune every linear (and 1x1 conv) layer chosen by `filter_fn(module, name)` (default: all)
+    with the project's pruners, then bake the zeros in."""
     from sparse_rt.pruning.magnitude import magnitude_prune
     from sparse_rt.pruning.masks import finalize
     from sparse_rt.pruning.structured import block_prune, nm_prune
@@ -131,13 +132,13 @@ def prune(module: torch.nn.Module, sparsity: float, pattern: str) -> None:
         return
     kind, _, arg = pattern.partition(":")
     if kind == "unstructured":
-        magnitude_prune(module, sparsity)
+        magnitude_prune(module, sparsity, filter_fn=filter_fn)
     elif kind == "block":
         magnitude_block = parse_block(arg)
-        block_prune(module, sparsity, magnitude_block)
+        block_prune(module, sparsity, magnitude_block, filter_fn=filter_fn)
     elif pattern == "n:m" or kind.isdigit():
         n, m = parse_nm(pattern)
-        nm_prune(module, n, m)
+        nm_prune(module, n, m, filter_fn=filter_fn)
     else:
         raise ValueError(f"pattern: expected unstructured, block:RxC or N:M (e.g. 2:4), got {pattern!r}")
     finalize(module)
