@@ -25,11 +25,14 @@ def bind_gelu(node, ctx):
 @register_op("ScaledDotProductAttention", domain=SPARSE_DOMAIN)
 def bind_attention(node, ctx):
     """(q [..., L, E], kT [..., E, S], v [..., S, Ev], mask [.., L or 1, S] float or absent)
-    -> softmax(q kT * scale + mask) v [..., L, Ev]."""
+    -> softmax(q kT * scale + mask) v [..., L, Ev]. Attribute nan_to_zero: a softmax row that is
+    NaN (all of it masked with -inf) weighs v by zeros, so its output row is zero."""
     scale = float(node.attributes["scale"])
+    nan_to_zero = bool(node.attributes.get("nan_to_zero", 0))
 
     def attention(q, k_t, v, mask=None):
-        return F.scaled_dot_product_attention(q, k_t.transpose(-1, -2), v, attn_mask=mask, scale=scale)
+        out = F.scaled_dot_product_attention(q, k_t.transpose(-1, -2), v, attn_mask=mask, scale=scale)
+        return out.nan_to_num_(nan=0.0, posinf=float("inf"), neginf=float("-inf")) if nan_to_zero else out
 
     return attention
 
