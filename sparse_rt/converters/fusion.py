@@ -1,6 +1,8 @@
 """Graph fusions applied at conversion: op chains exporters emit, replaced by one op.
 
   Erf GELU  x * 0.5 * (1 + erf(x / sqrt 2))  (Div or Mul, Erf, Add, Mul, Mul) -> ai.sparse_rt::Gelu
+  Tanh GELU  0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))  (Pow, Mul, Add, Mul, Tanh, Add, Mul,
+             Mul: GPT-2's "gelu_new") -> ai.sparse_rt::Gelu approximate "tanh" (one pass, not eight)
   Attention  MatMul(q, kT), Div or Mul by a scalar (optional), Add of a float mask (optional),
              Softmax over the last axis, MatMul by v -> ai.sparse_rt::ScaledDotProductAttention;
              also torch.export's decomposition of F.scaled_dot_product_attention: q and kT each
@@ -9,7 +11,8 @@
              (torch's fused kernel: 1.5x faster than the five ops at 8 x 128 tokens, BERT-base
              heads; the scores never reach memory whole)
   Residual LayerNorm  Add(a, b), LayerNormalization over the last axis with 1-D constant scale
-             (and bias) -> ai.sparse_rt::AddLayerNormalization (one pass over a row)
+             (and bias) -> ai.sparse_rt::AddLayerNormalization (one pass over a row; the sum is
+             a second output when the residual stream reads it too)
   Linear GELU  SparseLinear, then GELU (erf form) -> SparseLinear with activation "gelu"
              (`fuse_linear_activation`, after lowering: the dense and CSR kernels apply it
              to their outputs in registers)
@@ -32,7 +35,7 @@ from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
 
 def fuse_graph(graph: Graph) -> int:
     """Apply every fusion; returns the number of chains replaced."""
-    return fuse_erf_gelu(graph) + fuse_attention(graph) + fuse_add_layer_norm(graph)
+    return fuse_erf_gelu(graph) + fuse_tanh_gelu(graph) + fuse_attention(graph) + fuse_add_layer_norm(graph)
 
 
 def _scalar(graph: Graph, name: str) -> float | None:
@@ -116,6 +119,79 @@ def fuse_erf_gelu(graph: Graph) -> int:
         removed.update(id(n) for n in chain)
         replacement[id(last)] = Node("Gelu", [x], [last.outputs[0]], {"approximate": "none"},
                                      graph.fresh_name(f"{erf.label()}_gelu"), SPARSE_DOMAIN)
+    _replace(graph, replacement, removed - set(replacement))
+    return len(replacement)
+
+
+def fuse_tanh_gelu(graph: Graph) -> int:
+    """Replace 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 Pow(x, 3)))) by Gelu(x), approximate "tanh".
+
+    The halving may come first (Mul(Mul(x, 0.5), 1 + tanh)) or last (Mul(Mul(x, 1 + tanh), 0.5));
+    every intermediate must be read by the chain alone.
+    """
+    consumers = graph.consumers()
+    outputs = {v.name for v in graph.outputs}
+    producers = graph.producers()
+
+    def only_user(value: str, op_type: str) -> Node | None:
+        return _only_reader(value, consumers, outputs, op_type)
+
+    def scaled(value: str, op_type: str, factor: float) -> tuple[Node, str] | None:
+        """(node, other input) when `value` comes from op_type(other, constant `factor`), read once."""
+        node = producers.get(value)
+        if node is None or node.op_type != op_type or node.domain or len(node.inputs) != 2:
+            return None
+        if value in outputs or len(consumers.get(value, [])) != 1:
+            return None
+        for x, c in (node.inputs, node.inputs[::-1]):
+            if math.isclose(_scalar(graph, c) or 0.0, factor, rel_tol=1e-5):
+                return node, x
+        return None
+
+    removed: set[int] = set()
+    replacement: dict[int, Node] = {}
+    for tanh in graph.nodes:
+        if tanh.op_type != "Tanh" or tanh.domain:
+            continue
+        inner = scaled(tanh.inputs[0], "Mul", math.sqrt(2.0 / math.pi))
+        if inner is None:
+            continue
+        add = producers.get(inner[1])
+        if add is None or add.op_type != "Add" or add.domain or len(consumers.get(inner[1], [])) != 1:
+            continue
+        cube_term = None
+        for x, term in (add.inputs, add.inputs[::-1]):
+            cubic = scaled(term, "Mul", 0.044715)
+            power = cubic and scaled(cubic[1], "Pow", 3.0)
+            if power and power[1] == x:
+                cube_term = (x, [power[0], cubic[0]])
+                break
+        if cube_term is None:
+            continue
+        x, chain = cube_term[0], [*cube_term[1], add, inner[0], tanh]
+        one_plus = only_user(tanh.outputs[0], "Add")
+        if one_plus is None or not _isclose(_scalar(graph, _other(one_plus, tanh.outputs[0]) or ""), 1.0):
+            continue
+        chain.append(one_plus)
+        product = only_user(one_plus.outputs[0], "Mul")
+        if product is None:
+            continue
+        partner = _other(product, one_plus.outputs[0])
+        halved = scaled(partner or "", "Mul", 0.5)
+        if halved is not None and halved[1] == x:  # (x * 0.5) * (1 + tanh)
+            chain += [halved[0], product]
+        elif partner == x:  # (x * (1 + tanh)) * 0.5
+            half = only_user(product.outputs[0], "Mul")
+            if half is None or not _isclose(_scalar(graph, _other(half, product.outputs[0]) or ""), 0.5):
+                continue
+            chain += [product, half]
+        else:
+            continue
+        if any(id(n) in removed for n in chain):
+            continue
+        removed.update(id(n) for n in chain)
+        replacement[id(chain[-1])] = Node("Gelu", [x], [chain[-1].outputs[0]], {"approximate": "tanh"},
+                                          graph.fresh_name(f"{tanh.label()}_gelu"), SPARSE_DOMAIN)
     _replace(graph, replacement, removed - set(replacement))
     return len(replacement)
 
@@ -254,8 +330,10 @@ def _mask_keeps_shape(mask: tuple, scores: tuple) -> bool:
 
 
 def fuse_add_layer_norm(graph: Graph) -> int:
-    """Replace Add -> LayerNormalization (last axis, Y only, 1-D constant scale and bias, the
-    sum read by nothing else) by AddLayerNormalization(a, b, scale, bias), attribute epsilon."""
+    """Replace Add -> LayerNormalization (last axis, Y only, 1-D constant scale and bias) by
+    AddLayerNormalization(a, b, scale, bias), attribute epsilon. When other nodes read the sum
+    too (the residual stream of a pre-norm block: GPT-2, ViT), the fused node also outputs it,
+    so it is still written once. The fused node takes the Add's place in the order."""
     consumers = graph.consumers()
     outputs = {v.name for v in graph.outputs}
     info = _value_info(graph)
@@ -264,9 +342,12 @@ def fuse_add_layer_norm(graph: Graph) -> int:
     for add in graph.nodes:
         if add.op_type != "Add" or add.domain or len(add.inputs) != 2:
             continue
-        norm = _only_reader(add.outputs[0], consumers, outputs, "LayerNormalization")
-        if norm is None:
+        readers = consumers.get(add.outputs[0], [])
+        norms = [n for n in readers if n.op_type == "LayerNormalization" and not n.domain]
+        if len(norms) != 1 or id(norms[0]) in removed:
             continue
+        norm = norms[0]
+        shared = len(readers) > 1 or add.outputs[0] in outputs
         total = info.get(add.outputs[0])
         if total is None or total.shape is None or total.dtype != "float32" or norm.inputs[0] != add.outputs[0]:
             continue
@@ -276,9 +357,10 @@ def fuse_add_layer_norm(graph: Graph) -> int:
         params = [name for name in norm.inputs[1:3] if name]
         if any(name not in graph.constants or graph.constants[name].ndim != 1 for name in params):
             continue
-        removed.add(id(add))
-        replacement[id(norm)] = Node(
-            "AddLayerNormalization", [*add.inputs, *norm.inputs[1:3]], [norm.outputs[0]],
+        removed.add(id(norm))
+        replacement[id(add)] = Node(
+            "AddLayerNormalization", [*add.inputs, *norm.inputs[1:3]],
+            [norm.outputs[0], add.outputs[0]] if shared else [norm.outputs[0]],
             {"epsilon": float(norm.attributes.get("epsilon", 1e-5))},
             graph.fresh_name(f"{norm.label()}_add"), SPARSE_DOMAIN,
         )

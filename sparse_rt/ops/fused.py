@@ -39,18 +39,21 @@ def bind_attention(node, ctx):
 
 @register_op("AddLayerNormalization", domain=SPARSE_DOMAIN)
 def bind_add_layer_normalization(node, ctx):
-    """(a, b, scale [H], bias [H] or absent) -> LayerNormalization(a + b) over the last axis,
-    attribute epsilon. The native kernel takes equal-shaped float32 a and b; anything else
-    (broadcasting, other dtypes, other devices) goes through torch."""
+    """(a, b, scale [H], bias [H] or absent) -> LayerNormalization(a + b) over the last axis
+    [, a + b] (the sum as a second output when the node has one), attribute epsilon. The native
+    kernel takes equal-shaped float32 a and b; anything else (broadcasting, other dtypes, other
+    devices) goes through torch."""
     epsilon = float(node.attributes.get("epsilon", 1e-5))
     native = ctx.device.type == "cpu" and native_available()
+    with_total = len(node.outputs) > 1 and bool(node.outputs[1])
 
     def add_layer_normalization(a, b, scale, bias=None):
         if (native and a.shape == b.shape and a.dtype == b.dtype == scale.dtype == torch.float32
                 and (bias is None or bias.dtype == torch.float32) and a.device.type == "cpu"):
             return add_layer_norm(a.contiguous(), b.contiguous(), scale.contiguous(),
-                                  None if bias is None else bias.contiguous(), epsilon)
+                                  None if bias is None else bias.contiguous(), epsilon, with_total)
         total = a + b
-        return F.layer_norm(total, total.shape[-1:], scale, bias, epsilon)
+        y = F.layer_norm(total, total.shape[-1:], scale, bias, epsilon)
+        return (y, total) if with_total else y
 
     return add_layer_normalization
