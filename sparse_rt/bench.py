@@ -468,6 +468,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     runs.add_argument("--iters", type=int, default=None, help="timed runs per engine and batch")
     runs.add_argument("--seconds", type=float, default=4.0, help="time budget per engine and batch (default)")
     parser.add_argument("--suite", choices=["layers", "models"], default=None, help="run a named suite instead")
+    parser.add_argument("--suite-models", nargs="+", default=None, metavar="MODEL",
+                        help="run only these models of the models suite")
     parser.add_argument("--json", dest="json_path", default=None, help="write every figure to this JSON file")
     parser.add_argument("--per-layer", action="store_true", help="time each node of sparse_rt's graph")
     parser.add_argument("--plot", default=None, help="write a PNG (speedup vs sparsity, time per layer)")
@@ -483,6 +485,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--batch-sizes: expected positive integers, got {args.batch_sizes}")
     if args.seq_len < 1 or args.threads < 1 or args.warmup < 0 or (args.iters is not None and args.iters < 1):
         parser.error("--seq-len, --threads and --iters must be positive, --warmup non-negative")
+    unknown = sorted(set(args.suite_models or ()) - set(MODELS))
+    if unknown:
+        parser.error(f"--suite-models: expected names from {MODELS}, got {unknown}")
     try:
         kind = args.pattern.partition(":")[0]
         if kind == "block":

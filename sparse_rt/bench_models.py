@@ -26,7 +26,8 @@ SUITE = (
 def run_models_suite(args: argparse.Namespace) -> list[Report]:
     """Run every (model, sparsity, pattern) point with the caller's batch sizes and timing options."""
     reports = []
-    for model, sparsity, pattern in tqdm(SUITE, desc="models suite", unit="point", disable=args.quiet):
+    points = [point for point in SUITE if args.suite_models is None or point[0] in args.suite_models]
+    for model, sparsity, pattern in tqdm(points, desc="models suite", unit="point", disable=args.quiet):
         point = copy.copy(args)
         point.model, point.sparsity, point.pattern = model, sparsity, pattern
         point.per_layer, point.quiet, point.no_compare, point.no_memory = False, True, False, True
