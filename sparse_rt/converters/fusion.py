@@ -13,6 +13,9 @@
   Residual LayerNorm  Add(a, b), LayerNormalization over the last axis with 1-D constant scale
              (and bias) -> ai.sparse_rt::AddLayerNormalization (one pass over a row; the sum is
              a second output when the residual stream reads it too)
+  Strided 1x1 conv  Conv with a 1x1 kernel, stride s > 1 and no padding (ResNet's downsampling
+             shortcuts) -> Slice(x, steps s) then the same conv at stride 1, which lowering takes
+             as a linear layer (`split_strided_pointwise_conv`; one op becomes two)
   Linear GELU  SparseLinear, then GELU (erf form) -> SparseLinear with activation "gelu"
              (`fuse_linear_activation`, after lowering: the dense and CSR kernels apply it
              to their outputs in registers)
@@ -30,12 +33,15 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
 
 
 def fuse_graph(graph: Graph) -> int:
     """Apply every fusion; returns the number of chains replaced."""
-    return fuse_erf_gelu(graph) + fuse_tanh_gelu(graph) + fuse_attention(graph) + fuse_add_layer_norm(graph)
+    return (fuse_erf_gelu(graph) + fuse_tanh_gelu(graph) + fuse_attention(graph) + fuse_add_layer_norm(graph)
+            + split_strided_pointwise_conv(graph))
 
 
 def _scalar(graph: Graph, name: str) -> float | None:
@@ -194,6 +200,42 @@ def fuse_tanh_gelu(graph: Graph) -> int:
                                           graph.fresh_name(f"{tanh.label()}_gelu"), SPARSE_DOMAIN)
     _replace(graph, replacement, removed - set(replacement))
     return len(replacement)
+
+
+def split_strided_pointwise_conv(graph: Graph) -> int:
+    """Rewrite Conv(x, W [O, I, 1, ...], strides s, no padding, group 1) as Conv(Slice(x, steps s), W)
+    at stride 1: a 1x1 kernel reads only the inputs at multiples of the stride."""
+    nodes: list[Node] = []
+    count = 0
+    for node in graph.nodes:
+        weight = graph.constants.get(node.inputs[1]) if node.op_type == "Conv" and len(node.inputs) > 1 else None
+        attrs = node.attributes
+        if node.domain or weight is None or weight.ndim < 3 or any(k != 1 for k in weight.shape[2:]):
+            nodes.append(node)
+            continue
+        spatial = weight.ndim - 2
+        strides = [int(v) for v in attrs.get("strides", [1] * spatial)]
+        if (all(v == 1 for v in strides) or attrs.get("group", 1) != 1
+                or any(p != 0 for p in attrs.get("pads", [0] * 2 * spatial))
+                or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
+            nodes.append(node)
+            continue
+        base = node.label().replace("/", "_").strip("_") or "conv"
+        arrays = {"starts": [0] * spatial, "ends": [2**62] * spatial, "axes": list(range(2, 2 + spatial)),
+                  "steps": strides}
+        names = {}
+        for field_name, values in arrays.items():
+            names[field_name] = graph.fresh_name(f"{base}.subsample_{field_name}")
+            graph.constants[names[field_name]] = np.array(values, dtype=np.int64)
+        sampled = graph.fresh_name(f"{base}.subsampled")
+        nodes.append(Node("Slice", [node.inputs[0], *names.values()], [sampled], {},
+                          graph.fresh_name(f"{base}.subsample")))
+        nodes.append(Node("Conv", [sampled, *node.inputs[1:]], list(node.outputs),
+                          {**attrs, "strides": [1] * spatial}, node.name))
+        count += 1
+    graph.nodes = nodes
+    graph.validate()
+    return count
 
 
 def _replace(graph: Graph, replacement: dict[int, Node], removed: set[int]) -> None:

@@ -214,3 +214,25 @@ def test_chains_that_are_not_tanh_gelu_stay(kwargs):
     graph = import_onnx(tanh_gelu_chain(**kwargs))
     assert fuse_graph(graph) == 0
     assert "Tanh" in [n.op_type for n in graph.nodes]
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_strided_pointwise_conv_becomes_a_subsample_and_a_linear_layer(size):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((6, 4, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(6).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[1, 1], strides=[2, 2])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6, "h", "w"])],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    converted = sparse_rt.convert(model)
+    ops = [n.op_type for n in converted.nodes]
+    assert ops[0] == "Slice" and "SparseLinear" in ops and "Conv" not in ops
+    feeds = {"x": rng.standard_normal((2, 4, size, size)).astype(np.float32)}
+    (expected,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    (actual,) = sparse_rt.InferenceSession(converted).run(None, feeds)
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
