@@ -31,7 +31,11 @@ def bind_attention(node, ctx):
     nan_to_zero = bool(node.attributes.get("nan_to_zero", 0))
 
     def attention(q, k_t, v, mask=None):
-        out = F.scaled_dot_product_attention(q, k_t.transpose(-1, -2), v, attn_mask=mask, scale=scale)
+        # torch's CPU kernel wants k with unit stride on E: given the view of kT it ran 1.4x slower
+        # at batch 1 and 2.8x at batch 8 (29.5 against 10.7 ms, BERT-base heads, 128 tokens, one
+        # thread) than after this copy
+        k = k_t.transpose(-1, -2).contiguous()
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         return out.nan_to_num_(nan=0.0, posinf=float("inf"), neginf=float("-inf")) if nan_to_zero else out
 
     return attention
