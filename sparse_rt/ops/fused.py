@@ -8,6 +8,7 @@ from torch.nn import functional as F
 from sparse_rt.ir.graph import SPARSE_DOMAIN
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.gelu import gelu_erf
+from sparse_rt.kernels.cpu.gelu_tanh import gelu_tanh
 from sparse_rt.kernels.cpu.layernorm import add_layer_norm
 from sparse_rt.ops.registry import register_op
 
@@ -17,9 +18,7 @@ def bind_gelu(node, ctx):
     approximate = node.attributes.get("approximate", "none")
     if approximate not in ("none", "tanh"):
         raise ValueError(f"Gelu: expected approximate 'none' or 'tanh', got {approximate!r}")
-    if approximate == "none":
-        return gelu_erf
-    return lambda x: F.gelu(x, approximate=approximate)
+    return gelu_erf if approximate == "none" else gelu_tanh
 
 
 @register_op("ScaledDotProductAttention", domain=SPARSE_DOMAIN)
