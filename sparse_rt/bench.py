@@ -5,6 +5,12 @@ With no arguments: a BERT-base-shaped encoder (12 layers, hidden 768, FFN 3072,
 to ONNX, converted and tuned, then timed in one process against onnxruntime on
 the same pruned file and against the pruned torch module, the engines taking turns
 in four rounds so that a slow spell of the machine does not favour one of them.
+
+`--model` also takes the real architectures of `sparse_rt.zoo_hf` (bert-base,
+distilbert, roberta-base, minilm, vit-base, gpt2, resnet50: transformers
+configs, seeded weights, exported by torch.onnx.export with dynamic axes) or
+any ONNX file. The exported file is converted with default options, as a user
+converts it.
 """
 
 from __future__ import annotations
@@ -25,14 +31,14 @@ import torch
 from tqdm.auto import tqdm
 
 import sparse_rt
-from sparse_rt import zoo
+from sparse_rt import zoo, zoo_hf
 from sparse_rt.bench_memory import session_memory_mb
 from sparse_rt.converters.torch import export_module
 from sparse_rt.ir.graph import SPARSE_DOMAIN
 from sparse_rt.ir.onnx_io import onnx_dtype_name
 from sparse_rt.runtime.session import set_threads
 
-MODELS = ("bert", "mlp", "cnn")
+MODELS = ("bert", "mlp", "cnn", *zoo_hf.ARCHITECTURES)
 
 
 @dataclass
@@ -44,7 +50,6 @@ class Workload:
     name: str
     onnx_path: Path
     make_feeds: Callable[[int], dict[str, np.ndarray]]
-    rows_per_sample: int
     module: torch.nn.Module | None = None
     converted: bool = False
 
@@ -83,6 +88,8 @@ class Report:
 def build_workload(kind: str, sparsity: float, pattern: str, seq_len: int, workdir: Path) -> Workload:
     """Build a seeded zoo model, prune its linear layers, export it to ONNX."""
     torch.manual_seed(0)
+    if kind in zoo_hf.ARCHITECTURES:
+        return transformers_workload(kind, sparsity, pattern, seq_len, workdir)
     if kind == "bert":
         module = zoo.seeded(zoo.Encoder(zoo.BERT_BASE))
         vocab = zoo.BERT_BASE.vocab_size
@@ -92,21 +99,21 @@ def build_workload(kind: str, sparsity: float, pattern: str, seq_len: int, workd
             return (torch.randint(0, vocab, (batch, seq_len), generator=g),
                     torch.ones(batch, seq_len, dtype=torch.int64))
 
-        dims, rows = {1: "seq"}, seq_len
+        dims = {1: "seq"}
     elif kind == "mlp":
         module = zoo.seeded(zoo.MLP((768, 3072, 768, 3072, 768, 3072, 768, 3072, 768)))
 
         def make_inputs(batch: int) -> tuple[torch.Tensor, ...]:
             return (torch.randn(batch, 768, generator=torch.Generator().manual_seed(batch)),)
 
-        dims, rows = {}, 1
+        dims = {}
     elif kind == "cnn":
         module = zoo.seeded(zoo.SmallCNN(channels=128, blocks=4, classes=1000))
 
         def make_inputs(batch: int) -> tuple[torch.Tensor, ...]:
             return (torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(batch)),)
 
-        dims, rows = {}, 16 * 16
+        dims = {}
     else:
         raise ValueError(f"model: expected one of {MODELS} or a path, got {kind!r}")
     prune(module, sparsity, pattern)
@@ -118,11 +125,26 @@ def build_workload(kind: str, sparsity: float, pattern: str, seq_len: int, workd
     def make_feeds(batch: int) -> dict[str, np.ndarray]:
         return {n: t.numpy() for n, t in zip(names, make_inputs(batch))}
 
-    return Workload(kind, path, make_feeds, rows, module)
+    return Workload(kind, path, make_feeds, module)
 
 
-def prune(module: torch.nn.Module, sparsity: float, pattern: str) -> None:
-    """Prune every linear (and 1x1 conv) layer with the project's pruners, then bake the zeros in."""
+def transformers_workload(name: str, sparsity: float, pattern: str, seq_len: int, workdir: Path) -> Workload:
+    """A `zoo_hf` architecture: built from its transformers config, pruned, exported by torch.onnx.export."""
+    model = zoo_hf.build(name)
+    if sparsity > 0:
+        zoo_hf.prune(model, name, sparsity, pattern)
+    path = zoo_hf.export(model, name, workdir / f"{name}.onnx")
+
+    def make_feeds(batch: int) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in zoo_hf.example_inputs(name, batch, seq_len=seq_len, seed=batch).items()}
+
+    names = list(zoo_hf.example_inputs(name, 1, seq_len=1))
+    return Workload(name, path, make_feeds, zoo_hf.TupleOutputs(model, names))
+
+
+def prune(module: torch.nn.Module, sparsity: float, pattern: str, filter_fn=None) -> None:
+    """Prune every linear (and 1x1 conv) layer chosen by `filter_fn(module, name)` (default: all)
+    with the project's pruners, then bake the zeros in."""
     from sparse_rt.pruning.magnitude import magnitude_prune
     from sparse_rt.pruning.masks import finalize
     from sparse_rt.pruning.structured import block_prune, nm_prune
@@ -131,13 +153,13 @@ def prune(module: torch.nn.Module, sparsity: float, pattern: str) -> None:
         return
     kind, _, arg = pattern.partition(":")
     if kind == "unstructured":
-        magnitude_prune(module, sparsity)
+        magnitude_prune(module, sparsity, filter_fn=filter_fn)
     elif kind == "block":
         magnitude_block = parse_block(arg)
-        block_prune(module, sparsity, magnitude_block)
+        block_prune(module, sparsity, magnitude_block, filter_fn=filter_fn)
     elif pattern == "n:m" or kind.isdigit():
         n, m = parse_nm(pattern)
-        nm_prune(module, n, m)
+        nm_prune(module, n, m, filter_fn=filter_fn)
     else:
         raise ValueError(f"pattern: expected unstructured, block:RxC or N:M (e.g. 2:4), got {pattern!r}")
     finalize(module)
@@ -188,7 +210,7 @@ def file_workload(path: str) -> Workload:
                 feeds[name] = rng.integers(0, 2, dims).astype(dtype)
         return feeds
 
-    return Workload(Path(path).stem, Path(path), make_feeds, 1, converted=converted)
+    return Workload(Path(path).stem, Path(path), make_feeds, converted=converted)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -262,8 +284,8 @@ def run_bench(args: argparse.Namespace) -> Report:
     if workload.converted:
         graph = sparse_rt.load(workload.onnx_path)
     else:
-        rows = [b * workload.rows_per_sample for b in args.batch_sizes]
-        graph = sparse_rt.convert(str(workload.onnx_path), batch_sizes=rows, tune=not args.no_tune, progress=not args.quiet)
+        # default options, as a user converts an exported file
+        graph = sparse_rt.convert(str(workload.onnx_path), tune=not args.no_tune, progress=not args.quiet)
     ours = sparse_rt.InferenceSession(graph, threads=args.threads)
     convert_seconds = time.perf_counter() - start
     bar.update(1)
@@ -283,7 +305,7 @@ def run_bench(args: argparse.Namespace) -> Report:
             def torch_run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
                 with torch.inference_mode():
                     out = module(*(torch.from_numpy(v) for v in feeds.values()))
-                return [out.numpy()]
+                return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
             engines = {"onnxruntime": engines["onnxruntime"], "torch": torch_run, "sparse_rt": engines["sparse_rt"]}
 
@@ -446,6 +468,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     runs.add_argument("--iters", type=int, default=None, help="timed runs per engine and batch")
     runs.add_argument("--seconds", type=float, default=4.0, help="time budget per engine and batch (default)")
     parser.add_argument("--suite", choices=["layers", "models"], default=None, help="run a named suite instead")
+    parser.add_argument("--suite-models", nargs="+", default=None, metavar="MODEL",
+                        help="run only these models of the models suite")
     parser.add_argument("--json", dest="json_path", default=None, help="write every figure to this JSON file")
     parser.add_argument("--per-layer", action="store_true", help="time each node of sparse_rt's graph")
     parser.add_argument("--plot", default=None, help="write a PNG (speedup vs sparsity, time per layer)")
@@ -461,6 +485,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--batch-sizes: expected positive integers, got {args.batch_sizes}")
     if args.seq_len < 1 or args.threads < 1 or args.warmup < 0 or (args.iters is not None and args.iters < 1):
         parser.error("--seq-len, --threads and --iters must be positive, --warmup non-negative")
+    unknown = sorted(set(args.suite_models or ()) - set(MODELS))
+    if unknown:
+        parser.error(f"--suite-models: expected names from {MODELS}, got {unknown}")
     try:
         kind = args.pattern.partition(":")[0]
         if kind == "block":

@@ -8,6 +8,7 @@ import copy
 from tqdm.auto import tqdm
 
 from sparse_rt.bench import Report, run_bench
+from sparse_rt.zoo_hf import ARCHITECTURES
 
 SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98)
 PATTERNS = ("unstructured", "block:16x16")
@@ -16,13 +17,17 @@ SUITE = (
     [("mlp", s, p) for p in PATTERNS for s in SPARSITIES]
     + [("cnn", s, p) for p in PATTERNS for s in SPARSITIES]
     + [("bert", 0.0, "unstructured"), ("bert", 0.9, "unstructured"), ("bert", 0.9, "block:16x16")]
+    # real architectures (transformers configs, torch.onnx.export): dense, 90% unstructured, 90% 16x16 blocks
+    + [(name, s, p) for name in ARCHITECTURES for s, p in ((0.0, "unstructured"), (0.9, "unstructured"),
+                                                           (0.9, "block:16x16"))]
 )
 
 
 def run_models_suite(args: argparse.Namespace) -> list[Report]:
     """Run every (model, sparsity, pattern) point with the caller's batch sizes and timing options."""
     reports = []
-    for model, sparsity, pattern in tqdm(SUITE, desc="models suite", unit="point", disable=args.quiet):
+    points = [point for point in SUITE if args.suite_models is None or point[0] in args.suite_models]
+    for model, sparsity, pattern in tqdm(points, desc="models suite", unit="point", disable=args.quiet):
         point = copy.copy(args)
         point.model, point.sparsity, point.pattern = model, sparsity, pattern
         point.per_layer, point.quiet, point.no_compare, point.no_memory = False, True, False, True

@@ -18,6 +18,7 @@ from tests.scheduler.test_tuning import two_layer_model
         (["--pattern", "5:4"], "--pattern"),
         (["--iters", "3", "--seconds", "1"], "not allowed with"),
         (["--suite", "everything"], "--suite"),
+        (["--suite", "models", "--suite-models", "bart"], "--suite-models"),
     ],
 )
 def test_bad_arguments_are_rejected(argv, message, capsys):

@@ -1,12 +1,21 @@
 """Graph fusions applied at conversion: op chains exporters emit, replaced by one op.
 
   Erf GELU  x * 0.5 * (1 + erf(x / sqrt 2))  (Div or Mul, Erf, Add, Mul, Mul) -> ai.sparse_rt::Gelu
+  Tanh GELU  0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))  (Pow, Mul, Add, Mul, Tanh, Add, Mul,
+             Mul: GPT-2's "gelu_new") -> ai.sparse_rt::Gelu approximate "tanh" (one pass, not eight)
   Attention  MatMul(q, kT), Div or Mul by a scalar (optional), Add of a float mask (optional),
-             Softmax over the last axis, MatMul by v -> ai.sparse_rt::ScaledDotProductAttention
+             Softmax over the last axis, MatMul by v -> ai.sparse_rt::ScaledDotProductAttention;
+             also torch.export's decomposition of F.scaled_dot_product_attention: q and kT each
+             multiplied by sqrt(scale) before the MatMul, and the softmax's NaNs set to zero
+             (IsNaN, Where) before the MatMul by v (attribute nan_to_zero)
              (torch's fused kernel: 1.5x faster than the five ops at 8 x 128 tokens, BERT-base
              heads; the scores never reach memory whole)
   Residual LayerNorm  Add(a, b), LayerNormalization over the last axis with 1-D constant scale
-             (and bias) -> ai.sparse_rt::AddLayerNormalization (one pass over a row)
+             (and bias) -> ai.sparse_rt::AddLayerNormalization (one pass over a row; the sum is
+             a second output when the residual stream reads it too)
+  Strided 1x1 conv  Conv with a 1x1 kernel, stride s > 1 and no padding (ResNet's downsampling
+             shortcuts) -> Slice(x, steps s) then the same conv at stride 1, which lowering takes
+             as a linear layer (`split_strided_pointwise_conv`; one op becomes two)
   Linear GELU  SparseLinear, then GELU (erf form) -> SparseLinear with activation "gelu"
              (`fuse_linear_activation`, after lowering: the dense and CSR kernels apply it
              to their outputs in registers)
@@ -24,12 +33,15 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
 
 
 def fuse_graph(graph: Graph) -> int:
     """Apply every fusion; returns the number of chains replaced."""
-    return fuse_erf_gelu(graph) + fuse_attention(graph) + fuse_add_layer_norm(graph)
+    return (fuse_erf_gelu(graph) + fuse_tanh_gelu(graph) + fuse_attention(graph) + fuse_add_layer_norm(graph)
+            + split_strided_pointwise_conv(graph))
 
 
 def _scalar(graph: Graph, name: str) -> float | None:
@@ -117,6 +129,115 @@ def fuse_erf_gelu(graph: Graph) -> int:
     return len(replacement)
 
 
+def fuse_tanh_gelu(graph: Graph) -> int:
+    """Replace 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 Pow(x, 3)))) by Gelu(x), approximate "tanh".
+
+    The halving may come first (Mul(Mul(x, 0.5), 1 + tanh)) or last (Mul(Mul(x, 1 + tanh), 0.5));
+    every intermediate must be read by the chain alone.
+    """
+    consumers = graph.consumers()
+    outputs = {v.name for v in graph.outputs}
+    producers = graph.producers()
+
+    def only_user(value: str, op_type: str) -> Node | None:
+        return _only_reader(value, consumers, outputs, op_type)
+
+    def scaled(value: str, op_type: str, factor: float) -> tuple[Node, str] | None:
+        """(node, other input) when `value` comes from op_type(other, constant `factor`), read once."""
+        node = producers.get(value)
+        if node is None or node.op_type != op_type or node.domain or len(node.inputs) != 2:
+            return None
+        if value in outputs or len(consumers.get(value, [])) != 1:
+            return None
+        for x, c in (node.inputs, node.inputs[::-1]):
+            if math.isclose(_scalar(graph, c) or 0.0, factor, rel_tol=1e-5):
+                return node, x
+        return None
+
+    removed: set[int] = set()
+    replacement: dict[int, Node] = {}
+    for tanh in graph.nodes:
+        if tanh.op_type != "Tanh" or tanh.domain:
+            continue
+        inner = scaled(tanh.inputs[0], "Mul", math.sqrt(2.0 / math.pi))
+        if inner is None:
+            continue
+        add = producers.get(inner[1])
+        if add is None or add.op_type != "Add" or add.domain or len(consumers.get(inner[1], [])) != 1:
+            continue
+        cube_term = None
+        for x, term in (add.inputs, add.inputs[::-1]):
+            cubic = scaled(term, "Mul", 0.044715)
+            power = cubic and scaled(cubic[1], "Pow", 3.0)
+            if power and power[1] == x:
+                cube_term = (x, [power[0], cubic[0]])
+                break
+        if cube_term is None:
+            continue
+        x, chain = cube_term[0], [*cube_term[1], add, inner[0], tanh]
+        one_plus = only_user(tanh.outputs[0], "Add")
+        if one_plus is None or not _isclose(_scalar(graph, _other(one_plus, tanh.outputs[0]) or ""), 1.0):
+            continue
+        chain.append(one_plus)
+        product = only_user(one_plus.outputs[0], "Mul")
+        if product is None:
+            continue
+        partner = _other(product, one_plus.outputs[0])
+        halved = scaled(partner or "", "Mul", 0.5)
+        if halved is not None and halved[1] == x:  # (x * 0.5) * (1 + tanh)
+            chain += [halved[0], product]
+        elif partner == x:  # (x * (1 + tanh)) * 0.5
+            half = only_user(product.outputs[0], "Mul")
+            if half is None or not _isclose(_scalar(graph, _other(half, product.outputs[0]) or ""), 0.5):
+                continue
+            chain += [product, half]
+        else:
+            continue
+        if any(id(n) in removed for n in chain):
+            continue
+        removed.update(id(n) for n in chain)
+        replacement[id(chain[-1])] = Node("Gelu", [x], [chain[-1].outputs[0]], {"approximate": "tanh"},
+                                          graph.fresh_name(f"{tanh.label()}_gelu"), SPARSE_DOMAIN)
+    _replace(graph, replacement, removed - set(replacement))
+    return len(replacement)
+
+
+def split_strided_pointwise_conv(graph: Graph) -> int:
+    """Rewrite Conv(x, W [O, I, 1, ...], strides s, no padding, group 1) as Conv(Slice(x, steps s), W)
+    at stride 1: a 1x1 kernel reads only the inputs at multiples of the stride."""
+    nodes: list[Node] = []
+    count = 0
+    for node in graph.nodes:
+        weight = graph.constants.get(node.inputs[1]) if node.op_type == "Conv" and len(node.inputs) > 1 else None
+        attrs = node.attributes
+        if node.domain or weight is None or weight.ndim < 3 or any(k != 1 for k in weight.shape[2:]):
+            nodes.append(node)
+            continue
+        spatial = weight.ndim - 2
+        strides = [int(v) for v in attrs.get("strides", [1] * spatial)]
+        if (all(v == 1 for v in strides) or attrs.get("group", 1) != 1
+                or any(p != 0 for p in attrs.get("pads", [0] * 2 * spatial))
+                or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
+            nodes.append(node)
+            continue
+        base = node.label().replace("/", "_").strip("_") or "conv"
+        arrays = {"starts": [0] * spatial, "ends": [2**62] * spatial, "axes": list(range(2, 2 + spatial)),
+                  "steps": strides}
+        names = {}
+        for field_name, values in arrays.items():
+            names[field_name] = graph.fresh_name(f"{base}.subsample_{field_name}")
+            graph.constants[names[field_name]] = np.array(values, dtype=np.int64)
+        sampled = graph.fresh_name(f"{base}.subsampled")
+        nodes.append(Node("Slice", [node.inputs[0], *names.values()], [sampled], {},
+                          graph.fresh_name(f"{base}.subsample")))
+        nodes.append(Node("Conv", [sampled, *node.inputs[1:]], list(node.outputs),
+                          {**attrs, "strides": [1] * spatial}, node.name))
+        count += 1
+    graph.nodes = nodes
+    graph.validate()
+    return count
+
+
 def _replace(graph: Graph, replacement: dict[int, Node], removed: set[int]) -> None:
     """Put replacement[id(node)] in place of those nodes, drop the `removed` ones, prune, validate."""
     graph.nodes = [replacement.get(id(n), n) for n in graph.nodes if id(n) not in removed]
@@ -152,6 +273,19 @@ def fuse_attention(graph: Graph) -> int:
         value = info.get(name)
         return None if value is None else value.shape
 
+    producers = graph.producers()
+
+    def prescaled(value: str) -> tuple[str, float, Node | None]:
+        """(x, c, the Mul) when `value` = Mul(x, scalar c) read only by its MatMul, else (value, 1, None)."""
+        mul = producers.get(value)
+        if mul is None or mul.op_type != "Mul" or mul.domain or only_user(value) is None or len(mul.inputs) != 2:
+            return value, 1.0, None
+        for x, c in (mul.inputs, mul.inputs[::-1]):
+            factor = _scalar(graph, c)
+            if factor and x not in graph.constants:
+                return x, factor, mul
+        return value, 1.0, None
+
     removed: set[int] = set()
     replacement: dict[int, Node] = {}
     for scores in graph.nodes:
@@ -161,9 +295,11 @@ def fuse_attention(graph: Graph) -> int:
         if score_info is None or score_info.dtype != "float32" or score_info.shape is None:
             continue
         rank = len(score_info.shape)
-        if rank < 3 or any(shape_of(name) is None or len(shape_of(name)) != rank for name in scores.inputs):
+        (q, q_scale, q_mul), (k_t, k_scale, k_mul) = prescaled(scores.inputs[0]), prescaled(scores.inputs[1])
+        if rank < 3 or any(shape_of(name) is None or len(shape_of(name)) != rank for name in (q, k_t)):
             continue
-        chain, scale, mask, node = [scores], 1.0, "", only_user(scores.outputs[0])
+        chain = [mul for mul in (q_mul, k_mul) if mul is not None] + [scores]
+        scale, mask, node = q_scale * k_scale, "", only_user(scores.outputs[0])
         if node is not None and node.op_type in ("Div", "Mul") and len(node.inputs) == 2:
             factor = _scalar(graph, _other(node, scores.outputs[0]) or "")
             if factor is not None and (node.op_type == "Mul" or node.inputs[0] == scores.outputs[0]) and factor:
@@ -181,6 +317,10 @@ def fuse_attention(graph: Graph) -> int:
         if node is None or node.op_type != "Softmax" or node.attributes.get("axis", -1) not in (-1, rank - 1):
             continue
         chain.append(node)
+        guard = _nan_guard(graph, node, consumers, outputs)
+        if guard:
+            chain.extend(guard)
+            node = guard[-1]
         weighted = only_user(node.outputs[0])
         if weighted is None or weighted.op_type != "MatMul" or weighted.inputs[0] != node.outputs[0]:
             continue
@@ -188,12 +328,32 @@ def fuse_attention(graph: Graph) -> int:
         if shape_of(v) is None or len(shape_of(v)) != rank or any(id(n) in removed for n in chain):
             continue
         removed.update(id(n) for n in chain)
+        attributes = {"scale": float(scale), **({"nan_to_zero": 1} if guard else {})}
         replacement[id(weighted)] = Node(
-            "ScaledDotProductAttention", [scores.inputs[0], scores.inputs[1], v, mask], [weighted.outputs[0]],
-            {"scale": float(scale)}, graph.fresh_name(f"{weighted.label()}_attention"), SPARSE_DOMAIN,
+            "ScaledDotProductAttention", [q, k_t, v, mask], [weighted.outputs[0]],
+            attributes, graph.fresh_name(f"{weighted.label()}_attention"), SPARSE_DOMAIN,
         )
     _replace(graph, replacement, removed)
     return len(replacement)
+
+
+def _nan_guard(graph: Graph, softmax: Node, consumers: dict[str, list[Node]], outputs: set[str]) -> list[Node]:
+    """[IsNaN, Where] when the softmax's output p is read only by IsNaN(p) and Where(IsNaN(p), 0, p)
+    (torch.export's guard for fully masked rows), else []."""
+    p = softmax.outputs[0]
+    users = consumers.get(p, [])
+    if p in outputs or len(users) != 2:
+        return []
+    is_nan = next((u for u in users if u.op_type == "IsNaN" and not u.domain), None)
+    if is_nan is None:
+        return []
+    where = _only_reader(is_nan.outputs[0], consumers, outputs, "Where")
+    if where is None or where not in users or where.inputs[0] != is_nan.outputs[0] or where.inputs[2] != p:
+        return []
+    zero = graph.constants.get(where.inputs[1])
+    if zero is None or zero.size != 1 or float(zero.reshape(())) != 0.0:
+        return []
+    return [is_nan, where]
 
 
 def _mask_keeps_shape(mask: tuple, scores: tuple) -> bool:
@@ -212,8 +372,10 @@ def _mask_keeps_shape(mask: tuple, scores: tuple) -> bool:
 
 
 def fuse_add_layer_norm(graph: Graph) -> int:
-    """Replace Add -> LayerNormalization (last axis, Y only, 1-D constant scale and bias, the
-    sum read by nothing else) by AddLayerNormalization(a, b, scale, bias), attribute epsilon."""
+    """Replace Add -> LayerNormalization (last axis, Y only, 1-D constant scale and bias) by
+    AddLayerNormalization(a, b, scale, bias), attribute epsilon. When other nodes read the sum
+    too (the residual stream of a pre-norm block: GPT-2, ViT), the fused node also outputs it,
+    so it is still written once. The fused node takes the Add's place in the order."""
     consumers = graph.consumers()
     outputs = {v.name for v in graph.outputs}
     info = _value_info(graph)
@@ -222,9 +384,12 @@ def fuse_add_layer_norm(graph: Graph) -> int:
     for add in graph.nodes:
         if add.op_type != "Add" or add.domain or len(add.inputs) != 2:
             continue
-        norm = _only_reader(add.outputs[0], consumers, outputs, "LayerNormalization")
-        if norm is None:
+        readers = consumers.get(add.outputs[0], [])
+        norms = [n for n in readers if n.op_type == "LayerNormalization" and not n.domain]
+        if len(norms) != 1 or id(norms[0]) in removed:
             continue
+        norm = norms[0]
+        shared = len(readers) > 1 or add.outputs[0] in outputs
         total = info.get(add.outputs[0])
         if total is None or total.shape is None or total.dtype != "float32" or norm.inputs[0] != add.outputs[0]:
             continue
@@ -234,9 +399,10 @@ def fuse_add_layer_norm(graph: Graph) -> int:
         params = [name for name in norm.inputs[1:3] if name]
         if any(name not in graph.constants or graph.constants[name].ndim != 1 for name in params):
             continue
-        removed.add(id(add))
-        replacement[id(norm)] = Node(
-            "AddLayerNormalization", [*add.inputs, *norm.inputs[1:3]], [norm.outputs[0]],
+        removed.add(id(norm))
+        replacement[id(add)] = Node(
+            "AddLayerNormalization", [*add.inputs, *norm.inputs[1:3]],
+            [norm.outputs[0], add.outputs[0]] if shared else [norm.outputs[0]],
             {"epsilon": float(norm.attributes.get("epsilon", 1e-5))},
             graph.fresh_name(f"{norm.label()}_add"), SPARSE_DOMAIN,
         )

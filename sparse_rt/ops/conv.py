@@ -7,11 +7,12 @@ auto_pad SAME_UPPER/SAME_LOWER put an odd padding at the end/begin.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sparse_rt.ir.graph import Node
-from sparse_rt.ops.common import check_attribute
+from sparse_rt.ops.common import check_attribute, constant_input
 from sparse_rt.ops.registry import BindContext, register_op
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -82,6 +83,10 @@ def bind_conv(node: Node, ctx: BindContext):
 
         kernel_shape = attributes.get("kernel_shape")
         fixed = _CONV.get(len(kernel_shape)) if kernel_shape else None
+        weight = constant_input(node, ctx, 1)
+        if fixed is F.conv2d and weight is not None and weight.ndim == 4:
+            return _channels_last_aware_conv2d(torch.from_numpy(np.ascontiguousarray(weight)).to(ctx.device),
+                                               stride, padding, dilation, group)
         if fixed is not None:
             return lambda x, w, b=None: fixed(x, w, b, stride, padding, dilation, group)
 
@@ -96,6 +101,21 @@ def bind_conv(node: Node, ctx: BindContext):
             return _CONV[rank](x, w, b, stride, begins, dilation, group)
         x = F.pad(x, torch_pad_list(begins, ends))
         return _CONV[rank](x, w, b, stride, 0, dilation, group)
+
+    return conv
+
+
+def _channels_last_aware_conv2d(weight: torch.Tensor, stride, padding, dilation, group):
+    """conv2d with a constant weight [M, C/group, kh, kw] kept in both memory formats: an input
+    in channels-last memory (as the lowered 1x1 convs leave their outputs: a permuted view of
+    [N, H, W, M]) meets a channels-last weight, else torch reorders the weight on every call
+    (a ResNet-50 3x3 conv at 256 channels, 14x14: 5.6 ms against 3.6 ms, one thread)."""
+    channels_last = weight.contiguous(memory_format=torch.channels_last)
+
+    def conv(x, w, b=None):
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            w = channels_last
+        return F.conv2d(x, w, b, stride, padding, dilation, group)
 
     return conv
 

@@ -56,12 +56,18 @@ def _slice(x: torch.Tensor, starts, ends, axes, steps) -> torch.Tensor:
     return y
 
 
+# Exporters write INT64_MAX (or INT64_MIN) for "to the end"; clamped so that indexing does not warn.
+_BOUND = 2**62
+
+
 def _static_slicer(starts, ends, axes, steps):
     """A precomputed x[...] index for positive steps and axes all >= 0 or all < 0, else None."""
     axes = list(range(len(starts))) if axes is None else list(axes)
     steps = [1] * len(starts) if steps is None else list(steps)
     if any(s <= 0 for s in steps):
         return None
+    starts = [min(max(v, -_BOUND), _BOUND) for v in starts]
+    ends = [min(max(v, -_BOUND), _BOUND) for v in ends]
     if all(a >= 0 for a in axes):
         index = [slice(None)] * (max(axes) + 1 if axes else 0)
         for start, end, axis, step in zip(starts, ends, axes, steps):

@@ -109,8 +109,9 @@ def test_chains_that_are_not_attention_stay(kwargs):
     assert "Softmax" in [n.op_type for n in graph.nodes]
 
 
-def residual_norm_model(scale_shape=(6,), with_bias=True, stats_output=False):
-    """y = LayerNormalization(a + b) over the last axis of [batch, 6]."""
+def residual_norm_model(scale_shape=(6,), with_bias=True, stats_output=False, sum_read_again=False):
+    """y = LayerNormalization(a + b) over the last axis of [batch, 6] (sum_read_again: also z = (a + b) * 2,
+    the residual stream of a pre-norm block)."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(scale_shape).astype(np.float32), "scale")]
     ln_inputs = ["s", "scale"]
@@ -124,6 +125,10 @@ def residual_norm_model(scale_shape=(6,), with_bias=True, stats_output=False):
         outputs.append(helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["batch", 1]))
     nodes = [helper.make_node("Add", ["a", "b"], ["s"]),
              helper.make_node("LayerNormalization", ln_inputs, ln_outputs, axis=-1, epsilon=1e-5)]
+    if sum_read_again:
+        inits.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+        nodes.append(helper.make_node("Mul", ["s", "two"], ["z"]))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 6]))
     inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 6]),
               helper.make_tensor_value_info("b", TensorProto.FLOAT, ["b_rows", 6])]  # 1 or batch
     graph = helper.make_graph(nodes, "residual_norm", inputs, outputs, inits)
@@ -155,3 +160,79 @@ def test_layer_norms_that_cannot_fuse_stay(kwargs):
     graph = import_onnx(residual_norm_model(**kwargs))
     assert fuse_graph(graph) == 0
     assert [n.op_type for n in graph.nodes] == ["Add", "LayerNormalization"]
+
+
+def test_residual_sum_read_again_is_a_second_output():
+    import onnxruntime as ort
+
+    model = residual_norm_model(sum_read_again=True)
+    graph = sparse_rt.convert(model)
+    assert [n.op_type for n in graph.nodes] == ["AddLayerNormalization", "Mul"]
+    assert len(graph.nodes[0].outputs) == 2
+    rng = np.random.default_rng(2)
+    feeds = {n: rng.standard_normal((5, 6)).astype(np.float32) for n in ("a", "b")}
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for actual, reference in zip(sparse_rt.InferenceSession(graph).run(None, feeds), expected):
+        np.testing.assert_allclose(actual, reference, rtol=1e-5, atol=1e-5)
+
+
+def tanh_gelu_chain(cubic=0.044715, half_first=True, expose_tanh=False):
+    """GPT-2's gelu_new as exported: 0.5 x (1 + tanh(sqrt(2/pi) (x + cubic x^3)))."""
+    nodes = [
+        helper.make_node("Pow", ["x", "c_three"], ["p"]),
+        helper.make_node("Mul", ["p", "c_cubic"], ["pc"]),
+        helper.make_node("Add", ["x", "pc"], ["inner"]),
+        helper.make_node("Mul", ["inner", "c_root"], ["scaled"]),
+        helper.make_node("Tanh", ["scaled"], ["t"]),
+        helper.make_node("Add", ["t", "c_one"], ["onep"]),
+    ]
+    if half_first:
+        nodes += [helper.make_node("Mul", ["x", "c_half"], ["hx"]), helper.make_node("Mul", ["hx", "onep"], ["y"])]
+    else:
+        nodes += [helper.make_node("Mul", ["x", "onep"], ["xo"]), helper.make_node("Mul", ["xo", "c_half"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])]
+    if expose_tanh:
+        outputs.append(helper.make_tensor_value_info("t", TensorProto.FLOAT, [4]))
+    constants = [("c_three", 3.0), ("c_cubic", cubic), ("c_root", np.sqrt(2 / np.pi)), ("c_one", 1.0), ("c_half", 0.5)]
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in constants]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+@pytest.mark.parametrize("half_first", [True, False])
+def test_tanh_gelu_chain_becomes_one_op(half_first):
+    graph = sparse_rt.convert(tanh_gelu_chain(half_first=half_first))
+    assert [(n.op_type, n.attributes.get("approximate")) for n in graph.nodes] == [("Gelu", "tanh")]
+    x = np.array([-3.0, -0.4, 0.2, 2.5], np.float32)
+    (y,) = sparse_rt.InferenceSession(graph).run(None, {"x": x})
+    expected = torch.nn.functional.gelu(torch.from_numpy(x), approximate="tanh").numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs", [dict(cubic=0.05), dict(expose_tanh=True)], ids=["other-constant", "tanh-is-output"])
+def test_chains_that_are_not_tanh_gelu_stay(kwargs):
+    graph = import_onnx(tanh_gelu_chain(**kwargs))
+    assert fuse_graph(graph) == 0
+    assert "Tanh" in [n.op_type for n in graph.nodes]
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_strided_pointwise_conv_becomes_a_subsample_and_a_linear_layer(size):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((6, 4, 1, 1)).astype(np.float32)
+    bias = rng.standard_normal(6).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[1, 1], strides=[2, 2])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 6, "h", "w"])],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    converted = sparse_rt.convert(model)
+    ops = [n.op_type for n in converted.nodes]
+    assert ops[0] == "Slice" and "SparseLinear" in ops and "Conv" not in ops
+    feeds = {"x": rng.standard_normal((2, 4, size, size)).astype(np.float32)}
+    (expected,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    (actual,) = sparse_rt.InferenceSession(converted).run(None, feeds)
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)

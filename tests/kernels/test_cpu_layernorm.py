@@ -29,3 +29,13 @@ def test_constant_rows_give_the_bias():
     a = torch.full((2, 40), 3.0)
     y = add_layer_norm(a, torch.ones(2, 40), torch.ones(40), torch.arange(40.0), 1e-12)
     torch.testing.assert_close(y, torch.arange(40.0).expand(2, 40))
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (7, 16), (2, 33), (4, 3, 768)])
+def test_total_output_is_the_sum(shape):
+    torch.manual_seed(1)
+    a, b = torch.randn(*shape), torch.randn(*shape)
+    scale, bias = torch.randn(shape[-1]), torch.randn(shape[-1])
+    y, total = add_layer_norm(a, b, scale, bias, 1e-5, with_total=True)
+    torch.testing.assert_close(total, a + b, rtol=0, atol=0)
+    torch.testing.assert_close(y, add_layer_norm(a, b, scale, bias, 1e-5), rtol=0, atol=0)

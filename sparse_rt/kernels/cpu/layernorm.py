@@ -5,6 +5,8 @@ last axis, row by row: a row of s is formed once into a scratch that stays in L1
 and its mean, variance and output are computed from there. In a BERT-base-shaped
 encoder the separate torch Add and LayerNormalization read and write every
 activation twice (about 240 us each per [1024, 768] pair of tensors here).
+With a `total` output the row of s is formed there instead of the scratch, for
+pre-norm blocks (GPT-2, ViT) whose residual stream reads s again.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ SOURCE = r"""
 
 struct add_ln_job {
     const float *a, *b, *scale, *bias;
-    float* y;
+    float *y, *total;
     int64_t rows, width, rows_per_task;
     float epsilon;
 };
@@ -33,11 +35,13 @@ struct add_ln_job {
 static void _add_ln_task(void* context, int64_t t, int worker) {
     const struct add_ln_job* job = (const struct add_ln_job*)context;
     int64_t width = job->width, full = width / VL * VL;
-    float* row = (float*)malloc((size_t)(full + VL) * sizeof(float));
+    float* scratch = (float*)malloc((size_t)(full + VL) * sizeof(float));
     int64_t r1 = (t + 1) * job->rows_per_task < job->rows ? (t + 1) * job->rows_per_task : job->rows;
     for (int64_t r = t * job->rows_per_task; r < r1; r++) {
         const float *a = job->a + r * width, *b = job->b ? job->b + r * width : NULL;
         float* y = job->y + r * width;
+        /* the tail's full-vector store needs VL floats of room: the scratch has them */
+        float* row = job->total && width % VL == 0 ? job->total + r * width : scratch;
         vf total = vzero();
         int64_t i = 0;
         for (; i < full; i += VL) {
@@ -51,6 +55,7 @@ static void _add_ln_task(void* context, int64_t t, int worker) {
             vstore(row + i, s);
             total = vadd(total, s);
         }
+        if (row == scratch && job->total) memcpy(job->total + r * width, scratch, (size_t)width * sizeof(float));
         float mean = vsum(total) / (float)width;
         vf negative_mean = vset1(-mean), squares = vzero();
         for (i = 0; i < full; i += VL) {
@@ -75,12 +80,12 @@ static void _add_ln_task(void* context, int64_t t, int worker) {
             vstore_n(y + i, out, n);
         }
     }
-    free(row);
+    free(scratch);
 }
 
 void add_layer_norm(int num_threads, int64_t rows, int64_t width, int64_t rows_per_task, const float* a,
-                    const float* b, const float* scale, const float* bias, float epsilon, float* y) {
-    struct add_ln_job job = {a, b, scale, bias, y, rows, width, rows_per_task, epsilon};
+                    const float* b, const float* scale, const float* bias, float epsilon, float* y, float* total) {
+    struct add_ln_job job = {a, b, scale, bias, y, total, rows, width, rows_per_task, epsilon};
     sr_parallel_for(num_threads, (rows + rows_per_task - 1) / rows_per_task, _add_ln_task, &job);
 }
 """
@@ -89,24 +94,25 @@ void add_layer_norm(int num_threads, int64_t rows, int64_t width, int64_t rows_p
 @functools.cache
 def add_layer_norm_library():
     """The compiled `add_layer_norm(threads, rows, width, rows_per_task, a, b or NULL, scale,
-    bias or NULL, epsilon, y)`."""
+    bias or NULL, epsilon, y, total or NULL)`."""
     library = load_library("layernorm", SOURCE)
     return declare(library, "add_layer_norm", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                               ctypes.c_float, ctypes.c_void_p])
+                                               ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p])
 
 
 def add_layer_norm(a: torch.Tensor, b: torch.Tensor | None, scale: torch.Tensor, bias: torch.Tensor | None,
-                   epsilon: float) -> torch.Tensor:
-    """LayerNorm(a + b) over the last axis (b None: of a alone).
+                   epsilon: float, with_total: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """LayerNorm(a + b) over the last axis (b None: of a alone); with_total: (that, a + b).
 
     a, b: contiguous float32 cpu tensors of one shape [..., width]; scale, bias: contiguous
-    float32 [width]. Returns a new tensor of a's shape.
+    float32 [width]. Returns new tensors of a's shape.
     """
     y = torch.empty_like(a)
+    total = torch.empty_like(a) if with_total else None
     width = a.shape[-1] if a.dim() else 1
     rows = a.numel() // width if width else 0
     if rows:
         add_layer_norm_library()(threads(), rows, width, ROWS_PER_TASK, pointer(a), pointer(b), pointer(scale),
-                                 pointer(bias), epsilon, pointer(y))
-    return y
+                                 pointer(bias), epsilon, pointer(y), pointer(total))
+    return (y, total) if with_total else y
