@@ -12,7 +12,8 @@ def _convert(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     graph = sparse_rt.convert(args.model, batch_sizes=args.batch_sizes, device=args.device,
-                              tune=not args.no_tune, progress=not args.quiet)
+                              tune=not args.no_tune, progress=not args.quiet, quantize=args.quantize,
+                              quantize_tolerance=args.quantize_tolerance)
     sparse_rt.save(graph, args.output)
     layers = sum(1 for n in graph.nodes if n.op_type == "SparseLinear")
     print(f"converted {args.model} -> {args.output}: {layers} linear layers lowered, "
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("--device", default="cpu")
     convert.add_argument("--no-tune", action="store_true", help="pick kernels by heuristic, without timing")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    convert.add_argument("--quantize", choices=["int8"], default=None,
+                         help="also try int8 weights (activations quantized per token) per layer")
+    convert.add_argument("--quantize-tolerance", type=float, default=None,
+                         help="largest relative output error of an int8 layer against fp32 (default 0.05)")
     explain = commands.add_parser("explain", help="per-layer report of a converted model")
     explain.add_argument("model", help="a file written by `convert`")
     explain.add_argument("--batch", type=int, default=None, help="batch size to report (default: the first tuned)")

@@ -28,6 +28,8 @@ def convert(
     tune: bool = True,
     lower: bool = True,
     progress: bool = False,
+    quantize: str | None = None,
+    quantize_tolerance: float | None = None,
 ) -> Graph:
     """Convert a model to a sparse_rt Graph with its linear layers lowered.
 
@@ -35,7 +37,10 @@ def convert(
     `example_inputs` is required). batch_sizes: the rows per call to tune for
     (tokens per call for sequence models), or {batch: weight}. tune=False picks
     kernels by a deterministic heuristic, without timing. progress: a progress
-    bar over the layers while tuning.
+    bar over the layers while tuning. quantize="int8": int8 weight formats (activations
+    quantized per token) become candidates wherever a layer's int8 output error against
+    fp32, measured at conversion, is within quantize_tolerance (default
+    sparse_rt.scheduler.quantize.DEFAULT_TOLERANCE); other layers stay fp32.
     """
     structured = None
     if isinstance(model, torch.nn.Module):
@@ -52,7 +57,11 @@ def convert(
     if lower:
         from sparse_rt.scheduler.plan import make_chooser
 
-        chooser = make_chooser(torch.device(device), batch_sizes, tune=tune, structured=structured)
+        from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE
+
+        tolerance = DEFAULT_TOLERANCE if quantize_tolerance is None else quantize_tolerance
+        chooser = make_chooser(torch.device(device), batch_sizes, tune=tune, structured=structured,
+                               quantize=quantize, tolerance=tolerance)
         lower_linear_layers(graph, chooser, progress=progress, keep_apart=_arrived_structured(structured))
         fuse_linear_activation(graph)
         chain_csr_layers(graph)

@@ -50,6 +50,8 @@ class Choice:
     timings: when tuned, {candidate label: {batch: seconds}} (saved with the model).
     dispatch: when the best kernel of this format differs between batch sizes, the
     [(from rows, kernel, config)] to use from each row count on, ascending from 1.
+    quantization: when int8 was considered, the precision verdict as JSON
+    (`sparse_rt.scheduler.quantize.Precision`).
     """
 
     weight: WeightFormat
@@ -57,6 +59,7 @@ class Choice:
     config: Config
     timings: dict[str, dict[int, float]] | None = None
     dispatch: list[tuple[int, str, Config]] | None = None
+    quantization: str | None = None
 
 
 Chooser = Callable[[LinearLayer], Choice]
@@ -223,7 +226,7 @@ def _emit(graph: Graph, match: _Match, choice: Choice) -> list[Node]:
         graph.constants[bias] = layer.bias
     def linear(x_name: str, y_name: str) -> Node:
         return sparse_linear_node(base, x_name, y_name, bias, arrays, choice.weight, choice.kernel, choice.config,
-                                  choice.timings, choice.dispatch)
+                                  choice.timings, choice.dispatch, choice.quantization)
 
     if len(match.outputs) > 1:
         merged = graph.fresh_name(f"{base}.merged")

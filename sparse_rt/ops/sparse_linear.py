@@ -9,7 +9,8 @@ Node layout (the same in memory and on disk):
               dispatch (JSON [[from rows, kernel, config], ...]): kernels of the same
               format by row count, where the tuner found different ones fastest, and
               output_layout ("batch_tiles": batched outputs stay in the CSR kernel's
-              input tiles, for the one CSR layer that reads them; see chain_csr_layers).
+              input tiles, for the one CSR layer that reads them; see chain_csr_layers), and
+              quantization (JSON): the int8-or-fp32 verdict and the error measured for it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from sparse_rt.kernels.activation import bind_with_activation
 from sparse_rt.kernels.registry import BoundLinear, Config, Kernel, kernels_for
 from sparse_rt.ops.registry import BindContext, register_op
 
-_RESERVED = ("format", "arrays", "kernel", "config", "timings", "activation", "dispatch", "output_layout")
+_RESERVED = ("format", "arrays", "kernel", "config", "timings", "activation", "dispatch", "output_layout",
+             "quantization")
 # The kernel that can leave its output in batch tiles, and read them.
 TILED_KERNEL = "csr_cpu_rowwise"
 
@@ -44,11 +46,13 @@ def sparse_linear_node(
     config: Config,
     timings: dict[str, dict[int, float]] | None = None,
     dispatch: list[tuple[int, str, Config]] | None = None,
+    quantization: str | None = None,
 ) -> Node:
     """Build a SparseLinear node; `weight_arrays` maps format field -> constant name.
 
     timings (optional): the tuner's measurements, kept for `explain`.
     dispatch (optional): [(from rows, kernel, config)], ascending from 1 row.
+    quantization (optional): the precision verdict (JSON), kept for `explain`.
     """
     attributes: dict[str, Any] = {
         "format": weight.name,
@@ -60,6 +64,8 @@ def sparse_linear_node(
         attributes["timings"] = json.dumps(timings, sort_keys=True)
     if dispatch:
         attributes["dispatch"] = json.dumps([[rows, name, cfg] for rows, name, cfg in dispatch], sort_keys=True)
+    if quantization is not None:
+        attributes["quantization"] = quantization
     for key, value in weight.attributes().items():
         if key in _RESERVED:
             raise ValueError(f"format {weight.name!r}: attribute name {key!r} is reserved")

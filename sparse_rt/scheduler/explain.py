@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph
 from sparse_rt.ops.sparse_linear import dispatch_of, weight_of
 from sparse_rt.scheduler.candidates import Candidate
+from sparse_rt.scheduler.quantize import Precision
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class LayerReport:
     timings: dict[str, dict[int, float]]  # candidate label -> {batch: seconds}
     chosen: str | None                    # label of the chosen candidate, if tuned
     dispatch: tuple[tuple[int, str, str], ...] = ()  # (from rows, kernel, candidate label)
+    precision: Precision | None = None  # when int8 was considered
 
     def seconds(self, label: str | None, batch: int) -> float | None:
         return self.timings.get(label, {}).get(batch) if label else None
@@ -34,7 +36,7 @@ class LayerReport:
         return self.kernel, self.chosen
 
     def dense_label(self) -> str | None:
-        return next((label for label in self.timings if label.startswith("dense")), None)
+        return next((label for label in self.timings if label.startswith("dense/")), None)
 
 
 def layer_reports(graph: Graph) -> list[LayerReport]:
@@ -48,11 +50,13 @@ def layer_reports(graph: Graph) -> list[LayerReport]:
                    for label, per_batch in json.loads(node.attributes.get("timings", "{}")).items()}
         config = json.loads(node.attributes.get("config", "{}") or "{}")
         chosen = next((label for label in timings if _matches(label, weight, node.attributes["kernel"], config)), None)
+        quantization = node.attributes.get("quantization")
         dispatch = tuple((rows, kernel, Candidate(weight, kernel, cfg).label) for rows, kernel, cfg in dispatch_of(node))
         reports.append(LayerReport(
             name=node.label(), shape=tuple(weight.shape), density=float((dense != 0).float().mean()) if dense.numel() else 0.0,
             format=weight.name, kernel=node.attributes["kernel"], nbytes=weight.nbytes,
             dense_nbytes=dense.numel() * 4, timings=timings, chosen=chosen, dispatch=dispatch,
+            precision=Precision.from_json(quantization) if quantization else None,
         ))
     return reports
 
@@ -87,6 +91,12 @@ def format_report(reports: list[LayerReport], batch: int | None = None) -> str:
                      f"{r.nbytes:>10,} {ms:>8} {gbs:>6}  {cands or 'not tuned (heuristic choice)'}")
     weight_bytes = sum(r.nbytes for r in reports)
     dense_bytes = sum(r.dense_nbytes for r in reports)
+    quantized = [r for r in reports if r.precision is not None]
+    if quantized:
+        lines.append("precision (int8 output error against fp32, measured at conversion):")
+        lines.extend(f"  {r.name[:40]:<40} {r.precision.describe()}" for r in quantized)
+        int8 = sum(r.precision.precision == "int8" for r in quantized)
+        lines.append(f"  {int8} of {len(quantized)} layers int8, {len(quantized) - int8} kept fp32")
     lines.append(f"total: {len(reports)} layers, weights {weight_bytes:,} bytes ({weight_bytes / dense_bytes:.1%} of dense {dense_bytes:,})")
     if total > 0:
         lines.append(f"linear layers at batch {batch}: {total * 1e3:.3f} ms vs dense {total_dense * 1e3:.3f} ms "

@@ -10,6 +10,7 @@ from sparse_rt.converters.lowering import Choice, Chooser, LinearLayer
 from sparse_rt.formats.base import WeightFormat
 from sparse_rt.scheduler.cache import TuningCache
 from sparse_rt.scheduler.heuristic import heuristic_choice
+from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, check_quantize, heuristic_int8
 from sparse_rt.scheduler.tune import Timer, tune_layer, wall_clock_timer, weight_signature
 
 
@@ -28,6 +29,8 @@ def make_chooser(
     cache: TuningCache | None = None,
     timer: Timer = wall_clock_timer,
     structured: Mapping[str, WeightFormat] | None = None,
+    quantize: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> Chooser:
     """A function LinearLayer -> Choice for `device`.
 
@@ -35,8 +38,10 @@ def make_chooser(
     `batch_sizes` through `cache` (the default on-disk cache when None).
     structured: {weight_signature: format} for layers that arrived as a
     structured format (butterfly, permuted): that format joins the candidates
-    and is the heuristic's pick.
+    and is the heuristic's pick. quantize="int8": int8 formats are candidates for every
+    layer whose int8 output error is within `tolerance` (sparse_rt.scheduler.quantize).
     """
+    check_quantize(quantize, tolerance)
     weights = batch_weights(batch_sizes)
     heaviest_batch = max(weights, key=lambda b: (weights[b], -b))
     structured = dict(structured or {})
@@ -51,9 +56,16 @@ def make_chooser(
     def choose(layer: LinearLayer) -> Choice:
         known = structured_format(layer)
         if not tune:
-            return heuristic_choice(layer, device, known, batch=heaviest_batch)
+            choice = heuristic_choice(layer, device, known, batch=heaviest_batch)
+            if quantize != "int8" or known is not None:
+                return choice
+            bias = None if layer.bias is None else torch.from_numpy(layer.bias)
+            picked, precision = heuristic_int8(torch.from_numpy(layer.weight), bias, device, tolerance,
+                                               (choice.weight, choice.kernel, choice.config))
+            return Choice(*picked, quantization=precision.to_json())
         try:
-            return tune_layer(layer, device, weights, cache, timer, known)
+            return tune_layer(layer, device, weights, cache, timer, known,
+                              quantize=None if known is not None else quantize, tolerance=tolerance)
         finally:
             cache.save()
 

@@ -20,9 +20,10 @@ import torch
 from sparse_rt.converters.lowering import Choice, LinearLayer
 from sparse_rt.formats.base import WeightFormat
 from sparse_rt.kernels.activation import bind_with_activation
-from sparse_rt.kernels.registry import BoundLinear, Config, get_kernel
+from sparse_rt.kernels.registry import BoundLinear, Config, get_kernel, kernels_for
 from sparse_rt.scheduler.cache import TuningCache, device_fingerprint
 from sparse_rt.scheduler.candidates import Candidate, candidates
+from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, int8_candidates, verdict
 
 Timer = Callable[[Candidate, BoundLinear, torch.Tensor], float]
 
@@ -66,8 +67,13 @@ def tune_layer(
     cache: TuningCache,
     timer: Timer = wall_clock_timer,
     structured: WeightFormat | None = None,
+    quantize: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> Choice:
     """Time the candidates of `layer` and return the fastest, with all timings.
+
+    quantize="int8": the int8 formats join the candidates when their output error against
+    fp32 is within `tolerance` (see sparse_rt.scheduler.quantize).
 
     Every format and kernel is timed with its default config, twice, interleaved
     (keeping the faster); then the configs next to the winner's default (one
@@ -109,6 +115,10 @@ def tune_layer(
         scores[label] = (sum(batch_weights[b] * t for b, t in per_batch.items()), candidate)
 
     defaults = candidates(weight, device, structured, all_configs=False)
+    precision = None
+    if quantize == "int8":
+        formats, precision = int8_candidates(weight, bias, device, tolerance)
+        defaults += [Candidate(f, k.name, k.configs(f, device)[0]) for f in formats for k in kernels_for(f, device)]
     for candidate in defaults:
         measure(candidate)
     # a second, interleaved round: a burst of other work slows one candidate, not the verdict
@@ -121,7 +131,9 @@ def tune_layer(
         if sum(config.get(k) != v for k, v in best.config.items()) == 1:
             measure(Candidate(best.weight, best.kernel, config))
     chosen = min(scores.values(), key=lambda item: item[0])[1]
-    return Choice(chosen.weight, chosen.kernel, chosen.config, timings, batch_dispatch(chosen, scores, timings))
+    quantization = None if precision is None else verdict(chosen.weight, precision).to_json()
+    return Choice(chosen.weight, chosen.kernel, chosen.config, timings, batch_dispatch(chosen, scores, timings),
+                  quantization)
 
 
 def batch_dispatch(
