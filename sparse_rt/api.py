@@ -11,6 +11,7 @@ import torch
 from sparse_rt.converters.fusion import chain_csr_layers, fuse_graph, fuse_linear_activation
 from sparse_rt.converters.lowering import lower_linear_layers
 from sparse_rt.converters.onnx import import_onnx
+from sparse_rt.converters.quantized import dequantize_linear_layers, is_quantized
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph
 from sparse_rt.ir.onnx_io import load as load_graph
 from sparse_rt.ir.onnx_io import read_model_proto
@@ -40,7 +41,10 @@ def convert(
     bar over the layers while tuning. quantize="int8": int8 weight formats (activations
     quantized per token) become candidates wherever a layer's int8 output error against
     fp32, measured at conversion, is within quantize_tolerance (default
-    sparse_rt.scheduler.quantize.DEFAULT_TOLERANCE); other layers stay fp32.
+    sparse_rt.scheduler.quantize.DEFAULT_TOLERANCE); other layers stay fp32. An ONNX
+    model that is already quantized (onnxruntime's quantize_dynamic or quantize_static
+    output) has its linear layers dequantized and converted with quantize="int8" unless
+    quantize says otherwise (see sparse_rt.converters.quantized).
     """
     structured = None
     if isinstance(model, torch.nn.Module):
@@ -53,6 +57,9 @@ def convert(
         graph = model
     else:
         graph = import_onnx(model)
+        if is_quantized(graph):  # a quantized model converts to int8 layers unless told otherwise
+            quantize = "int8" if quantize is None else quantize
+            dequantize_linear_layers(graph)
         fuse_graph(graph)
     if lower:
         from sparse_rt.scheduler.plan import make_chooser
