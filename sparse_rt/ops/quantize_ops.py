@@ -13,33 +13,41 @@ import torch
 
 from sparse_rt.ops.registry import register_op
 
-_RANGES = {torch.uint8: (0, 255), torch.int8: (-128, 127)}
+_RANGES = {torch.uint8: (0, 255), torch.int8: (-128, 127), torch.uint16: (0, 65535), torch.int16: (-32768, 32767)}
 
 
-def _along(param: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
-    """A per-tensor (0-d / 1 element) or per-axis (1-D) parameter shaped to broadcast against x."""
+def _along(param: torch.Tensor, x: torch.Tensor, axis: int, block_size: int = 0) -> torch.Tensor:
+    """A per-tensor (1 element), per-axis (1-D) or blocked (x's rank, one entry per `block_size`
+    elements along `axis`) parameter, shaped to broadcast against x."""
     if param.numel() == 1:
         return param.reshape(())
+    axis = axis % x.dim()
+    if block_size:
+        return param.repeat_interleave(block_size, dim=axis).narrow(axis, 0, x.shape[axis])
     shape = [1] * x.dim()
-    shape[axis % x.dim()] = param.numel()
+    shape[axis] = param.numel()
     return param.reshape(shape)
 
 
-def quantize_linear(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, axis: int = 1) -> torch.Tensor:
-    """saturate(round(x / scale) + zero_point) in zero_point's dtype (uint8 without one)."""
-    dtype = torch.uint8 if zero_point is None else zero_point.dtype
+def quantize_linear(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, axis: int = 1,
+                    block_size: int = 0, output_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """saturate(round(x / scale) + zero_point) in zero_point's dtype (else output_dtype, else uint8)."""
+    dtype = zero_point.dtype if zero_point is not None else (output_dtype or torch.uint8)
     if dtype not in _RANGES:
-        raise ValueError(f"QuantizeLinear: expected a uint8 or int8 zero point, got {dtype}")
+        raise ValueError(f"QuantizeLinear: expected a zero point of {sorted(map(str, _RANGES))}, got {dtype}")
     low, high = _RANGES[dtype]
-    zp = 0.0 if zero_point is None else _along(zero_point.to(torch.float32), x, axis)
-    q = torch.round(x.to(torch.float32) / _along(scale.to(torch.float32), x, axis)) + zp
-    return q.clamp(low, high).to(dtype)
+    zp = 0.0 if zero_point is None else _along(zero_point.to(torch.float32), x, axis, block_size)
+    scale = _along(scale.to(torch.float32), x, axis, block_size)
+    q = torch.round(x.to(torch.float32) / scale) + zp
+    return q.clamp(low, high).to(torch.int32 if dtype == torch.uint16 else dtype).to(dtype)
 
 
-def dequantize_linear(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, axis: int = 1) -> torch.Tensor:
-    """(x - zero_point) * scale as float32."""
-    zp = 0 if zero_point is None else _along(zero_point.to(torch.int32), x, axis)
-    return (x.to(torch.int32) - zp).to(torch.float32) * _along(scale.to(torch.float32), x, axis)
+def dequantize_linear(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, axis: int = 1,
+                      block_size: int = 0) -> torch.Tensor:
+    """(x - zero_point) * scale in scale's floating dtype."""
+    zp = 0 if zero_point is None else _along(zero_point.to(torch.int64), x, axis, block_size)
+    result = (x.to(torch.int64) - zp).to(torch.float32) * _along(scale.to(torch.float32), x, axis, block_size)
+    return result.to(scale.dtype) if scale.is_floating_point() else result
 
 
 def dynamic_quantize_linear(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,16 +74,20 @@ def matmul_integer(a: torch.Tensor, b: torch.Tensor, a_zero_point: torch.Tensor 
     return torch.matmul(a64.to(torch.float64), b64.to(torch.float64)).to(torch.int32)
 
 
+_OUTPUT_DTYPES = {2: torch.uint8, 3: torch.int8, 4: torch.uint16, 5: torch.int16}  # TensorProto element types
+
+
 @register_op("QuantizeLinear", since_version=10)
 def _bind_quantize(node, ctx):
-    axis = node.attributes.get("axis", 1)
-    return lambda x, scale, zero_point=None: quantize_linear(x, scale, zero_point, axis)
+    axis, block_size = node.attributes.get("axis", 1), node.attributes.get("block_size", 0)
+    output_dtype = _OUTPUT_DTYPES.get(node.attributes.get("output_dtype", 0))
+    return lambda x, scale, zero_point=None: quantize_linear(x, scale, zero_point, axis, block_size, output_dtype)
 
 
 @register_op("DequantizeLinear", since_version=10)
 def _bind_dequantize(node, ctx):
-    axis = node.attributes.get("axis", 1)
-    return lambda x, scale, zero_point=None: dequantize_linear(x, scale, zero_point, axis)
+    axis, block_size = node.attributes.get("axis", 1), node.attributes.get("block_size", 0)
+    return lambda x, scale, zero_point=None: dequantize_linear(x, scale, zero_point, axis, block_size)
 
 
 @register_op("DynamicQuantizeLinear", since_version=11)
