@@ -24,8 +24,7 @@ import numpy as np
 
 from sparse_rt.ir.graph import Graph, Node
 
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
-                 "ConvInteger", "QLinearConv"}
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul"}
 _LINEAR = ("MatMul", "Gemm")
 
 
