@@ -13,7 +13,8 @@ def _convert(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     graph = sparse_rt.convert(args.model, shapes=dict(args.shapes) if args.shapes else None,
                               batch_sizes=args.batch_sizes, device=args.device, tune=not args.no_tune,
-                              progress=not args.quiet)
+                              progress=not args.quiet, quantize=args.quantize,
+                              quantize_tolerance=args.quantize_tolerance)
     sparse_rt.save(graph, args.output)
     layers = sum(1 for n in graph.nodes if n.op_type == "SparseLinear")
     how = "heuristic" if args.no_tune else "tuned"
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("--device", default="cpu")
     convert.add_argument("--no-tune", action="store_true", help="pick kernels by heuristic, without timing")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    convert.add_argument("--quantize", choices=["int8"], default=None,
+                         help="also try int8 weights (activations quantized per token) per layer")
+    convert.add_argument("--quantize-tolerance", type=float, default=None,
+                         help="largest relative output error of an int8 layer against fp32 (default 0.05)")
     explain = commands.add_parser("explain", help="per-layer report of a converted model")
     explain.add_argument("model", help="a file written by `convert`")
     explain.add_argument("--batch", type=int, default=None, help="rows per call to report (default: the rows most layers were tuned at)")

@@ -11,6 +11,7 @@ import torch
 from sparse_rt.converters.fusion import chain_csr_layers, fuse_graph, fuse_linear_activation
 from sparse_rt.converters.lowering import linear_inputs, lower_linear_layers
 from sparse_rt.converters.onnx import import_onnx
+from sparse_rt.converters.quantized import dequantize_linear_layers, is_quantized
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph
 from sparse_rt.ir.onnx_io import load as load_graph
 from sparse_rt.ir.onnx_io import read_model_proto
@@ -30,6 +31,8 @@ def convert(
     tune: bool = True,
     lower: bool = True,
     progress: bool = False,
+    quantize: str | None = None,
+    quantize_tolerance: float | None = None,
 ) -> Graph:
     """Convert a model to a sparse_rt Graph with its linear layers lowered.
 
@@ -42,7 +45,13 @@ def convert(
     (`scheduler.workload`). batch_sizes: tune every layer at these rows instead
     (tokens per call for sequence models), or {rows: weight}. tune=False picks kernels
     by a deterministic heuristic, without timing. progress: a progress bar over the
-    layers while tuning.
+    layers while tuning. quantize="int8": int8 weight formats (activations
+    quantized per token) become candidates wherever a layer's int8 output error against
+    fp32, measured at conversion, is within quantize_tolerance (default
+    sparse_rt.scheduler.quantize.DEFAULT_TOLERANCE); other layers stay fp32. An ONNX
+    model that is already quantized (onnxruntime's quantize_dynamic or quantize_static
+    output) has its linear layers dequantized and converted with quantize="int8" unless
+    quantize says otherwise (see sparse_rt.converters.quantized).
     """
     structured = None
     if isinstance(model, torch.nn.Module):
@@ -58,14 +67,20 @@ def convert(
         graph = model
     else:
         graph = import_onnx(model)
+        if is_quantized(graph):  # a quantized model converts to int8 layers unless told otherwise
+            quantize = "int8" if quantize is None else quantize
+            dequantize_linear_layers(graph)
         fuse_graph(graph)
     if lower:
         from sparse_rt.scheduler.plan import make_chooser
+        from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE
 
         if batch_sizes is not None and shapes is not None:
             raise TypeError("convert: give shapes (representative inputs) or batch_sizes (rows to tune at), not both")
         rows = rows_per_input(graph, linear_inputs(graph), shapes) if batch_sizes is None else None
-        chooser = make_chooser(torch.device(device), batch_sizes, tune=tune, structured=structured)
+        tolerance = DEFAULT_TOLERANCE if quantize_tolerance is None else quantize_tolerance
+        chooser = make_chooser(torch.device(device), batch_sizes, tune=tune, structured=structured,
+                               quantize=quantize, tolerance=tolerance)
         lower_linear_layers(graph, chooser, progress=progress, keep_apart=_arrived_structured(structured), rows=rows)
         fuse_linear_activation(graph)
         chain_csr_layers(graph)

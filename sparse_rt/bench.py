@@ -49,7 +49,7 @@ class Workload:
 
     name: str
     onnx_path: Path
-    make_feeds: Callable[[int], dict[str, np.ndarray]]
+    make_feeds: Callable[..., dict[str, np.ndarray]]  # (batch, seed=None): seeded by batch unless seed given
     module: torch.nn.Module | None = None
     converted: bool = False
 
@@ -65,6 +65,7 @@ class Latency:
     runs: int
     speedup_vs_ort: float | None = None
     max_rel_error_vs_ort: float | None = None
+    speedup_vs_ort_int8: float | None = None
 
 
 @dataclass
@@ -80,6 +81,9 @@ class Report:
     latencies: list[Latency] = field(default_factory=list)
     per_layer: list[dict] = field(default_factory=list)
     environment: dict[str, str] = field(default_factory=dict)
+    quantize: str | None = None
+    precision: dict[str, int] = field(default_factory=dict)  # layers by precision ("int8", "fp32")
+    agreement: list[dict] = field(default_factory=list)  # per engine, against onnxruntime fp32
 
 
 # ----------------------------------------------------------------------------- models
@@ -94,8 +98,8 @@ def build_workload(kind: str, sparsity: float, pattern: str, seq_len: int, workd
         module = zoo.seeded(zoo.Encoder(zoo.BERT_BASE))
         vocab = zoo.BERT_BASE.vocab_size
 
-        def make_inputs(batch: int) -> tuple[torch.Tensor, ...]:
-            g = torch.Generator().manual_seed(batch)
+        def make_inputs(batch: int, seed: int | None = None) -> tuple[torch.Tensor, ...]:
+            g = torch.Generator().manual_seed(batch if seed is None else seed)
             return (torch.randint(0, vocab, (batch, seq_len), generator=g),
                     torch.ones(batch, seq_len, dtype=torch.int64))
 
@@ -103,15 +107,16 @@ def build_workload(kind: str, sparsity: float, pattern: str, seq_len: int, workd
     elif kind == "mlp":
         module = zoo.seeded(zoo.MLP((768, 3072, 768, 3072, 768, 3072, 768, 3072, 768)))
 
-        def make_inputs(batch: int) -> tuple[torch.Tensor, ...]:
-            return (torch.randn(batch, 768, generator=torch.Generator().manual_seed(batch)),)
+        def make_inputs(batch: int, seed: int | None = None) -> tuple[torch.Tensor, ...]:
+            return (torch.randn(batch, 768, generator=torch.Generator().manual_seed(batch if seed is None else seed)),)
 
         dims = {}
     elif kind == "cnn":
         module = zoo.seeded(zoo.SmallCNN(channels=128, blocks=4, classes=1000))
 
-        def make_inputs(batch: int) -> tuple[torch.Tensor, ...]:
-            return (torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(batch)),)
+        def make_inputs(batch: int, seed: int | None = None) -> tuple[torch.Tensor, ...]:
+            generator = torch.Generator().manual_seed(batch if seed is None else seed)
+            return (torch.randn(batch, 3, 64, 64, generator=generator),)
 
         dims = {}
     else:
@@ -122,8 +127,8 @@ def build_workload(kind: str, sparsity: float, pattern: str, seq_len: int, workd
     onnx.save(proto, str(path))
     names = [i.name for i in proto.graph.input]
 
-    def make_feeds(batch: int) -> dict[str, np.ndarray]:
-        return {n: t.numpy() for n, t in zip(names, make_inputs(batch))}
+    def make_feeds(batch: int, seed: int | None = None) -> dict[str, np.ndarray]:
+        return {n: t.numpy() for n, t in zip(names, make_inputs(batch, seed))}
 
     return Workload(kind, path, make_feeds, module)
 
@@ -135,8 +140,9 @@ def transformers_workload(name: str, sparsity: float, pattern: str, seq_len: int
         zoo_hf.prune(model, name, sparsity, pattern)
     path = zoo_hf.export(model, name, workdir / f"{name}.onnx")
 
-    def make_feeds(batch: int) -> dict[str, np.ndarray]:
-        return {k: v.numpy() for k, v in zoo_hf.example_inputs(name, batch, seq_len=seq_len, seed=batch).items()}
+    def make_feeds(batch: int, seed: int | None = None) -> dict[str, np.ndarray]:
+        inputs = zoo_hf.example_inputs(name, batch, seq_len=seq_len, seed=batch if seed is None else seed)
+        return {k: v.numpy() for k, v in inputs.items()}
 
     names = list(zoo_hf.example_inputs(name, 1, seq_len=1))
     return Workload(name, path, make_feeds, zoo_hf.TupleOutputs(model, names))
@@ -199,8 +205,8 @@ def file_workload(path: str) -> Workload:
         for v in graph.input if v.name not in initializers
     ]
 
-    def make_feeds(batch: int) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(batch)
+    def make_feeds(batch: int, seed: int | None = None) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(batch if seed is None else seed)
         feeds = {}
         for name, dtype, shape in described:
             dims = [d if d else (batch if axis == 0 else 16) for axis, d in enumerate(shape)]
@@ -285,7 +291,8 @@ def run_bench(args: argparse.Namespace) -> Report:
         graph = sparse_rt.load(workload.onnx_path)
     else:
         # default options, as a user converts an exported file
-        graph = sparse_rt.convert(str(workload.onnx_path), tune=not args.no_tune, progress=not args.quiet)
+        graph = sparse_rt.convert(str(workload.onnx_path), tune=not args.no_tune, progress=not args.quiet,
+                                  quantize=args.quantize)
     ours = sparse_rt.InferenceSession(graph, threads=args.threads)
     convert_seconds = time.perf_counter() - start
     bar.update(1)
@@ -308,6 +315,10 @@ def run_bench(args: argparse.Namespace) -> Report:
                 return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
             engines = {"onnxruntime": engines["onnxruntime"], "torch": torch_run, "sparse_rt": engines["sparse_rt"]}
+        if args.quantize == "int8":
+            ort_int8 = ort_quantized_session(workload.onnx_path, workdir, options)
+            engines = {"onnxruntime": engines["onnxruntime"], "onnxruntime_int8": lambda feeds: ort_int8.run(None, feeds),
+                       **{k: v for k, v in engines.items() if k != "onnxruntime"}}
 
     rss: dict[str, float] = {}
     if not args.no_memory:
@@ -316,13 +327,14 @@ def run_bench(args: argparse.Namespace) -> Report:
     report = Report(
         model=workload.name, sparsity=args.sparsity if args.model in MODELS else None, pattern=args.pattern,
         threads=args.threads, convert_seconds=convert_seconds, weight_bytes=weight_bytes(graph),
-        rss_mb=rss, peak_rss_mb=0.0, environment=environment(),
+        rss_mb=rss, peak_rss_mb=0.0, environment=environment(), quantize=args.quantize,
+        precision=layer_precisions(graph),
     )
     bar.set_postfix_str("measuring")
     for batch in args.batch_sizes:
         feeds = workload.make_feeds(batch)
         reference = engines["onnxruntime"](feeds) if "onnxruntime" in engines else None
-        base = None
+        base, base_int8 = None, None
         measured = measure_interleaved({name: (lambda engine=engine: engine(feeds)) for name, engine in engines.items()},
                                        args.warmup, args.iters, args.seconds)
         for name, engine in engines.items():
@@ -332,11 +344,18 @@ def run_bench(args: argparse.Namespace) -> Report:
                           batch / p50, len(samples))
             if name == "onnxruntime":
                 base = p50
+            if name == "onnxruntime_int8":
+                base_int8 = p50
             if base is not None:
                 row.speedup_vs_ort = base / p50
+            if base_int8 is not None:
+                row.speedup_vs_ort_int8 = base_int8 / p50
             if reference is not None and name != "onnxruntime":
                 row.max_rel_error_vs_ort = max_relative_error(engine(feeds), reference)
             report.latencies.append(row)
+    if args.agreement and "onnxruntime" in engines:
+        bar.set_postfix_str(f"agreement on {args.agreement} inputs")
+        report.agreement = agreement(workload, engines, args.agreement)
     if args.per_layer:
         profile = ours.profile(workload.make_feeds(args.batch_sizes[0]))
         report.per_layer = [{"node": label, "ms": seconds * 1e3} for label, seconds in profile]
@@ -344,6 +363,53 @@ def run_bench(args: argparse.Namespace) -> Report:
     bar.update(1)
     bar.close()
     return report
+
+
+def ort_quantized_session(onnx_path: Path, workdir: Path, options):
+    """onnxruntime on the model quantized by its own `quantize_dynamic` (int8 weights, activations
+    quantized per call: MatMulInteger, fused by its optimizer into its int8 GEMM)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantized = workdir / f"{onnx_path.stem}.int8.onnx"
+    quantize_dynamic(str(onnx_path), str(quantized), weight_type=QuantType.QInt8)
+    return ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
+
+
+def layer_precisions(graph: sparse_rt.Graph) -> dict[str, int]:
+    """{"int8": n, "fp32": m}: the converted linear layers by the precision of their weights."""
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op_type == "SparseLinear":
+            precision = "int8" if node.attributes["format"].endswith("_int8") else "fp32"
+            counts[precision] = counts.get(precision, 0) + 1
+    return counts
+
+
+def pooled(output: np.ndarray) -> np.ndarray:
+    """One sample's output as a vector: sequence outputs [1, seq, hidden] averaged over seq."""
+    output = np.asarray(output, dtype=np.float64)
+    return output.reshape(output.shape[1], -1).mean(axis=0) if output.ndim >= 3 else output.reshape(-1)
+
+
+def agreement(workload: Workload, engines: dict[str, Callable], samples: int) -> list[dict]:
+    """Against onnxruntime fp32 on `samples` seeded single-sample inputs, per other engine (torch
+    left out): share of inputs whose pooled output has the same argmax, share of pooled elements
+    of the same sign, and the largest relative error of the whole output."""
+    names = [n for n in engines if n not in ("onnxruntime", "torch")]
+    stats = {n: {"argmax": 0, "sign": 0.0, "max_rel_error": 0.0} for n in names}
+    for i in range(samples):
+        feeds = workload.make_feeds(1, seed=100_000 + i)
+        reference = engines["onnxruntime"](feeds)
+        expected = pooled(reference[0])
+        for name in names:
+            actual = engines[name](feeds)
+            vector = pooled(actual[0])
+            stats[name]["argmax"] += int(np.argmax(vector) == np.argmax(expected))
+            stats[name]["sign"] += float(np.mean(np.sign(vector) == np.sign(expected)))
+            stats[name]["max_rel_error"] = max(stats[name]["max_rel_error"], max_relative_error(actual, reference))
+    return [{"engine": n, "samples": samples, "argmax_agreement": s["argmax"] / samples,
+             "sign_agreement": s["sign"] / samples, "max_rel_error": s["max_rel_error"]} for n, s in stats.items()]
 
 
 def session_memories(workload: Workload, graph: sparse_rt.Graph, with_ort: bool, args: argparse.Namespace,
@@ -392,13 +458,22 @@ def format_table(report: Report) -> str:
     lines = [
         f"model {report.model}" + (f", {report.sparsity:.0%} {report.pattern}" if report.sparsity is not None else "")
         + f", {report.threads} threads; {report.environment.get('cpu', '')}",
-        f"{'engine':<12} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'samples/s':>10} {'vs ort':>7} {'max rel err':>11}",
+        f"{'engine':<16} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'samples/s':>10} {'vs ort':>7} "
+        f"{'vs ort int8':>11} {'max rel err':>11}",
     ]
     for r in report.latencies:
         speed = f"{r.speedup_vs_ort:.2f}x" if r.speedup_vs_ort is not None else "-"
+        speed_int8 = f"{r.speedup_vs_ort_int8:.2f}x" if r.speedup_vs_ort_int8 is not None else "-"
         err = f"{r.max_rel_error_vs_ort:.1e}" if r.max_rel_error_vs_ort is not None else "-"
-        lines.append(f"{r.engine:<12} {r.batch:>5} {r.p50_ms:>9.2f} {r.p90_ms:>9.2f} {r.p99_ms:>9.2f} "
-                     f"{r.throughput:>10.1f} {speed:>7} {err:>11}")
+        lines.append(f"{r.engine:<16} {r.batch:>5} {r.p50_ms:>9.2f} {r.p90_ms:>9.2f} {r.p99_ms:>9.2f} "
+                     f"{r.throughput:>10.1f} {speed:>7} {speed_int8:>11} {err:>11}")
+    if report.quantize:
+        lines.append(f"quantize {report.quantize}: linear layers by precision "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(report.precision.items())))
+    for a in report.agreement:
+        lines.append(f"agreement with onnxruntime fp32 over {a['samples']} inputs, {a['engine']}: pooled argmax "
+                     f"{a['argmax_agreement']:.1%}, pooled signs {a['sign_agreement']:.2%}, max rel error "
+                     f"{a['max_rel_error']:.2e}")
     wb = report.weight_bytes
     if wb["linear_dense"]:
         lines.append(f"linear weights: sparse_rt {wb['linear_sparse_rt'] / 2**20:.1f} MiB vs dense "
@@ -478,7 +553,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true",
                         help="skip measuring each engine's session memory in a fresh process")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quantize", choices=["int8"], default=None,
+                        help="convert with int8 candidates; adds onnxruntime on its quantize_dynamic model")
+    parser.add_argument("--agreement", type=int, default=None,
+                        help="inputs to compare outputs with onnxruntime fp32 on (default 256 with --quantize, else 0)")
     args = parser.parse_args(argv)
+    if args.agreement is None:
+        args.agreement = 256 if args.quantize else 0
     if not 0.0 <= args.sparsity < 1.0:
         parser.error(f"--sparsity: expected a fraction in [0, 1), got {args.sparsity}")
     if any(b < 1 for b in args.batch_sizes):

@@ -21,15 +21,18 @@ SUITE = (
     + [(name, s, p) for name in ARCHITECTURES for s, p in ((0.0, "unstructured"), (0.9, "unstructured"),
                                                            (0.9, "block:16x16"))]
 )
+# Points converted with quantize="int8", against onnxruntime fp32 and onnxruntime's quantize_dynamic model
+QUANTIZED = (("bert", 0.9, "unstructured"),)
 
 
 def run_models_suite(args: argparse.Namespace) -> list[Report]:
     """Run every (model, sparsity, pattern) point with the caller's batch sizes and timing options."""
     reports = []
-    points = [point for point in SUITE if args.suite_models is None or point[0] in args.suite_models]
-    for model, sparsity, pattern in tqdm(points, desc="models suite", unit="point", disable=args.quiet):
+    points = [(*p, None) for p in SUITE] + [(*p, "int8") for p in QUANTIZED]
+    points = [point for point in points if args.suite_models is None or point[0] in args.suite_models]
+    for model, sparsity, pattern, quantize in tqdm(points, desc="models suite", unit="point", disable=args.quiet):
         point = copy.copy(args)
-        point.model, point.sparsity, point.pattern = model, sparsity, pattern
+        point.model, point.sparsity, point.pattern, point.quantize = model, sparsity, pattern, quantize
         point.per_layer, point.quiet, point.no_compare, point.no_memory = False, True, False, True
         reports.append(run_bench(point))
     print(markdown_table(reports))
@@ -41,6 +44,7 @@ def markdown_table(reports: list[Report]) -> str:
     lines = [
         "| model | pattern | sparsity | batch | onnxruntime ms | torch ms | sparse_rt ms | vs onnxruntime | linear weights MiB (sparse_rt / dense) | max rel err |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        # int8 points: onnxruntime int8 (quantize_dynamic) in the torch column's place, and the speedup over it
     ]
     for rep in reports:
         for batch in sorted({r.batch for r in rep.latencies}):
@@ -51,9 +55,15 @@ def markdown_table(reports: list[Report]) -> str:
                 return f"{rows[engine].p50_ms:.2f}" if engine in rows else "-"
 
             wb = rep.weight_bytes
+            pattern, other = rep.pattern, ms("torch")
+            speedup = f"{ours.speedup_vs_ort:.2f}x"
+            if rep.quantize:
+                pattern = f"{rep.pattern} + {rep.quantize}"
+                other = f"{ms('onnxruntime_int8')} (ort int8)"
+                speedup += f" ({ours.speedup_vs_ort_int8:.2f}x vs ort int8)"
             lines.append(
-                f"| {rep.model} | {rep.pattern} | {rep.sparsity or 0:.0%} | {batch} | {ms('onnxruntime')} | {ms('torch')} | "
-                f"{ours.p50_ms:.2f} | {ours.speedup_vs_ort:.2f}x | {wb['linear_sparse_rt'] / 2**20:.1f} / "
+                f"| {rep.model} | {pattern} | {rep.sparsity or 0:.0%} | {batch} | {ms('onnxruntime')} | {other} | "
+                f"{ours.p50_ms:.2f} | {speedup} | {wb['linear_sparse_rt'] / 2**20:.1f} / "
                 f"{wb['linear_dense'] / 2**20:.1f} | {ours.max_rel_error_vs_ort:.1e} |"
             )
     return "\n".join(lines)

@@ -54,6 +54,8 @@ class Choice:
     [(from rows, kernel, config)] to use from each row count on, ascending from 1.
     tuned_rows: the row counts the format was chosen at (the others in timings only
     decided the dispatch).
+    quantization: when int8 was considered, the precision verdict as JSON
+    (`sparse_rt.scheduler.quantize.Precision`).
     """
 
     weight: WeightFormat
@@ -62,6 +64,7 @@ class Choice:
     timings: dict[str, dict[int, float]] | None = None
     dispatch: list[tuple[int, str, Config]] | None = None
     tuned_rows: tuple[int, ...] | None = None
+    quantization: str | None = None
 
 
 Chooser = Callable[[LinearLayer], Choice]
@@ -240,7 +243,7 @@ def _emit(graph: Graph, match: _Match, choice: Choice) -> list[Node]:
         graph.constants[bias] = layer.bias
     def linear(x_name: str, y_name: str) -> Node:
         return sparse_linear_node(base, x_name, y_name, bias, arrays, choice.weight, choice.kernel, choice.config,
-                                  choice.timings, choice.dispatch, choice.tuned_rows)
+                                  choice.timings, choice.dispatch, choice.tuned_rows, choice.quantization)
 
     if len(match.outputs) > 1:
         merged = graph.fresh_name(f"{base}.merged")

@@ -7,7 +7,9 @@ from sparse_rt.formats.base import FORMATS, WeightFormat, get_format, register_f
 from sparse_rt.formats.bsr import BsrFormat
 from sparse_rt.formats.butterfly import ButterflyFormat, butterfly_apply
 from sparse_rt.formats.csr import CsrFormat
+from sparse_rt.formats.csr_int8 import CsrInt8Format
 from sparse_rt.formats.dense import DenseFormat
+from sparse_rt.formats.dense_int8 import DenseInt8Format
 from sparse_rt.formats.nm import NmFormat
 from sparse_rt.formats.permuted import PermutedFormat, permuted_apply
 
@@ -16,7 +18,9 @@ __all__ = [
     "BsrFormat",
     "ButterflyFormat",
     "CsrFormat",
+    "CsrInt8Format",
     "DenseFormat",
+    "DenseInt8Format",
     "NmFormat",
     "PermutedFormat",
     "WeightFormat",

@@ -11,6 +11,7 @@ from sparse_rt.ops import (  # noqa: F401
     normalization,
     pad,
     pool,
+    quantize_ops,
     reduce,
     resize,
     shape_ops,

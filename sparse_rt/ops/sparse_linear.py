@@ -10,7 +10,8 @@ Node layout (the same in memory and on disk):
               format by row count, where the tuner found different ones fastest, and
               output_layout ("batch_tiles": batched outputs stay in the CSR kernel's
               input tiles, for the one CSR layer that reads them; see chain_csr_layers),
-              tuned_rows (ints: the row counts the tuner chose the format at).
+              tuned_rows (ints: the row counts the tuner chose the format at), and
+              quantization (JSON): the int8-or-fp32 verdict and the error measured for it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from sparse_rt.kernels.registry import BoundLinear, Config, Kernel, kernels_for
 from sparse_rt.ops.registry import BindContext, register_op
 
 _RESERVED = ("format", "arrays", "kernel", "config", "timings", "activation", "dispatch", "output_layout",
-             "tuned_rows")
+             "tuned_rows", "quantization")
 # The kernel that can leave its output in batch tiles, and read them.
 TILED_KERNEL = "csr_cpu_rowwise"
 
@@ -47,12 +48,14 @@ def sparse_linear_node(
     timings: dict[str, dict[int, float]] | None = None,
     dispatch: list[tuple[int, str, Config]] | None = None,
     tuned_rows: tuple[int, ...] | None = None,
+    quantization: str | None = None,
 ) -> Node:
     """Build a SparseLinear node; `weight_arrays` maps format field -> constant name.
 
     timings (optional): the tuner's measurements, kept for `explain`.
     dispatch (optional): [(from rows, kernel, config)], ascending from 1 row.
     tuned_rows (optional): the row counts the format was chosen at, for `explain`.
+    quantization (optional): the precision verdict (JSON), kept for `explain`.
     """
     attributes: dict[str, Any] = {
         "format": weight.name,
@@ -66,6 +69,8 @@ def sparse_linear_node(
         attributes["tuned_rows"] = [int(r) for r in tuned_rows]
     if dispatch:
         attributes["dispatch"] = json.dumps([[rows, name, cfg] for rows, name, cfg in dispatch], sort_keys=True)
+    if quantization is not None:
+        attributes["quantization"] = quantization
     for key, value in weight.attributes().items():
         if key in _RESERVED:
             raise ValueError(f"format {weight.name!r}: attribute name {key!r} is reserved")

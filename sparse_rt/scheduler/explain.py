@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph
 from sparse_rt.ops.sparse_linear import dispatch_of, weight_of
 from sparse_rt.scheduler.candidates import Candidate
+from sparse_rt.scheduler.quantize import Precision
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class LayerReport:
     chosen: str | None                    # label of the chosen candidate, if tuned
     dispatch: tuple[tuple[int, str, str], ...] = ()  # (from rows, kernel, candidate label)
     tuned_rows: tuple[int, ...] = ()  # the rows the format was chosen at
+    precision: Precision | None = None  # when int8 was considered
 
     def ranges(self) -> list[tuple[int, int | None, str]]:
         """[(from rows, to rows or None, candidate label)]: what runs each range of rows."""
@@ -42,7 +44,7 @@ class LayerReport:
         return self.kernel, self.chosen
 
     def dense_label(self) -> str | None:
-        return next((label for label in self.timings if label.startswith("dense")), None)
+        return next((label for label in self.timings if label.startswith("dense/")), None)
 
 
 def layer_reports(graph: Graph) -> list[LayerReport]:
@@ -56,12 +58,14 @@ def layer_reports(graph: Graph) -> list[LayerReport]:
                    for label, per_batch in json.loads(node.attributes.get("timings", "{}")).items()}
         config = json.loads(node.attributes.get("config", "{}") or "{}")
         chosen = next((label for label in timings if _matches(label, weight, node.attributes["kernel"], config)), None)
+        quantization = node.attributes.get("quantization")
         dispatch = tuple((rows, kernel, Candidate(weight, kernel, cfg).label) for rows, kernel, cfg in dispatch_of(node))
         reports.append(LayerReport(
             name=node.label(), shape=tuple(weight.shape), density=float((dense != 0).float().mean()) if dense.numel() else 0.0,
             format=weight.name, kernel=node.attributes["kernel"], nbytes=weight.nbytes,
             dense_nbytes=dense.numel() * 4, timings=timings, chosen=chosen, dispatch=dispatch,
             tuned_rows=tuple(int(r) for r in node.attributes.get("tuned_rows", ())),
+            precision=Precision.from_json(quantization) if quantization else None,
         ))
     return reports
 
@@ -104,6 +108,12 @@ def format_report(reports: list[LayerReport], batch: int | None = None) -> str:
             lines.append(f"  {r.name[:28]:<28} {spans}")
     weight_bytes = sum(r.nbytes for r in reports)
     dense_bytes = sum(r.dense_nbytes for r in reports)
+    quantized = [r for r in reports if r.precision is not None]
+    if quantized:
+        lines.append("precision (int8 output error against fp32, measured at conversion):")
+        lines.extend(f"  {r.name[:40]:<40} {r.precision.describe()}" for r in quantized)
+        int8 = sum(r.precision.precision == "int8" for r in quantized)
+        lines.append(f"  {int8} of {len(quantized)} layers int8, {len(quantized) - int8} kept fp32")
     lines.append(f"total: {len(reports)} layers, weights {weight_bytes:,} bytes ({weight_bytes / dense_bytes:.1%} of dense {dense_bytes:,})")
     if total > 0:
         lines.append(f"linear layers at batch {batch}: {total * 1e3:.3f} ms vs dense {total_dense * 1e3:.3f} ms "

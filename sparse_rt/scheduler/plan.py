@@ -10,6 +10,7 @@ from sparse_rt.converters.lowering import Choice, Chooser, LinearLayer
 from sparse_rt.formats.base import WeightFormat
 from sparse_rt.scheduler.cache import TuningCache
 from sparse_rt.scheduler.heuristic import heuristic_choice
+from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, check_quantize, heuristic_int8
 from sparse_rt.scheduler.tune import Timer, tune_layer, wall_clock_timer, weight_signature
 from sparse_rt.scheduler.workload import DEFAULT_SEQUENCE, ROW_SPREAD
 
@@ -29,6 +30,8 @@ def make_chooser(
     cache: TuningCache | None = None,
     timer: Timer = wall_clock_timer,
     structured: Mapping[str, WeightFormat] | None = None,
+    quantize: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> Chooser:
     """A function LinearLayer -> Choice for `device`.
 
@@ -40,7 +43,10 @@ def make_chooser(
     (the default on-disk cache when None).
     structured: {weight_signature: format} for layers that arrived as a structured format
     (butterfly, permuted): that format joins the candidates and is the heuristic's pick.
+    quantize="int8": int8 formats are candidates for every layer whose int8 output error is
+    within `tolerance` (sparse_rt.scheduler.quantize).
     """
+    check_quantize(quantize, tolerance)
     fixed = None if batch_sizes is None else batch_weights(batch_sizes)
     structured = dict(structured or {})
     if tune and cache is None:
@@ -57,9 +63,16 @@ def make_chooser(
         spread = () if fixed is not None else tuple(r for r in ROW_SPREAD if r not in weights)
         if not tune:
             heaviest = max(weights, key=lambda b: (weights[b], -b))
-            return heuristic_choice(layer, device, known, batch=heaviest)
+            choice = heuristic_choice(layer, device, known, batch=heaviest)
+            if quantize != "int8" or known is not None:
+                return choice
+            bias = None if layer.bias is None else torch.from_numpy(layer.bias)
+            picked, precision = heuristic_int8(torch.from_numpy(layer.weight), bias, device, tolerance,
+                                               (choice.weight, choice.kernel, choice.config))
+            return Choice(*picked, tuned_rows=tuple(sorted(weights)), quantization=precision.to_json())
         try:
-            return tune_layer(layer, device, weights, cache, timer, known, spread=spread)
+            return tune_layer(layer, device, weights, cache, timer, known, spread=spread,
+                              quantize=None if known is not None else quantize, tolerance=tolerance)
         finally:
             cache.save()
 

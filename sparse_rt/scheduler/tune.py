@@ -20,9 +20,10 @@ import torch
 from sparse_rt.converters.lowering import Choice, LinearLayer
 from sparse_rt.formats.base import WeightFormat
 from sparse_rt.kernels.activation import bind_with_activation
-from sparse_rt.kernels.registry import BoundLinear, Config, get_kernel
+from sparse_rt.kernels.registry import BoundLinear, Config, get_kernel, kernels_for
 from sparse_rt.scheduler.cache import TuningCache, device_fingerprint
 from sparse_rt.scheduler.candidates import Candidate, candidates
+from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, int8_candidates, verdict
 
 Timer = Callable[[Candidate, BoundLinear, torch.Tensor], float]
 
@@ -67,6 +68,8 @@ def tune_layer(
     timer: Timer = wall_clock_timer,
     structured: WeightFormat | None = None,
     spread: Sequence[int] = (),
+    quantize: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> Choice:
     """Time the candidates of `layer` and return the fastest, with all timings.
 
@@ -77,6 +80,9 @@ def tune_layer(
     of `spread` too, and the dispatch by rows picks among them at every row count timed.
     Measurements are keyed by the weight's structure (shape, format, stored bytes), so
     layers of the same shape and sparsity share them.
+
+    quantize="int8": the int8 formats join the candidates when their output error against
+    fp32 is within `tolerance` (see sparse_rt.scheduler.quantize).
     """
     weight = torch.from_numpy(layer.weight)
     bias = None if layer.bias is None else torch.from_numpy(layer.bias)
@@ -112,6 +118,10 @@ def tune_layer(
         scores[label] = (sum(batch_weights[b] * per_batch[b] for b in batch_weights), candidate)
 
     defaults = candidates(weight, device, structured, all_configs=False)
+    precision = None
+    if quantize == "int8":
+        formats, precision = int8_candidates(weight, bias, device, tolerance)
+        defaults += [Candidate(f, k.name, k.configs(f, device)[0]) for f in formats for k in kernels_for(f, device)]
     for candidate in defaults:
         measure(candidate)
     # a second, interleaved round: a burst of other work slows one candidate, not the verdict
@@ -127,8 +137,9 @@ def tune_layer(
     if spread:
         for candidate in _best_per_kernel(chosen, scores):
             measure(candidate, spread)
+    quantization = None if precision is None else verdict(chosen.weight, precision).to_json()
     return Choice(chosen.weight, chosen.kernel, chosen.config, timings, batch_dispatch(chosen, scores, timings),
-                  tuple(sorted(batch_weights)))
+                  tuple(sorted(batch_weights)), quantization)
 
 
 def _best_per_kernel(chosen: Candidate, scores: Mapping[str, tuple[float, Candidate]]) -> list[Candidate]:

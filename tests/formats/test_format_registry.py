@@ -9,7 +9,9 @@ from sparse_rt.formats import (
     BsrFormat,
     ButterflyFormat,
     CsrFormat,
+    CsrInt8Format,
     DenseFormat,
+    DenseInt8Format,
     NmFormat,
     PermutedFormat,
     get_format,
@@ -36,6 +38,8 @@ def examples():
         PermutedFormat(
             10, 6, torch.rand(2, 10, generator=generator).argsort(dim=1).to(torch.int8), torch.randn(2, 5, 2, 2)
         ),
+        CsrInt8Format.from_dense(weight),
+        DenseInt8Format.from_dense(weight),
     ]
 
 
@@ -47,6 +51,8 @@ def test_every_format_is_registered_under_its_name():
         "nm": NmFormat,
         "butterfly": ButterflyFormat,
         "permuted": PermutedFormat,
+        "csr_int8": CsrInt8Format,
+        "dense_int8": DenseInt8Format,
     }
     assert get_format("nm") is NmFormat
     with pytest.raises(ValueError, match=r"unknown weight format 'coo'; known: \['bsr', 'butterfly', 'csr'"):

@@ -208,3 +208,38 @@ def block_configs(weight, device: torch.device) -> list[Config]:
 def rows_configs(weight, device: torch.device) -> list[Config]:
     """Butterfly and permuted: input rows per task."""
     return config_space(RowsOptions(rows_per_task=1), {"rows_per_task": [1, 4, 16]})
+
+
+@dataclass(frozen=True)
+class Int8CsrOptions:
+    """Int8 CSR: tasks_per_thread, row ranges balanced by nonzero groups per thread."""
+
+    tasks_per_thread: int
+
+    def __post_init__(self) -> None:
+        _check_range(self, "tasks_per_thread", 1, 256)
+
+
+@dataclass(frozen=True)
+class Int8DenseOptions:
+    """Int8 dense: output rows per task (a multiple of 4, the kernel's register block)."""
+
+    rows_per_task: int
+
+    def __post_init__(self) -> None:
+        _check_range(self, "rows_per_task", 4, 1 << 20)
+        if self.rows_per_task % 4:
+            raise ValueError(f"Int8DenseOptions: expected rows_per_task a multiple of 4, got {self.rows_per_task}")
+
+
+def int8_csr_configs(weight, device: torch.device) -> list[Config]:
+    """Int8 CSR: tasks per thread."""
+    default = Int8CsrOptions(tasks_per_thread=DEFAULT_TASKS_PER_THREAD)
+    return config_space(default, {"tasks_per_thread": [1, DEFAULT_TASKS_PER_THREAD, 16]})
+
+
+def int8_dense_configs(weight, device: torch.device) -> list[Config]:
+    """Int8 dense: output rows per task (by default about 32 tasks, 4 to 64 rows each)."""
+    out_features = weight.shape[0]
+    default = Int8DenseOptions(rows_per_task=max(4, min(64, -(-out_features // 128) * 4)))
+    return config_space(default, {"rows_per_task": [16, 64]})

@@ -18,6 +18,7 @@ from sparse_rt.kernels.triton.bsr import bind_bsr, bsr_supports
 from sparse_rt.kernels.triton.butterfly import bind_butterfly
 from sparse_rt.kernels.triton.csr import bind_csr
 from sparse_rt.kernels.triton.dense import bind_dense
+from sparse_rt.kernels.triton.int8 import bind_int8, int8_configs
 from sparse_rt.kernels.triton.nm import bind_nm
 from sparse_rt.kernels.triton.permuted import bind_permuted
 
@@ -44,4 +45,6 @@ KERNELS = [
     register_kernel(
         Kernel("permuted_triton", "permuted", "triton", bind_permuted, configs.permuted_configs, _on_device)
     ),
+    register_kernel(Kernel("csr_int8_triton", "csr_int8", "triton", bind_int8, int8_configs, _on_device)),
+    register_kernel(Kernel("dense_int8_triton", "dense_int8", "triton", bind_int8, int8_configs, _on_device)),
 ]

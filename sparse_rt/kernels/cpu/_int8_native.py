@@ -1,0 +1,525 @@
+"""C kernels for int8 linear layers (int8 CSR and int8 dense weights).
+
+Arithmetic (the same on every instruction set, so results do not depend on the host):
+activations are quantized per token (row of x), symmetric, to 7 bits:
+q = clamp(rint(x * 63 / amax), -63, 63) with scale amax / 63; weights are int8 with a
+float32 scale per output channel. Accumulation is exact in int32 and the epilogue
+computes y = acc * (x_scale[b] * w_scale[r]) + bias[r], GELU'd where fused. A row of x
+holding NaN or Inf gets a NaN scale: that token's outputs are all NaN (documented
+result). An all-zero row gets scale 0 and outputs equal to the bias.
+
+Seven-bit activations keep the pairwise sums of AVX2's u8 x s8 `vpmaddubsw` below int16
+saturation (2 * 127 * 128 < 32768): activations are stored as u8 = q + 64 (zero point
+64) and every weight row's sum (times 64) is subtracted from its accumulators.
+
+Layouts (batched kernels, rows cut into tiles of I8_LANES = 32 rows):
+  column tiles (CSR):  u8 [tiles, in, 32]; tile t, column c holds the 32 rows' bytes.
+  quad tiles (dense):  u8 [tiles, in4 / 4, 128]; four consecutive columns of 32 rows,
+                       each row's 4 bytes together, in the order `_i8_quads` builds.
+A group of 4 nonzeros of a CSR row gathers its 4 columns from the column tile and
+interleaves them into quads in registers; dense weights find them ready made. A quad
+of activations times 4 weight bytes is one `vpdpbusd` with AVX-512 VNNI or AVX-VNNI,
+else `vpmaddubsw` + `vpmaddwd` (by ones) + add; without AVX2 the same sums are plain C.
+
+Batch 1 runs gather/dot-product kernels over the token's q (int32 for CSR, u8 + 64
+padded to 32 columns for dense).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+from sparse_rt.kernels.cpu._native import declare, load_library
+from sparse_rt.kernels.cpu.gelu import GELU_SOURCE
+
+SOURCE = GELU_SOURCE + r"""
+#include <math.h>
+#define I8_LANES 32
+#define I8_ZERO 64
+#define I8_QMAX 63
+#define I8_ROW_GROUP 8
+
+/* ---------------------------------------------------------------- quantizing activations */
+
+struct i8_scale_job { const float* x; int64_t in; float *scales, *inverses; };
+
+/* Row r: scale amax / 63 and its inverse 63 / amax (0 and 0 for an all-zero row, NaN and 0
+   for a row with NaN or Inf). */
+static void _i8_scale_task(void* context, int64_t r, int worker) {
+    const struct i8_scale_job* job = (const struct i8_scale_job*)context;
+    const float* x = job->x + r * job->in;
+    float amax = 0.0f;
+    int finite = 1;
+    int64_t k = 0;
+#if defined(__AVX2__)
+    __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f), inf = _mm256_set1_ps(INFINITY);
+    for (; k + 8 <= job->in; k += 8) {
+        __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k));
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ));
+        m = _mm256_max_ps(m, a);
+    }
+    finite = _mm256_movemask_ps(bad) == 0;
+    float lanes[8];
+    _mm256_storeu_ps(lanes, m);
+    for (int i = 0; i < 8; i++) amax = lanes[i] > amax ? lanes[i] : amax;
+#endif
+    for (; k < job->in; k++) {
+        float a = fabsf(x[k]);
+        if (!(a < INFINITY)) finite = 0;
+        else if (a > amax) amax = a;
+    }
+    if (!finite) { job->scales[r] = NAN; job->inverses[r] = 0.0f; }
+    else if (amax == 0.0f) { job->scales[r] = 0.0f; job->inverses[r] = 0.0f; }
+    else { job->scales[r] = amax / (float)I8_QMAX; job->inverses[r] = (float)I8_QMAX / amax; }
+}
+
+static void i8_scales(int num_threads, int64_t rows, int64_t in, const float* x, float* scales, float* inverses) {
+    struct i8_scale_job job = {x, in, scales, inverses};
+    sr_parallel_for(num_threads, rows, _i8_scale_task, &job);
+}
+
+static inline int32_t _i8_quantize(float x, float inverse) {
+    float v = rintf(x * inverse);
+    v = v > (float)I8_QMAX ? (float)I8_QMAX : v;
+    v = v < -(float)I8_QMAX ? -(float)I8_QMAX : v;
+    return v == v ? (int32_t)v : 0;
+}
+
+/* x [rows, in] -> column tiles (quads = 0) or quad tiles (quads = 1); see the module text.
+   Tasks: (tile, chunk of I8_CHUNK columns). */
+#define I8_CHUNK 64
+struct i8_tile_job {
+    const float* x; const float* inverses; uint8_t* out;
+    int64_t rows, in, in4, chunks; int quads;
+};
+
+#if defined(__AVX2__)
+/* 32 floats (one column of a tile) -> 32 bytes q + 64 */
+static inline __m256i _i8_pack32(const float* v, const float* inverse) {
+    const __m256i lo = _mm256_set1_epi32(-I8_QMAX), hi = _mm256_set1_epi32(I8_QMAX);
+    __m256i q[4];
+    for (int j = 0; j < 4; j++) {
+        __m256 s = _mm256_mul_ps(_mm256_loadu_ps(v + 8 * j), _mm256_loadu_ps(inverse + 8 * j));
+        /* NaN * 0 (the inverse of a non-finite row) converts to INT_MIN: clamped, harmless */
+        q[j] = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(s), lo), hi),
+                                _mm256_set1_epi32(I8_ZERO));
+    }
+    /* 1..127: packs and packus keep them; the permute undoes the packs' 128-bit interleave */
+    __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* Four columns a, b, c, d of 32 rows -> the 4 registers of quads: q[0] rows 0-3 and 16-19,
+   q[1] 4-7 and 20-23, q[2] 8-11 and 24-27, q[3] 12-15 and 28-31, each row's bytes a b c d. */
+static inline void _i8_quads(__m256i a, __m256i b, __m256i c, __m256i d, __m256i q[4]) {
+    __m256i ab_lo = _mm256_unpacklo_epi8(a, b), ab_hi = _mm256_unpackhi_epi8(a, b);
+    __m256i cd_lo = _mm256_unpacklo_epi8(c, d), cd_hi = _mm256_unpackhi_epi8(c, d);
+    q[0] = _mm256_unpacklo_epi16(ab_lo, cd_lo);
+    q[1] = _mm256_unpackhi_epi16(ab_lo, cd_lo);
+    q[2] = _mm256_unpacklo_epi16(ab_hi, cd_hi);
+    q[3] = _mm256_unpackhi_epi16(ab_hi, cd_hi);
+}
+#endif
+
+static void _i8_tile_task(void* context, int64_t task, int worker) {
+    const struct i8_tile_job* job = (const struct i8_tile_job*)context;
+    int64_t tile = task / job->chunks, b0 = tile * I8_LANES;
+    int64_t c_begin = task % job->chunks * I8_CHUNK;
+    int64_t width = job->quads ? job->in4 : job->in;
+    int64_t c_end = c_begin + I8_CHUNK < width ? c_begin + I8_CHUNK : width;
+    int64_t real = job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES;
+    const float* inverse = job->inverses + b0;
+    float block[8 * I8_LANES] __attribute__((aligned(32)));  /* [8 columns][32 rows] */
+    for (int64_t c0 = c_begin; c0 < c_end; c0 += 8) {
+        int64_t cols = c_end - c0 < 8 ? c_end - c0 : 8;
+        for (int64_t g = 0; g < I8_LANES; g += 8) {
+            const float* src = job->x + (b0 + g) * job->in + c0;
+            if (g + 8 <= real && c0 + 8 <= job->in) {
+                _transpose_8x8(src, job->in, block + g, I8_LANES);
+                continue;
+            }
+            for (int64_t c = 0; c < 8; c++)
+                for (int64_t l = 0; l < 8; l++)
+                    block[c * I8_LANES + g + l] = (g + l < real && c0 + c < job->in) ? src[l * job->in + c] : 0.0f;
+        }
+        uint8_t columns[8][I8_LANES] __attribute__((aligned(32)));
+        for (int64_t c = 0; c < cols; c++) {
+#if defined(__AVX2__)
+            _mm256_store_si256((__m256i*)columns[c], _i8_pack32(block + c * I8_LANES, inverse));
+#else
+            for (int l = 0; l < I8_LANES; l++)
+                columns[c][l] = (uint8_t)(_i8_quantize(block[c * I8_LANES + l], inverse[l]) + I8_ZERO);
+#endif
+        }
+        if (!job->quads) {
+            for (int64_t c = 0; c < cols; c++)
+                memcpy(job->out + (tile * job->in + c0 + c) * I8_LANES, columns[c], I8_LANES);
+            continue;
+        }
+        /* quad tiles: in4 is a multiple of 4, so are c0 and cols */
+        for (int64_t j = 0; j < cols; j += 4) {
+            uint8_t* dst = job->out + (tile * (job->in4 / 4) + (c0 + j) / 4) * 4 * I8_LANES;
+#if defined(__AVX2__)
+            __m256i q[4];
+            _i8_quads(_mm256_load_si256((const __m256i*)columns[j]), _mm256_load_si256((const __m256i*)columns[j + 1]),
+                      _mm256_load_si256((const __m256i*)columns[j + 2]), _mm256_load_si256((const __m256i*)columns[j + 3]), q);
+            for (int v = 0; v < 4; v++) _mm256_storeu_si256((__m256i*)(dst + 32 * v), q[v]);
+#else
+            for (int l = 0; l < I8_LANES; l++)
+                for (int e = 0; e < 4; e++) dst[4 * l + e] = columns[j + e][l];
+#endif
+        }
+    }
+}
+
+/* scales, inverses: [tiles * 32] (past `rows`: 0); out: the tiles */
+void i8_quantize_tiles(int num_threads, int64_t rows, int64_t in, int64_t in4, int quads, const float* x,
+                       float* scales, float* inverses, uint8_t* out) {
+    int64_t tiles = (rows + I8_LANES - 1) / I8_LANES;
+    i8_scales(num_threads, rows, in, x, scales, inverses);
+    int64_t width = quads ? in4 : in;
+    int64_t chunks = (width + I8_CHUNK - 1) / I8_CHUNK;
+    struct i8_tile_job job = {x, inverses, out, rows, in, in4, chunks, quads};
+    sr_parallel_for(num_threads, tiles * chunks, _i8_tile_task, &job);
+}
+
+/* One token: its scale, and q as int32 [in] (CSR) or u8 q + 64 [in32], zero past in (dense). */
+void i8_quantize_row(int64_t in, int64_t in32, const float* x, float* scale, int32_t* q32, uint8_t* q8) {
+    float inverse;
+    struct i8_scale_job job = {x, in, scale, &inverse};
+    _i8_scale_task(&job, 0, 0);
+    for (int64_t k = 0; k < in; k++) {
+        int32_t q = _i8_quantize(x[k], inverse);
+        if (q32) q32[k] = q;
+        if (q8) q8[k] = (uint8_t)(q + I8_ZERO);
+    }
+    if (q8) for (int64_t k = in; k < in32; k++) q8[k] = I8_ZERO;
+}
+
+/* ---------------------------------------------------------------- dot products of quads */
+
+#if defined(__AVX2__)
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+static inline __m256i _i8_dot4(__m256i acc, __m256i u8, __m256i s8) { return _mm256_dpbusd_epi32(acc, u8, s8); }
+#elif defined(__AVXVNNI__)
+static inline __m256i _i8_dot4(__m256i acc, __m256i u8, __m256i s8) { return _mm256_dpbusd_avx_epi32(acc, u8, s8); }
+#else
+/* u8 <= 127 (7-bit activations): the pairwise int16 sums cannot saturate */
+static inline __m256i _i8_dot4(__m256i acc, __m256i u8, __m256i s8) {
+    __m256i pairs = _mm256_maddubs_epi16(u8, s8);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+#endif
+
+/* accumulators in quad order (see _i8_quads) -> 32 floats in row order:
+   (acc - comp) * (x_scale[l] * w_scale) + bias */
+static inline void _i8_finish(const __m256i acc[4], int32_t comp, float w_scale, const float* x_scales, float bias,
+                              float* out) {
+    __m256i rows[4] = {_mm256_permute2x128_si256(acc[0], acc[1], 0x20), _mm256_permute2x128_si256(acc[2], acc[3], 0x20),
+                       _mm256_permute2x128_si256(acc[0], acc[1], 0x31), _mm256_permute2x128_si256(acc[2], acc[3], 0x31)};
+    __m256i c = _mm256_set1_epi32(comp);
+    __m256 w = _mm256_set1_ps(w_scale), b = _mm256_set1_ps(bias);
+    for (int j = 0; j < 4; j++) {
+        __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(rows[j], c));
+        _mm256_storeu_ps(out + 8 * j, _mm256_fmadd_ps(f, _mm256_mul_ps(_mm256_loadu_ps(x_scales + 8 * j), w), b));
+    }
+}
+#endif
+
+/* ---------------------------------------------------------------- writing output tiles */
+
+/* Rows r0 .. r0 + group - 1 of a [group, 32] float tile -> y [rows, out] (GELU first). */
+static void _i8_store(float* tile, int64_t group, int lanes, int gelu, float* y, int64_t out, int64_t r0, int64_t b0) {
+    if (gelu)
+        for (int64_t i = 0; i < group * I8_LANES; i += VL) vstore(tile + i, vgelu(vload(tile + i)));
+    int l0 = 0;
+    if (group == I8_ROW_GROUP)
+        for (; l0 + 8 <= lanes; l0 += 8) _transpose_8x8(tile + l0, I8_LANES, y + (b0 + l0) * out + r0, out);
+    for (int l = l0; l < lanes; l++)
+        for (int64_t g = 0; g < group; g++) y[(b0 + l) * out + r0 + g] = tile[g * I8_LANES + l];
+}
+
+/* ---------------------------------------------------------------- int8 CSR */
+
+/* Rows padded to groups of 4 nonzeros (padding: weight 0, a valid column).
+   group_offsets [out + 1] (in groups), columns [groups * 4] (uint16 or int32), values int8
+   [groups * 4], compensation [out] = 64 * row sum of values, w_scales [out]. */
+struct i8_csr_job {
+    const int64_t *task_rows, *group_offsets;
+    const void* columns;
+    const int8_t* values;
+    const int32_t* compensation;
+    const float *w_scales, *bias, *x_scales;
+    const uint8_t* xt;
+    const int32_t* q;
+    float* y;
+    int64_t rows, in, out;
+    int gelu;
+};
+
+#define DEFINE_I8_CSR(IDX, ITYPE)                                                               \
+static void _i8_csr_gemm_task_##IDX(void* context, int64_t t, int worker) {                     \
+    const struct i8_csr_job* job = (const struct i8_csr_job*)context;                           \
+    const ITYPE* columns = (const ITYPE*)job->columns;                                          \
+    int64_t r_begin = job->task_rows[t], r_end = job->task_rows[t + 1];                         \
+    float tile[I8_ROW_GROUP * I8_LANES] __attribute__((aligned(32)));                           \
+    for (int64_t b0 = 0; b0 < job->rows; b0 += I8_LANES) {                                      \
+        const uint8_t* xt = job->xt + b0 * job->in;  /* [in, 32] */                             \
+        int lanes = (int)(job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES);               \
+        for (int64_t r = r_begin; r < r_end; r++) {                                             \
+            int64_t g = (r - r_begin) % I8_ROW_GROUP;                                           \
+            float bias = job->bias ? job->bias[r] : 0.0f;                                       \
+            I8_CSR_ROW(ITYPE)                                                                   \
+            if (g == I8_ROW_GROUP - 1 || r == r_end - 1)                                        \
+                _i8_store(tile, g + 1, lanes, job->gelu, job->y, job->out, r - g, b0);          \
+        }                                                                                       \
+    }                                                                                           \
+}                                                                                               \
+static void _i8_csr_gemv_task_##IDX(void* context, int64_t t, int worker) {                     \
+    const struct i8_csr_job* job = (const struct i8_csr_job*)context;                           \
+    const ITYPE* columns = (const ITYPE*)job->columns;                                          \
+    const int32_t* q = job->q;                                                                  \
+    for (int64_t r = job->task_rows[t]; r < job->task_rows[t + 1]; r++) {                       \
+        int64_t k = job->group_offsets[r] * 4, end = job->group_offsets[r + 1] * 4;             \
+        int32_t acc = 0;                                                                        \
+        I8_CSR_GEMV(ITYPE)                                                                      \
+        for (; k < end; k++) acc += (int32_t)job->values[k] * q[columns[k]];                    \
+        job->y[r] = (float)acc * (job->x_scales[0] * job->w_scales[r]) + (job->bias ? job->bias[r] : 0.0f); \
+    }                                                                                           \
+}
+
+#if defined(__AVX2__)
+#define I8_CSR_ROW(ITYPE)                                                                       \
+    __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),   \
+                      _mm256_setzero_si256()};                                                  \
+    for (int64_t k = job->group_offsets[r] * 4; k < job->group_offsets[r + 1] * 4; k += 4) {    \
+        __m256i w = _mm256_set1_epi32(*(const int32_t*)(job->values + k));                      \
+        __m256i quads[4];                                                                       \
+        _i8_quads(_mm256_loadu_si256((const __m256i*)(xt + (int64_t)columns[k] * I8_LANES)),     \
+                  _mm256_loadu_si256((const __m256i*)(xt + (int64_t)columns[k + 1] * I8_LANES)), \
+                  _mm256_loadu_si256((const __m256i*)(xt + (int64_t)columns[k + 2] * I8_LANES)), \
+                  _mm256_loadu_si256((const __m256i*)(xt + (int64_t)columns[k + 3] * I8_LANES)), \
+                  quads);                                                                       \
+        for (int v = 0; v < 4; v++) acc[v] = _i8_dot4(acc[v], quads[v], w);                    \
+    }                                                                                           \
+    _i8_finish(acc, job->compensation[r], job->w_scales[r], job->x_scales + b0, bias, tile + g * I8_LANES);
+#define I8_CSR_GEMV(ITYPE)                                                                      \
+    __m256i acc8 = _mm256_setzero_si256();                                                      \
+    for (; k + 8 <= end; k += 8) {                                                              \
+        __m256i idx = I8_LOAD_INDEX_##ITYPE(columns + k);                                       \
+        __m256i w = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(job->values + k)));   \
+        acc8 = _mm256_add_epi32(acc8, _mm256_mullo_epi32(_mm256_i32gather_epi32(q, idx, 4), w)); \
+    }                                                                                           \
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc8), _mm256_extracti128_si256(acc8, 1));  \
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));                                           \
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));                                           \
+    acc = _mm_cvtsi128_si32(s);
+#define I8_LOAD_INDEX_uint16_t(p) _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p)))
+#define I8_LOAD_INDEX_int32_t(p) _mm256_loadu_si256((const __m256i*)(p))
+#else
+#define I8_CSR_ROW(ITYPE)                                                                       \
+    int32_t acc[I8_LANES] = {0};                                                                \
+    for (int64_t k = job->group_offsets[r] * 4; k < job->group_offsets[r + 1] * 4; k++) {       \
+        const uint8_t* column = xt + (int64_t)columns[k] * I8_LANES;                            \
+        int32_t w = job->values[k];                                                             \
+        for (int l = 0; l < I8_LANES; l++) acc[l] += w * (int32_t)column[l];                    \
+    }                                                                                           \
+    for (int l = 0; l < I8_LANES; l++)                                                          \
+        tile[g * I8_LANES + l] = (float)(acc[l] - job->compensation[r])                         \
+            * (job->x_scales[b0 + l] * job->w_scales[r]) + bias;
+#define I8_CSR_GEMV(ITYPE)
+#endif
+
+DEFINE_I8_CSR(u16, uint16_t)
+DEFINE_I8_CSR(i32, int32_t)
+
+#define DEFINE_I8_CSR_ENTRY(IDX, ITYPE)                                                         \
+void i8_csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
+                       const int64_t* group_offsets, const ITYPE* columns, const int8_t* values, \
+                       const int32_t* compensation, const float* w_scales, const float* bias,   \
+                       int64_t rows, int64_t in, int64_t out, const float* x_scales,            \
+                       const uint8_t* xt, float* y, int gelu) {                                 \
+    struct i8_csr_job job = {task_rows, group_offsets, columns, values, compensation, w_scales,  \
+                             bias, x_scales, xt, NULL, y, rows, in, out, gelu};                 \
+    sr_parallel_for(num_threads, tasks, _i8_csr_gemm_task_##IDX, &job);                         \
+}                                                                                               \
+void i8_csr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
+                       const int64_t* group_offsets, const ITYPE* columns, const int8_t* values, \
+                       const float* w_scales, const float* bias, int64_t in, int64_t out,       \
+                       const float* x_scale, const int32_t* q, float* y) {                      \
+    struct i8_csr_job job = {task_rows, group_offsets, columns, values, NULL, w_scales, bias,    \
+                             x_scale, NULL, q, y, 1, in, out, 0};                               \
+    sr_parallel_for(num_threads, tasks, _i8_csr_gemv_task_##IDX, &job);                         \
+}
+DEFINE_I8_CSR_ENTRY(u16, uint16_t)
+DEFINE_I8_CSR_ENTRY(i32, int32_t)
+
+/* ---------------------------------------------------------------- int8 dense */
+
+/* weight int8 [out, in32] (zeros past in), compensation [out], w_scales [out];
+   tasks of I8_DENSE_ROWS output rows. */
+#define I8_DENSE_ROWS 4
+struct i8_dense_job {
+    const int8_t* weight;
+    const int32_t* compensation;
+    const float *w_scales, *bias, *x_scales;
+    const uint8_t* x;
+    float* y;
+    int64_t rows, in4, in32, out, rows_per_task;
+    int gelu;
+};
+
+static void _i8_dense_gemm_task(void* context, int64_t t, int worker) {
+    const struct i8_dense_job* job = (const struct i8_dense_job*)context;
+    int64_t r_begin = t * job->rows_per_task;
+    int64_t r_end = r_begin + job->rows_per_task < job->out ? r_begin + job->rows_per_task : job->out;
+    int64_t quads = job->in4 / 4;
+    float tile[I8_ROW_GROUP * I8_LANES] __attribute__((aligned(32)));
+    for (int64_t b0 = 0; b0 < job->rows; b0 += I8_LANES) {
+        const uint8_t* xq = job->x + b0 / I8_LANES * quads * 4 * I8_LANES;  /* [quads, 128] */
+        int lanes = (int)(job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES);
+        int64_t filled = 0, group_start = r_begin;
+        for (int64_t r0 = r_begin; r0 < r_end; r0 += I8_DENSE_ROWS) {
+            int64_t n = r_end - r0 < I8_DENSE_ROWS ? r_end - r0 : I8_DENSE_ROWS;
+#if defined(__AVX2__)
+            __m256i acc[I8_DENSE_ROWS][4];
+            for (int i = 0; i < I8_DENSE_ROWS; i++)
+                for (int v = 0; v < 4; v++) acc[i][v] = _mm256_setzero_si256();
+            const int8_t* w0 = job->weight + r0 * job->in32;
+            if (n == I8_DENSE_ROWS) {
+                /* 4 rows x 16 lanes at a time: 8 accumulators, 2 activation and 4 weight registers */
+                for (int h = 0; h < 4; h += 2)
+                    for (int64_t k = 0; k < quads; k++) {
+                        __m256i a = _mm256_loadu_si256((const __m256i*)(xq + k * 128 + 32 * h));
+                        __m256i b = _mm256_loadu_si256((const __m256i*)(xq + k * 128 + 32 * h + 32));
+                        for (int i = 0; i < I8_DENSE_ROWS; i++) {
+                            __m256i w = _mm256_set1_epi32(*(const int32_t*)(w0 + i * job->in32 + 4 * k));
+                            acc[i][h] = _i8_dot4(acc[i][h], a, w);
+                            acc[i][h + 1] = _i8_dot4(acc[i][h + 1], b, w);
+                        }
+                    }
+            } else {
+                for (int i = 0; i < n; i++)
+                    for (int64_t k = 0; k < quads; k++) {
+                        __m256i w = _mm256_set1_epi32(*(const int32_t*)(w0 + i * job->in32 + 4 * k));
+                        for (int v = 0; v < 4; v++)
+                            acc[i][v] = _i8_dot4(acc[i][v], _mm256_loadu_si256((const __m256i*)(xq + k * 128 + 32 * v)), w);
+                    }
+            }
+#endif
+            for (int64_t i = 0; i < n; i++) {
+                int64_t r = r0 + i;
+                float bias = job->bias ? job->bias[r] : 0.0f;
+#if defined(__AVX2__)
+                _i8_finish(acc[i], job->compensation[r], job->w_scales[r], job->x_scales + b0, bias, tile + filled * I8_LANES);
+#else
+                const int8_t* w = job->weight + r * job->in32;
+                for (int l = 0; l < I8_LANES; l++) {
+                    int32_t s = 0;
+                    for (int64_t k = 0; k < job->in4; k++) s += (int32_t)w[k] * xq[k / 4 * 128 + 4 * l + k % 4];
+                    tile[filled * I8_LANES + l] = (float)(s - job->compensation[r])
+                        * (job->x_scales[b0 + l] * job->w_scales[r]) + bias;
+                }
+#endif
+                if (++filled == I8_ROW_GROUP || r == r_end - 1) {
+                    _i8_store(tile, filled, lanes, job->gelu, job->y, job->out, group_start, b0);
+                    group_start += filled;
+                    filled = 0;
+                }
+            }
+        }
+    }
+}
+
+void i8_dense_gemm(int num_threads, int64_t rows_per_task, const int8_t* weight, const int32_t* compensation,
+                   const float* w_scales, const float* bias, int64_t rows, int64_t in4, int64_t in32, int64_t out,
+                   const float* x_scales, const uint8_t* x, float* y, int gelu) {
+    struct i8_dense_job job = {weight, compensation, w_scales, bias, x_scales, x, y, rows, in4, in32, out,
+                               rows_per_task, gelu};
+    sr_parallel_for(num_threads, (out + rows_per_task - 1) / rows_per_task, _i8_dense_gemm_task, &job);
+}
+
+/* One token: x u8 [in32] (q + 64). */
+static void _i8_dense_gemv_task(void* context, int64_t t, int worker) {
+    const struct i8_dense_job* job = (const struct i8_dense_job*)context;
+    int64_t r_begin = t * job->rows_per_task;
+    int64_t r_end = r_begin + job->rows_per_task < job->out ? r_begin + job->rows_per_task : job->out;
+    for (int64_t r = r_begin; r < r_end; r++) {
+        const int8_t* w = job->weight + r * job->in32;
+        int32_t acc = 0;
+        int64_t k = 0;
+#if defined(__AVX2__)
+        __m256i a = _mm256_setzero_si256();
+        for (; k < job->in32; k += 32)
+            a = _i8_dot4(a, _mm256_loadu_si256((const __m256i*)(job->x + k)), _mm256_loadu_si256((const __m256i*)(w + k)));
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+        acc = _mm_cvtsi128_si32(s);
+#endif
+        for (; k < job->in32; k++) acc += (int32_t)w[k] * job->x[k];
+        job->y[r] = (float)(acc - job->compensation[r]) * (job->x_scales[0] * job->w_scales[r])
+                    + (job->bias ? job->bias[r] : 0.0f);
+    }
+}
+
+void i8_dense_gemv(int num_threads, int64_t rows_per_task, const int8_t* weight, const int32_t* compensation,
+                   const float* w_scales, const float* bias, int64_t in32, int64_t out, const float* x_scale,
+                   const uint8_t* x, float* y) {
+    struct i8_dense_job job = {weight, compensation, w_scales, bias, x_scale, x, y, 1, 0, in32, out,
+                               rows_per_task, 0};
+    sr_parallel_for(num_threads, (out + rows_per_task - 1) / rows_per_task, _i8_dense_gemv_task, &job);
+}
+"""
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_INT = ctypes.c_int
+
+
+@functools.cache
+def _library():
+    return load_library("int8", SOURCE)
+
+
+@functools.cache
+def quantize_tiles():
+    """`i8_quantize_tiles`: (threads, rows, in, in4, quads, x, scales [tiles * 32],
+    inverses [tiles * 32], out tiles)."""
+    return declare(_library(), "i8_quantize_tiles", [_INT, _I, _I, _I, _INT, _P, _P, _P, _P])
+
+
+@functools.cache
+def quantize_row():
+    """`i8_quantize_row`: (in, in32, x [in], scale [1], q int32 [in] or None, q8 u8 [in32] or None)."""
+    return declare(_library(), "i8_quantize_row", [_I, _I, _P, _P, _P, _P])
+
+
+@functools.cache
+def csr_gemm(index: str):
+    """`i8_csr_gemm_<index>`: (threads, tasks, task_rows, group_offsets, columns, values,
+    compensation, w_scales, bias or None, rows, in, out, x_scales, column tiles, y, gelu)."""
+    return declare(_library(), f"i8_csr_gemm_{index}", [_INT, _I, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _INT])
+
+
+@functools.cache
+def csr_gemv(index: str):
+    """`i8_csr_gemv_<index>`: (threads, tasks, task_rows, group_offsets, columns, values,
+    w_scales, bias or None, in, out, x_scale [1], q int32 [in], y)."""
+    return declare(_library(), f"i8_csr_gemv_{index}", [_INT, _I, _P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P])
+
+
+@functools.cache
+def dense_gemm():
+    """`i8_dense_gemm`: (threads, rows_per_task, weight [out, in32], compensation, w_scales,
+    bias or None, rows, in4, in32, out, x_scales, quad tiles, y, gelu)."""
+    return declare(_library(), "i8_dense_gemm", [_INT, _I, _P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _INT])
+
+
+@functools.cache
+def dense_gemv():
+    """`i8_dense_gemv`: (threads, rows_per_task, weight, compensation, w_scales, bias or None,
+    in32, out, x_scale [1], x u8 [in32], y)."""
+    return declare(_library(), "i8_dense_gemv", [_INT, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P])

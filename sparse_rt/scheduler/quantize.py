@@ -1,0 +1,131 @@
+"""Int8 candidates for a layer, and the output error they cost against fp32.
+
+With `convert(..., quantize="int8")` (or a model that arrived quantized) each layer's
+weight is also offered as int8 formats (int8 CSR, int8 dense). Before they are timed,
+the int8 kernel runs once on the tuning input and its output is compared with the fp32
+product x @ W.T + b: the relative error max |y_int8 - y| / max |y|. Above `tolerance`
+the layer stays fp32 and the report says why; otherwise the int8 candidates race the
+fp32 ones and the fastest wins. The verdict travels with the choice (`Precision`) and
+is saved in the node's `quantization` attribute, which `explain` prints.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+
+from sparse_rt.formats.base import WeightFormat
+from sparse_rt.formats.csr_int8 import CsrInt8Format
+from sparse_rt.formats.dense_int8 import DenseInt8Format
+from sparse_rt.kernels.registry import kernels_for
+
+QUANTIZE_MODES = (None, "int8")
+# Default bound on a layer's relative output error (int8 vs fp32, on the tuning input).
+# Random Gaussian inputs give 1-2.5% with 7-bit activations; a layer with a few huge
+# weights or activation outliers exceeds 5% and stays fp32.
+DEFAULT_TOLERANCE = 0.05
+# Int8 CSR is a candidate up to this density (int8 dense always is).
+INT8_CSR_MAX_DENSITY = 0.5
+# Tokens the error is measured on, when the tuning input has fewer.
+ERROR_ROWS = 64
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A layer's precision verdict: `precision` "int8" or "fp32"; `error` the measured relative
+    output error of int8 against fp32 (None when not measured); `reason` for fp32."""
+
+    precision: str
+    error: float | None
+    tolerance: float
+    reason: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Precision:
+        return cls(**json.loads(text))
+
+    def describe(self) -> str:
+        error = "" if self.error is None else f", int8 error {self.error:.2%}"
+        return f"{self.precision}{error}" + (f" ({self.reason})" if self.reason else "")
+
+
+def check_quantize(quantize: str | None, tolerance: float) -> None:
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize: expected one of {QUANTIZE_MODES}, got {quantize!r}")
+    if not 0.0 < tolerance:
+        raise ValueError(f"quantization tolerance: expected a positive relative error, got {tolerance!r}")
+
+
+def int8_formats(weight: torch.Tensor) -> list[WeightFormat]:
+    """The int8 formats worth trying for a float [out, in] weight (int8 dense first)."""
+    formats: list[WeightFormat] = [DenseInt8Format.from_dense(weight)]
+    density = float((weight != 0).float().mean()) if weight.numel() else 0.0
+    if density <= INT8_CSR_MAX_DENSITY:
+        formats.append(CsrInt8Format.from_dense(weight))
+    return formats
+
+
+def int8_error(fmt: WeightFormat, weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device,
+               x: torch.Tensor) -> float:
+    """Relative error max |y_int8 - y| / max |y| of fmt's default kernel on x [rows, in] against
+    the fp32 x @ W.T + b (inf when the int8 output is not finite)."""
+    kernel = kernels_for(fmt, device)[0]
+    bound = kernel.bind(fmt, bias, kernel.configs(fmt, device)[0], device)
+    with torch.inference_mode():
+        actual = bound(x).to(torch.float64)
+        expected = torch.nn.functional.linear(x.to(torch.float64), weight.to(torch.float64),
+                                              None if bias is None else bias.to(torch.float64))
+    if not bool(torch.isfinite(actual).all()):
+        return float("inf")
+    scale = max(float(expected.abs().max()) if expected.numel() else 0.0, 1e-30)
+    return float((actual - expected).abs().max()) / scale if expected.numel() else 0.0
+
+
+def error_input(in_features: int, rows: int = ERROR_ROWS) -> torch.Tensor:
+    """The seeded Gaussian tokens [rows, in] the error is measured on."""
+    return torch.randn(rows, in_features, generator=torch.Generator().manual_seed(1234))
+
+
+def int8_candidates(weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device,
+                    tolerance: float) -> tuple[list[WeightFormat], Precision]:
+    """(int8 formats that run on `device` and pass `tolerance`, the verdict if none is chosen).
+
+    The verdict returned is for the layer staying fp32: "fp32 (int8 error e > tolerance)" when
+    int8 was too inaccurate, "fp32 (faster)" when int8 passed but loses the race."""
+    formats = [f for f in int8_formats(weight) if kernels_for(f, device)]
+    if not formats:
+        return [], Precision("fp32", None, tolerance, f"no int8 kernel on {device}")
+    error = int8_error(formats[0], weight, bias, device, error_input(weight.shape[1]))
+    if not error <= tolerance:
+        return [], Precision("fp32", error, tolerance, f"int8 error above the tolerance {tolerance:.2%}")
+    return formats, Precision("fp32", error, tolerance, "fp32 was faster")
+
+
+def verdict(chosen: WeightFormat, staying: Precision) -> Precision:
+    """The layer's precision once `chosen` won: int8 formats take the measured error."""
+    if chosen.name.endswith("_int8"):
+        return Precision("int8", staying.error, staying.tolerance)
+    return staying
+
+
+# Without timing, int8 CSR below this density, int8 dense above (as the fp32 heuristic's rule).
+HEURISTIC_CSR_MAX_DENSITY = 0.3
+
+
+def heuristic_int8(weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device, tolerance: float,
+                   fp32: tuple[WeightFormat, str, dict]) -> tuple[tuple[WeightFormat, str, dict], Precision]:
+    """Timing-free: ((format, kernel, config), verdict), int8 when within `tolerance`, else `fp32`."""
+    formats, staying = int8_candidates(weight, bias, device, tolerance)
+    if not formats:
+        return fp32, staying
+    density = float((weight != 0).float().mean()) if weight.numel() else 0.0
+    by_name = {f.name: f for f in formats}
+    fmt = by_name.get("csr_int8") if density <= HEURISTIC_CSR_MAX_DENSITY else None
+    fmt = fmt or by_name["dense_int8"]
+    kernel = kernels_for(fmt, device)[0]
+    return (fmt, kernel.name, kernel.configs(fmt, device)[0]), verdict(fmt, staying)

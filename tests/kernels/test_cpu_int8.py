@@ -1,0 +1,199 @@
+"""CPU int8 kernels (CSR and dense) against the dense int32 reference, every config.
+
+The reference quantizes x per token exactly as the kernels do and multiplies in int64,
+so the kernels must agree to float rounding of the epilogue: any error in the integer
+accumulation (a lost group, int16 saturation, a wrong zero point correction) is far
+above the tolerance.
+"""
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparse_rt.formats import CsrInt8Format, DenseInt8Format
+from sparse_rt.kernels.activation import bind_with_activation
+from sparse_rt.kernels.cpu.gelu import gelu_erf
+from sparse_rt.kernels.int8 import int8_linear_reference, quantize_activations
+from sparse_rt.kernels.registry import kernels_for
+from tests.helpers import assert_close, masked_weight
+
+CPU = torch.device("cpu")
+FORMATS = {"csr_int8": CsrInt8Format, "dense_int8": DenseInt8Format}
+# leading dims of x: 1-D, one token, a partial tile, more than one tile, 3-D
+X_SHAPES = [(), (1,), (3,), (33,), (70,), (2, 5)]
+
+
+def _with_empty_rows() -> torch.Tensor:
+    weight = masked_weight(37, 53, 0.3, seed=0)
+    weight[[0, 3, 36]] = 0
+    return weight
+
+
+def _saturating() -> torch.Tensor:
+    # every weight at +-127 after quantization: pairwise products at the int16 edge
+    weight = torch.ones(12, 96)
+    weight[::2] = -1.0
+    return weight
+
+
+WEIGHTS = {
+    "odd_with_empty_rows": _with_empty_rows,
+    "skewed_rows": lambda: masked_weight(64, 300, 1.0, seed=1) * (torch.arange(300)[None] < torch.arange(64)[:, None] * 5),
+    "all_zero": lambda: torch.zeros(37, 53),
+    "all_dense": lambda: masked_weight(48, 40, 1.0, seed=2),
+    "single_column": lambda: masked_weight(9, 1, 1.0, seed=3),
+    "saturating": _saturating,
+    "wide": lambda: masked_weight(20, 1100, 0.1, seed=4),
+}
+
+
+def _reference(fmt, x, bias):
+    dense_q = torch.round(fmt.to_dense() / torch.where(fmt.scales > 0, fmt.scales, 1.0)[:, None]).to(torch.int8)
+    return int8_linear_reference(x, dense_q, fmt.scales, bias)
+
+
+@pytest.mark.parametrize("format_name", sorted(FORMATS))
+@pytest.mark.parametrize("name", sorted(WEIGHTS))
+def test_every_config_matches_the_int32_reference(format_name, name):
+    weight = WEIGHTS[name]()
+    fmt = FORMATS[format_name].from_dense(weight)
+    bias = torch.randn(weight.shape[0])
+    (kernel,) = kernels_for(fmt, CPU)
+    configs = kernel.configs(fmt, CPU)
+    assert len(configs) > 1
+    generator = torch.Generator().manual_seed(0)
+    for config in configs:
+        for activation in (None, "gelu"):
+            bound = bind_with_activation(kernel, fmt, bias, config, CPU, activation)
+            for lead in X_SHAPES:
+                x = torch.randn(*lead, weight.shape[1], generator=generator)
+                if name == "saturating":  # every activation byte at 127: pair sums of +-2 * 127 * 127
+                    x = torch.ones_like(x)
+                expected = _reference(fmt, x, bias)
+                if activation:
+                    expected = gelu_erf(expected)
+                y = bound(x)
+                assert y.shape == (*lead, weight.shape[0]) and y.dtype == torch.float32
+                assert_close(y, expected, rtol=2e-6)
+
+
+@pytest.mark.parametrize("format_name", sorted(FORMATS))
+def test_close_to_float_and_saturating_extremes_are_exact(format_name):
+    weight = masked_weight(64, 256, 0.5, seed=5)
+    fmt = FORMATS[format_name].from_dense(weight)
+    (kernel,) = kernels_for(fmt, CPU)
+    bound = kernel.bind(fmt, None, kernel.configs(fmt, CPU)[0], CPU)
+    x = torch.randn(40, 256)
+    assert_close(bound(x), x @ weight.T, rtol=0.05)  # 7-bit activations, 8-bit weights
+    # a token at +-amax everywhere times a row of +-127: 127 * 63 * 256 in int32, no saturation
+    signs = torch.where(torch.arange(256) % 3 == 0, -1.0, 1.0)
+    extreme = FORMATS[format_name].from_dense(signs.repeat(4, 1))
+    bound = kernel.bind(extreme, None, kernel.configs(extreme, CPU)[0], CPU)
+    for batch in (1, 40):
+        y = bound((signs * 5.0).repeat(batch, 1))
+        assert torch.allclose(y, torch.full((batch, 4), 256 * 5.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("format_name", sorted(FORMATS))
+@pytest.mark.parametrize("batch", [1, 5, 40])
+def test_non_finite_tokens_give_nan_rows_only(format_name, batch):
+    weight = masked_weight(30, 70, 0.4, seed=6)
+    fmt = FORMATS[format_name].from_dense(weight)
+    bias = torch.randn(30)
+    (kernel,) = kernels_for(fmt, CPU)
+    bound = kernel.bind(fmt, bias, kernel.configs(fmt, CPU)[0], CPU)
+    x = torch.randn(batch, 70)
+    x[0, 3] = float("nan")
+    if batch > 1:
+        x[-1, 69] = float("inf")
+        x[1] = 0.0  # an all-zero token: the bias
+    y = bound(x)
+    assert bool(torch.isnan(y[0]).all())
+    if batch > 1:
+        assert bool(torch.isnan(y[-1]).all())
+        assert torch.allclose(y[1], bias)
+        assert_close(y[2:-1], _reference(fmt, x[2:-1], bias), rtol=2e-6)
+    q, scales = quantize_activations(x)
+    assert torch.isnan(scales[0]) and bool((q[0] == 0).all())
+
+
+def test_reference_quantizes_per_token_to_seven_bits():
+    x = torch.tensor([[0.0, 6.3, -3.15, 0.05], [0.0, 0.0, 0.0, 0.0]])
+    q, scales = quantize_activations(x)
+    assert q.tolist() == [[0, 63, -32, 0], [0, 0, 0, 0]]  # -31.5 rounds to even
+    assert torch.allclose(scales, torch.tensor([0.1, 0.0]))
+
+
+# The int8 kernels built for other instruction sets: run where the host can, else compile only.
+OTHER_ISA_SCRIPT = r"""
+import torch
+from sparse_rt.formats import CsrInt8Format, DenseInt8Format
+from sparse_rt.kernels.int8 import int8_linear_reference
+from sparse_rt.kernels.registry import kernels_for
+
+torch.manual_seed(0)
+weight = torch.randn(70, 45) * (torch.rand(70, 45) < 0.3)
+for fmt in (CsrInt8Format.from_dense(weight), DenseInt8Format.from_dense(weight)):
+    q = torch.round(fmt.to_dense() / torch.where(fmt.scales > 0, fmt.scales, 1.0)[:, None]).to(torch.int8)
+    bias = torch.randn(70)
+    for kernel in kernels_for(fmt, "cpu"):
+        bound = kernel.bind(fmt, bias, kernel.configs(fmt, torch.device("cpu"))[0], torch.device("cpu"))
+        for batch in (1, 5, 40):
+            x = torch.randn(batch, 45)
+            expected = int8_linear_reference(x, q, fmt.scales, bias)
+            error = float((bound(x) - expected).abs().max() / expected.abs().max())
+            assert error < 2e-6, (kernel.name, batch, error)
+print("ok")
+"""
+
+COMPILE_SCRIPT = r"""
+import sys
+from sparse_rt.kernels.cpu._int8_native import SOURCE
+from sparse_rt.kernels.cpu._native import PRELUDE, _build
+print(_build("int8", PRELUDE + SOURCE))
+"""
+
+
+def _host_has(flag: str) -> bool:
+    try:
+        return f" {flag} " in Path("/proc/cpuinfo").read_text().replace("\n", " ")
+    except OSError:
+        return False
+
+
+def _in_subprocess(script: str, arch: str, tmp_path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SPARSE_RT_CPU_ARCH": arch, "SPARSE_RT_CACHE_DIR": str(tmp_path)}
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
+                          check=False, cwd=Path(__file__).resolve().parents[2])
+
+
+@pytest.mark.parametrize("arch", ["haswell", "x86-64"], ids=["avx2", "portable"])
+def test_other_instruction_sets_run(arch, tmp_path):
+    if platform.machine() not in ("x86_64", "AMD64") or (arch == "haswell" and not _host_has("avx2")):
+        pytest.skip(f"host cannot run -march={arch} code")
+    result = _in_subprocess(OTHER_ISA_SCRIPT, arch, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok" in result.stdout
+
+
+@pytest.mark.parametrize("arch, instruction", [("icelake-server", "vpdpbusd"), ("alderlake", "vpdpbusd")],
+                         ids=["avx512_vnni", "avx_vnni"])
+def test_vnni_builds(arch, instruction, tmp_path):
+    """AVX-512 VNNI and AVX-VNNI hosts get vpdpbusd: the source compiles for them (run where the host has VNNI)."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86 only")
+    result = _in_subprocess(COMPILE_SCRIPT, arch, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    library = result.stdout.strip().splitlines()[-1]
+    if shutil.which("objdump"):
+        disassembly = subprocess.run(["objdump", "-d", library], capture_output=True, text=True, check=True).stdout
+        assert instruction in disassembly
+    if _host_has("avx512_vnni") and arch == "icelake-server":
+        result = _in_subprocess(OTHER_ISA_SCRIPT, arch, tmp_path)
+        assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
