@@ -454,6 +454,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true",
                         help="skip measuring each engine's session memory in a fresh process")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    from sparse_rt.bench_decoders import add_decode_arguments
+
+    add_decode_arguments(parser)
     args = parser.parse_args(argv)
     if not 0.0 <= args.sparsity < 1.0:
         parser.error(f"--sparsity: expected a fraction in [0, 1), got {args.sparsity}")
@@ -478,6 +481,15 @@ def main(argv: list[str] | None = None) -> int:
         from sparse_rt.bench_layers import main as layers_main
 
         layers_main(["--threads", str(args.threads)] + (["--json", args.json_path] if args.json_path else []))
+        return 0
+    if args.model_family:
+        from sparse_rt.bench_decoders import main_decode
+
+        try:
+            main_decode(args)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.suite == "models":
         from sparse_rt.bench_models import run_models_suite

@@ -236,10 +236,17 @@ def greedy_with_session(session: Any, layout: DecoderLayout, input_ids: np.ndarr
     """Greedy tokens from any session with onnxruntime's `run(output_names, feed)`, with a
     plain concatenating cache loop (how onnxruntime is driven; the reference for tests
     and the bench): [batch, prompt] -> [batch, prompt + max_new_tokens]."""
-    batch, length = input_ids.shape
+    new = list(greedy_stream_with_session(session, layout, input_ids, max_new_tokens))
+    return np.concatenate([input_ids] + [token[:, None] for token in new], axis=1)
+
+
+def greedy_stream_with_session(session: Any, layout: DecoderLayout, input_ids: np.ndarray,
+                               max_new_tokens: int) -> Iterator[np.ndarray]:
+    """`greedy_with_session` one step at a time: yields the next tokens [batch] int64."""
+    batch, _ = input_ids.shape
     kv_dtype = np.dtype(layout.dtype)
     pasts = [np.zeros((batch, layout.kv_heads, 0, layout.head_dim), kv_dtype) for _ in range(2 * layout.layers)]
-    tokens, result, past = input_ids.astype(layout.ids_dtype), [input_ids], 0
+    tokens, past = input_ids.astype(layout.ids_dtype), 0
     names = [layout.logits] + [name for pair in layout.present for name in pair]
     for _ in range(max_new_tokens):
         step = tokens.shape[1]
@@ -253,9 +260,8 @@ def greedy_with_session(session: Any, layout: DecoderLayout, input_ids: np.ndarr
         logits, *pasts = session.run(names, feed)
         past += step
         chosen = np.argmax(logits[:, -1, :], axis=-1).astype(np.int64)
-        result.append(chosen[:, None])
+        yield chosen
         tokens = chosen[:, None].astype(layout.ids_dtype)
-    return np.concatenate(result, axis=1)
 
 
 def load_layout(model: str | os.PathLike | bytes | Graph) -> DecoderLayout:
