@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="threads running each model (default: %(default)s)")
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="request body limit in MiB (default: %(default)s)")
     parser.add_argument("--timeout-s", type=float, default=30.0, help="per-request timeout (default: %(default)s)")
+    parser.add_argument("--context", type=int, default=1024,
+                        help="positions (prompt + new tokens) a generated sequence may hold (default: %(default)s)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     return parser
@@ -67,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = model_names(args.models)
         config = ServeConfig(
             max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, workers=args.workers,
-            max_body_bytes=int(args.max_body_mb * (1 << 20)), timeout_s=args.timeout_s,
+            max_body_bytes=int(args.max_body_mb * (1 << 20)), timeout_s=args.timeout_s, context=args.context,
         )
     except ValueError as exc:
         parser.error(str(exc))
