@@ -67,3 +67,21 @@ def test_built_in_mlp_with_torch_comparison(tmp_path, capsys):
     assert {r["engine"] for r in report["latencies"]} == {"onnxruntime", "torch", "sparse_rt"}
     assert all(r["max_rel_error_vs_ort"] <= 1e-4 for r in report["latencies"] if r["engine"] != "onnxruntime")
     assert 0.08 < report["weight_bytes"]["linear_sparse_rt"] / report["weight_bytes"]["linear_dense"] < 0.2
+
+
+def test_decoder_family_generates_the_same_tokens_in_every_engine(tmp_path, capsys):
+    argv = ["--model-family", "gpt2", "--size", "tiny", "--pattern", "2:4", "--batch-sizes", "1", "--prompt-len", "4",
+            "--new-tokens", "6", "--rounds", "1", "--no-tune", "--threads", "1", "--json", str(tmp_path / "d.json")]
+    assert bench.main(argv) == 0
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert report["pruner"] == "sparsegpt" and report["family"] == "gpt2"
+    assert report["tokens_match"] == {"sparse_rt@1": True, "onnxruntime@1": True, "torch@1": True}
+    assert {f["engine"] for f in report["figures"]} == {"sparse_rt", "onnxruntime", "torch"}
+    assert all(f["decode_tokens_per_s"] > 0 and f["prefill_ms"] > 0 for f in report["figures"])
+    assert "decode tokens/s" in capsys.readouterr().out
+
+
+def test_decoder_family_rejects_a_context_overflow(capsys):
+    argv = ["--model-family", "llama", "--size", "tiny", "--prompt-len", "100", "--new-tokens", "64"]
+    assert bench.main(argv) == 2
+    assert "at most the context 128" in capsys.readouterr().err
