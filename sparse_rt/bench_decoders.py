@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -116,18 +117,27 @@ def torch_generation(model: torch.nn.Module, prompt: np.ndarray, new_tokens: int
     return first - start, streamer.calls[-1] - first, [out[:, i].numpy() for i in range(prompt.shape[1], out.shape[1])]
 
 
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def run_decode_bench(args: argparse.Namespace) -> DecodeReport:
     import onnxruntime
 
     set_threads(args.threads)
+    _say(args, f"building the {args.size} {args.model_family} decoder")
     shape: DecoderShape = SHAPES[args.size][args.model_family]
     model = build_decoder(args.model_family, shape)
     pruner = args.pruner or ("wanda" if args.pattern == "unstructured" else "sparsegpt")
     if args.sparsity > 0 or args.pattern != "unstructured":
+        _say(args, f"pruning with {pruner}")
         prune_decoder(model, args.pattern, args.sparsity, pruner, shape.vocab)
     workdir = Path(tempfile.mkdtemp(prefix="sparse_rt_decode_"))
     path = workdir / f"{args.model_family}.onnx"
+    _say(args, "exporting")
     export_decoder(model, path)
+    _say(args, "converting" + ("" if args.no_tune else " and tuning"))
     rows = sorted({b for b in args.batch_sizes} | {b * args.prompt_len for b in args.batch_sizes})
     graph = sparse_rt.convert(path, batch_sizes=rows, tune=not args.no_tune)
     generator = Generator(graph, context=shape.context)
@@ -146,6 +156,7 @@ def run_decode_bench(args: argparse.Namespace) -> DecodeReport:
     )
     n = args.new_tokens
     for batch in args.batch_sizes:
+        _say(args, f"generating at batch {batch}")
         prompt = np.random.default_rng(batch).integers(0, shape.vocab, (batch, args.prompt_len))
         engines: dict[str, Callable[[], tuple]] = {
             "sparse_rt": lambda: timed_stream(generator.stream(prompt, n)),
