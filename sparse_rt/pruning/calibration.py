@@ -9,7 +9,10 @@ layer's accumulator (for SparseGPT its [in, in] Hessian) is alive at a time.
 
 Layers are visited in module order, which for the usual stacks is execution order;
 a layer is pruned before the next layer's inputs are gathered, so every layer is
-calibrated on the activations of the already-pruned layers before it.
+calibrated on the activations of the already-pruned layers before it. Layers that read
+the very same input tensor (an attention's query, key and value projections; a gated
+MLP's gate and up projections) form one group (`input_groups`): their inputs are
+gathered once, by one pass, and serve every layer of the group.
 """
 
 from __future__ import annotations
@@ -69,6 +72,31 @@ def feed_layer_inputs(
             "(an empty calibration set, or a layer the forward pass never calls)"
         )
     return seen
+
+
+def input_groups(model: nn.Module, layers: dict[str, nn.Module], calibration: Calibration) -> list[list[str]]:
+    """The layers' names in module order, grouped: consecutive layers whose input was the
+    same tensor in a probing pass of the first calibration batch share a group. Layers
+    the pass never reaches are groups of their own (their calibration fails later)."""
+    inputs: dict[str, torch.Tensor] = {}
+    handles = [layer.register_forward_pre_hook(lambda module, args, name=name: inputs.setdefault(name, args[0]))
+               for name, layer in layers.items()]
+    try:
+        with torch.no_grad():
+            for batch in calibration:
+                _call(model, batch)
+                break
+    finally:
+        for handle in handles:
+            handle.remove()
+    groups: list[list[str]] = []
+    for name in layers:
+        previous = groups[-1][-1] if groups else None
+        if previous is not None and name in inputs and inputs.get(previous) is inputs[name]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups
 
 
 def _call(model: nn.Module, batch: Any) -> Any:

@@ -9,7 +9,7 @@ within a block the mask is chosen by w^2 / [H^-1]_jj^2 (unstructured: the lowest
 group of m columns per row), and each pruned column's error is spread over the
 columns not yet visited through the upper Cholesky factor of H^-1. Pruned weights
 are exactly zero and the kept ones are updated. Only one layer's Hessian is alive at
-a time (see `pruning.calibration`).
+a time (see `pruning.calibration`): the layers of a group that share their input share it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparse_rt.pruning.calibration import Calibration, feed_layer_inputs
+from sparse_rt.pruning.calibration import Calibration, feed_layer_inputs, input_groups
 from sparse_rt.pruning.magnitude import check_sparsity
 from sparse_rt.pruning.masks import LayerFilter, apply_masks, layer_mask, require_layers, trainable_weight
 from sparse_rt.pruning.masks import weight_matrix
@@ -130,25 +130,29 @@ def sparsegpt_prune(
     nm = check_nm(nm)
     if block_size < 1:
         raise ValueError(f"block_size: expected a positive integer, got {block_size}")
+    layers = require_layers(model, filter_fn, "SparseGPT pruning")
     masks = {}
-    for name, layer in require_layers(model, filter_fn, "SparseGPT pruning").items():
-        in_features = weight_matrix(layer).shape[1]
+    for group in input_groups(model, layers, calibration):
+        in_features = weight_matrix(layers[group[0]]).shape[1]
         hessian = torch.zeros(in_features, in_features, dtype=torch.float64)
 
         def accumulate(rows: torch.Tensor) -> None:  # rows: [rows, in]
             rows = rows.double().cpu()
             hessian.add_(rows.T @ rows, alpha=2.0)
 
-        seen = feed_layer_inputs(model, name, layer, calibration, accumulate)
-        previous = layer_mask(layer)
-        weight, kept = sparsegpt_reconstruct(
-            weight_matrix(layer).cpu(), hessian / seen, sparsity, nm, block_size, damp,
-            pruned=None if previous is None else ~previous.cpu(),
-        )
+        seen = feed_layer_inputs(model, group[0], layers[group[0]], calibration, accumulate)
+        hessian /= seen
+        for name in group:
+            layer = layers[name]
+            previous = layer_mask(layer)
+            weight, kept = sparsegpt_reconstruct(
+                weight_matrix(layer).cpu(), hessian, sparsity, nm, block_size, damp,
+                pruned=None if previous is None else ~previous.cpu(),
+            )
+            parameter = trainable_weight(layer)
+            with torch.no_grad():
+                parameter.copy_(weight.reshape(parameter.shape).to(parameter.device, parameter.dtype))
+            masks[name] = kept
+            apply_masks(model, {name: kept})
         del hessian
-        parameter = trainable_weight(layer)
-        with torch.no_grad():
-            parameter.copy_(weight.reshape(parameter.shape).to(parameter.device, parameter.dtype))
-        masks[name] = kept
-        apply_masks(model, {name: kept})
     return masks

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_rt.pruning.calibration import Calibration, feed_layer_inputs
+from sparse_rt.pruning.calibration import Calibration, feed_layer_inputs, input_groups
 from sparse_rt.pruning.magnitude import check_sparsity
 from sparse_rt.pruning.masks import LayerFilter, apply_masks, layer_mask, require_layers, weight_matrix
 
@@ -68,19 +68,22 @@ def wanda_prune(
     """
     sparsity = check_sparsity(sparsity)
     nm = check_nm(nm)
+    layers = require_layers(model, filter_fn, "Wanda pruning")
     masks = {}
-    for name, layer in require_layers(model, filter_fn, "Wanda pruning").items():
-        in_features = weight_matrix(layer).shape[1]
+    for group in input_groups(model, layers, calibration):
+        in_features = weight_matrix(layers[group[0]]).shape[1]
         squares = torch.zeros(in_features, dtype=torch.float64)
 
         def accumulate(rows: torch.Tensor) -> None:  # rows: [rows, in]
             squares.add_(rows.double().pow(2).sum(dim=0).cpu())
 
-        feed_layer_inputs(model, name, layer, calibration, accumulate)
-        scores = wanda_scores(weight_matrix(layer).cpu(), squares.sqrt())
-        previous = layer_mask(layer)
-        if previous is not None:
-            scores = scores.masked_fill(~previous.cpu(), float("-inf"))
-        masks[name] = group_masks(scores, *nm) if nm else row_masks(scores, sparsity)
-        apply_masks(model, {name: masks[name]})
+        feed_layer_inputs(model, group[0], layers[group[0]], calibration, accumulate)
+        for name in group:
+            layer = layers[name]
+            scores = wanda_scores(weight_matrix(layer).cpu(), squares.sqrt())
+            previous = layer_mask(layer)
+            if previous is not None:
+                scores = scores.masked_fill(~previous.cpu(), float("-inf"))
+            masks[name] = group_masks(scores, *nm) if nm else row_masks(scores, sparsity)
+            apply_masks(model, {name: masks[name]})
     return masks

@@ -173,3 +173,20 @@ def test_layer_the_calibration_never_reaches_is_an_error():
         wanda_prune(model, [torch.randn(2, 4)], 0.5)
     with pytest.raises(ValueError, match="nm: expected"):
         sparsegpt_prune(model, [torch.randn(2, 4)], nm=(4, 2))
+
+
+def test_layers_reading_one_input_are_calibrated_by_one_pass():
+    from sparse_rt.decoders import build_decoder
+    from sparse_rt.pruning.calibration import input_groups
+    from sparse_rt.pruning.masks import prunable_layers
+
+    model = build_decoder("llama")
+    layers = {n: m for n, m in prunable_layers(model).items() if n != "lm_head"}
+    groups = input_groups(model, layers, [torch.randint(0, 256, (1, 8))])
+    assert groups[:4] == [
+        ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj"],
+        ["model.layers.0.self_attn.o_proj"],
+        ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"],
+        ["model.layers.0.mlp.down_proj"],
+    ]
+    assert sum(len(g) for g in groups) == len(layers)
