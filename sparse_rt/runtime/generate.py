@@ -136,44 +136,49 @@ class Generator:
 
     def stream(self, input_ids: Any, max_new_tokens: int, *, eos_token_id: int | None = None,
                **sampling: Any) -> Iterator[np.ndarray]:
-        """Yield the next token of every sequence, [batch] int64, one step at a time;
-        stops early once every sequence has produced `eos_token_id`."""
+        """An iterator over the next token of every sequence, [batch] int64, one step at a
+        time; it stops early once every sequence has produced `eos_token_id`. The prompt
+        and the sampling settings are checked here, before the first step."""
         prompt = check_prompt(input_ids, max_new_tokens, self.context, self.layout)
-        choose = TokenChooser(Sampling(**sampling))
+        return self._steps(prompt, max_new_tokens, TokenChooser(Sampling(**sampling)), eos_token_id)
+
+    def _steps(self, prompt: np.ndarray, max_new_tokens: int, choose: "TokenChooser",
+               eos_token_id: int | None) -> Iterator[np.ndarray]:
         batch, length = prompt.shape
         capacity = length + max_new_tokens
         layout = self.layout
-        dtype = getattr(torch, layout.dtype)
         ids_dtype = getattr(torch, layout.ids_dtype)
         with torch.inference_mode():
-            buffers = [torch.empty(batch, layout.kv_heads, capacity, layout.head_dim, dtype=dtype,
-                                   device=self.session.device) for _ in range(2 * layout.layers)]
-            pasts = [buffer[:, :, :0] for buffer in buffers]
-            mask = torch.ones(batch, capacity, dtype=torch.int64)
-            positions = torch.arange(capacity, dtype=torch.int64)[None].expand(batch, capacity)
-            tokens = torch.from_numpy(prompt).to(ids_dtype)
-            done = torch.zeros(batch, dtype=torch.bool)
-            past = 0
-            for _ in range(max_new_tokens):
-                step = tokens.shape[1]
-                feed = {layout.input_ids: tokens}
-                if layout.attention_mask:
-                    feed[layout.attention_mask] = mask[:, :past + step]
-                if layout.position_ids:
-                    feed[layout.position_ids] = positions[:, past:past + step].contiguous()
-                for (key, value), index in zip(layout.past, range(0, 2 * layout.layers, 2)):
-                    feed[key], feed[value] = pasts[index], pasts[index + 1]
-                outputs = self.session.run_views(feed)
-                pasts = [outputs[name] for pair in layout.present for name in pair]
-                past += step
+            buffers = [torch.empty(batch, layout.kv_heads, capacity, layout.head_dim,
+                                   dtype=getattr(torch, layout.dtype), device=self.session.device)
+                       for _ in range(2 * layout.layers)]
+        pasts = [buffer[:, :, :0] for buffer in buffers]
+        mask = torch.ones(batch, capacity, dtype=torch.int64)
+        positions = torch.arange(capacity, dtype=torch.int64)[None].expand(batch, capacity)
+        tokens = torch.from_numpy(prompt).to(ids_dtype)
+        done = torch.zeros(batch, dtype=torch.bool)
+        past = 0
+        for _ in range(max_new_tokens):
+            step = tokens.shape[1]
+            feed = {layout.input_ids: tokens}
+            if layout.attention_mask:
+                feed[layout.attention_mask] = mask[:, :past + step]
+            if layout.position_ids:
+                feed[layout.position_ids] = positions[:, past:past + step].contiguous()
+            for (key, value), index in zip(layout.past, range(0, 2 * layout.layers, 2)):
+                feed[key], feed[value] = pasts[index], pasts[index + 1]
+            outputs = self.session.run_views(feed)
+            pasts = [outputs[name] for pair in layout.present for name in pair]
+            past += step
+            with torch.inference_mode():
                 chosen = choose(outputs[layout.logits][:, -1, :])
                 if eos_token_id is not None:
                     chosen = torch.where(done, torch.tensor(eos_token_id), chosen)
                     done |= chosen == eos_token_id
-                yield chosen.numpy().astype(np.int64)
-                if eos_token_id is not None and bool(done.all()):
-                    return
-                tokens = chosen[:, None].to(ids_dtype)
+            yield chosen.numpy().astype(np.int64)
+            if eos_token_id is not None and bool(done.all()):
+                return
+            tokens = chosen[:, None].to(ids_dtype)
 
 
 class TokenChooser:
