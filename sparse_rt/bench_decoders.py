@@ -149,7 +149,7 @@ def run_decode_bench(args: argparse.Namespace) -> DecodeReport:
     sizes = weight_bytes(graph)
     report = DecodeReport(
         family=args.model_family, parameters=sum(p.numel() for p in model.parameters()), pattern=args.pattern,
-        pruner=pruner, sparsity=0.5 if args.pattern != "unstructured" else args.sparsity,
+        pruner=pruner, sparsity=args.sparsity if args.pattern == "unstructured" else _nm_sparsity(args.pattern),
         prompt_len=args.prompt_len, new_tokens=args.new_tokens, threads=args.threads,
         linear_bytes_sparse_rt=sizes["linear_sparse_rt"], linear_bytes_dense=sizes["linear_dense"],
         kernels=_kernel_counts(graph),
@@ -178,6 +178,11 @@ def run_decode_bench(args: argparse.Namespace) -> DecodeReport:
                 decode_tokens_per_s=statistics.median(batch * (n - 1) / r[1] for r in timed),
             ))
     return report
+
+
+def _nm_sparsity(pattern: str) -> float:
+    n, m = (int(v) for v in pattern.split(":"))
+    return 1 - n / m
 
 
 def _kernel_counts(graph: sparse_rt.Graph) -> dict[str, int]:
