@@ -1,7 +1,7 @@
 """`python -m sparse_rt.bench --model-family llama|gpt2`: token generation, side by side.
 
-A decoder of the family (Llama-shaped 118M or GPT-2-shaped 106M parameters, seeded
-weights) is pruned one-shot (Wanda for unstructured sparsity, SparseGPT for N:M; the
+A decoder of the family (`--size full`: Llama-shaped 118M or GPT-2-shaped 106M
+parameters; `small`: 31M / 32M; `tiny` for tests; seeded weights) is pruned one-shot (Wanda for unstructured sparsity, SparseGPT for N:M; the
 LM head stays dense), exported with past/present key values, and generates greedily in
 three engines: sparse_rt (`runtime.generate.Generator`, the cache in preallocated
 buffers), onnxruntime on the same pruned file (its presents fed back as pasts) and
@@ -29,11 +29,16 @@ import numpy as np
 import torch
 
 import sparse_rt
-from sparse_rt.decoders import FAMILIES, GPT2_106M, LLAMA_118M, TINY, DecoderShape, build_decoder, export_decoder
+from sparse_rt.decoders import FAMILIES, GPT2_32M, GPT2_106M, LLAMA_31M, LLAMA_118M, TINY, DecoderShape
+from sparse_rt.decoders import build_decoder, export_decoder
 from sparse_rt.runtime.generate import Generator, greedy_stream_with_session
 from sparse_rt.runtime.session import set_threads
 
-SHAPES = {"full": {"llama": LLAMA_118M, "gpt2": GPT2_106M}, "tiny": {"llama": TINY, "gpt2": TINY}}
+SHAPES = {
+    "full": {"llama": LLAMA_118M, "gpt2": GPT2_106M},
+    "small": {"llama": LLAMA_31M, "gpt2": GPT2_32M},
+    "tiny": {"llama": TINY, "gpt2": TINY},
+}
 
 
 @dataclass

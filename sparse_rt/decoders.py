@@ -43,6 +43,10 @@ class DecoderShape:
 TINY = DecoderShape()
 # Llama-shaped, 118M parameters: 8 layers of hidden 1024 (16 heads, 4 kv heads), FFN 2816.
 LLAMA_118M = DecoderShape(hidden=1024, layers=8, heads=16, kv_heads=4, ffn=2816, vocab=8192, context=512)
+# Llama-shaped, 31M parameters (124 MB of float32 weights, past any CPU's last-level cache).
+LLAMA_31M = DecoderShape(hidden=512, layers=8, heads=8, kv_heads=2, ffn=1408, vocab=8192, context=512)
+# GPT-2-shaped, 32M parameters.
+GPT2_32M = DecoderShape(hidden=512, layers=8, heads=8, kv_heads=8, ffn=2048, vocab=8192, context=512)
 # GPT-2-shaped, 106M parameters: 10 layers of hidden 768, FFN 3072 (GPT-2 small's blocks).
 GPT2_106M = DecoderShape(hidden=768, layers=10, heads=12, kv_heads=12, ffn=3072, vocab=16384, context=512)
 
