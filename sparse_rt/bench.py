@@ -557,6 +557,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="convert with int8 candidates; adds onnxruntime on its quantize_dynamic model")
     parser.add_argument("--agreement", type=int, default=None,
                         help="inputs to compare outputs with onnxruntime fp32 on (default 256 with --quantize, else 0)")
+    from sparse_rt.bench_decoders import add_decode_arguments
+
+    add_decode_arguments(parser)
     args = parser.parse_args(argv)
     if args.agreement is None:
         args.agreement = 256 if args.quantize else 0
@@ -586,6 +589,15 @@ def main(argv: list[str] | None = None) -> int:
         from sparse_rt.bench_layers import main as layers_main
 
         layers_main(["--threads", str(args.threads)] + (["--json", args.json_path] if args.json_path else []))
+        return 0
+    if args.model_family:
+        from sparse_rt.bench_decoders import main_decode
+
+        try:
+            main_decode(args)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.suite == "models":
         from sparse_rt.bench_models import run_models_suite

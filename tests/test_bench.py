@@ -87,3 +87,19 @@ def test_quantize_int8_against_onnxruntime_fp32_and_int8(tmp_path, capsys):
     assert set(agreement) == {"onnxruntime_int8", "sparse_rt"}
     assert agreement["sparse_rt"]["samples"] == 3 and agreement["sparse_rt"]["sign_agreement"] > 0.9
     assert 0 < agreement["sparse_rt"]["max_rel_error"] < 0.05
+def test_decoder_family_generates_the_same_tokens_in_every_engine(tmp_path, capsys):
+    argv = ["--model-family", "gpt2", "--size", "tiny", "--pattern", "2:4", "--batch-sizes", "1", "--prompt-len", "4",
+            "--new-tokens", "6", "--rounds", "1", "--no-tune", "--threads", "1", "--json", str(tmp_path / "d.json")]
+    assert bench.main(argv) == 0
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert report["pruner"] == "sparsegpt" and report["family"] == "gpt2"
+    assert report["tokens_match"] == {"sparse_rt@1": True, "onnxruntime@1": True, "torch@1": True}
+    assert {f["engine"] for f in report["figures"]} == {"sparse_rt", "onnxruntime", "torch"}
+    assert all(f["decode_tokens_per_s"] > 0 and f["prefill_ms"] > 0 for f in report["figures"])
+    assert "decode tokens/s" in capsys.readouterr().out
+
+
+def test_decoder_family_rejects_a_context_overflow(capsys):
+    argv = ["--model-family", "llama", "--size", "tiny", "--prompt-len", "100", "--new-tokens", "64"]
+    assert bench.main(argv) == 2
+    assert "at most the context 128" in capsys.readouterr().err

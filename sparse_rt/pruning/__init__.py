@@ -3,7 +3,8 @@
 Pruners work on any nn.Module's nn.Linear and 1x1 nn.Conv2d layers (chosen by a
 `filter_fn(module, name)`), attach masks as parametrizations that keep pruned
 weights exactly zero through training (`masks`), and `finalize` bakes them into
-plain layers. Structured pruning maps exactly onto BsrFormat and NmFormat; the
+plain layers. One-shot pruners (`wanda_prune`, `sparsegpt_prune`) take calibration
+batches and prune layer by layer (`calibration`). Structured pruning maps exactly onto BsrFormat and NmFormat; the
 structured layers convert to ButterflyFormat and PermutedFormat by `to_format()`.
 """
 
@@ -19,6 +20,8 @@ from sparse_rt.pruning.dst import SET, CosineDropSchedule, DynamicSparseTraining
 from sparse_rt.pruning.dst import layer_keep_counts, random_masks
 from sparse_rt.pruning.init_pruning import grasp_prune, grasp_scores, snip_prune, snip_scores
 from sparse_rt.pruning.init_pruning import synflow_prune, synflow_scores
+from sparse_rt.pruning.sparsegpt import sparsegpt_prune
+from sparse_rt.pruning.wanda import wanda_prune
 from sparse_rt.pruning.reinit import sign_constant_reinit
 from sparse_rt.pruning.topologies import TOPOLOGIES, graph_metrics, network_laplacian, topology_mask
 
@@ -51,6 +54,7 @@ __all__ = [
     "random_masks",
     "RigL",
     "SET",
+    "sparsegpt_prune",
     "sign_constant_reinit",
     "snip_prune",
     "snip_scores",
@@ -58,4 +62,5 @@ __all__ = [
     "synflow_scores",
     "TOPOLOGIES",
     "topology_mask",
+    "wanda_prune",
 ]

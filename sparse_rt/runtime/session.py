@@ -11,10 +11,11 @@ concurrent calls on one session are safe.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Container, Mapping, Sequence
+from typing import Any, Callable, Container, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -213,6 +214,23 @@ class InferenceSession:
         if as_torch:
             return results
         return [_to_numpy(t) for t in results]
+
+    def run_views(self, input_feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """All outputs as torch tensors {name: tensor}, for callers that own the buffers they
+        feed (the KV cache of `runtime.generate`): inputs are checked as by `run`, but outputs
+        are not copied and may be views of the inputs."""
+        values, _ = self._check_feed(input_feed)
+        self._execute(values)
+        return {name: values[name] for name in self._output_names}
+
+    def replan(self, rewrite: Callable[[list], list]) -> "InferenceSession":
+        """A session sharing this one's graph and bound nodes whose planned steps are
+        `rewrite(steps)` (a list of the session's steps -> a list of steps)."""
+        clone = copy.copy(self)
+        clone._steps = rewrite(self._steps)
+        clone._data_steps = None if self._data_steps is None else rewrite(self._data_steps)
+        clone._shape_cache = {}
+        return clone
 
     def profile(self, input_feed: Mapping[str, Any], repeats: int = 5) -> list[tuple[str, float]]:
         """Median seconds per node over `repeats` runs, slowest first: [(\"label (op)\", seconds)]."""

@@ -6,6 +6,8 @@
     GET  /v2/models/{name}[/versions/1]/ready model readiness
     POST /v2/models/{name}[/versions/1]/infer inference (JSON or binary tensor data)
     POST /v2/repository/models/{name}/load    reload a model from its source while serving
+    POST /v2/models/{name}[/versions/1]/generate, /generate_stream
+                                              token generation (decoders; `serve.generation`)
     GET  /metrics                             Prometheus metrics
 
 Every error answers {"error": "..."}: 400 bad request, 404 unknown model or path,
@@ -31,11 +33,12 @@ from typing import Any, AsyncIterator, Callable, Mapping
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import sparse_rt
 from sparse_rt.serve.batching import BatchingEngine, EngineClosedError, check_settings
+from sparse_rt.serve.generation import GenerateEndpoints, parse_generate_request, sse_event
 from sparse_rt.serve.metrics import UNKNOWN_MODEL, ServeMetrics
 from sparse_rt.serve.protocol import (
     BINARY_HEADER,
@@ -56,18 +59,22 @@ CLIENT_CLOSED = 499
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Server limits and batching settings (max_batch 1 or max_delay_ms 0: no batching)."""
+    """Server limits and batching settings (max_batch 1 or max_delay_ms 0: no batching);
+    context: positions (prompt + new tokens) a generated sequence may hold."""
 
     max_batch: int = 32
     max_delay_ms: float = 2.0
     workers: int = 1
     max_body_bytes: int = 64 << 20
     timeout_s: float = 30.0
+    context: int = 1024
 
     def __post_init__(self) -> None:
         check_settings(self.max_batch, self.max_delay_ms, self.workers)
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes: expected a positive integer, got {self.max_body_bytes}")
+        if self.context < 1:
+            raise ValueError(f"context: expected a positive integer, got {self.context}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s: expected a positive number, got {self.timeout_s}")
 
@@ -111,6 +118,7 @@ class ModelServer:
         self._engine = engine
         self.models: dict[str, _Model] = {name: self._serve(name, session) for name, session in sessions.items()}
         self._reloading: dict[str, asyncio.Lock] = {}
+        self.generation = GenerateEndpoints(_generators(sessions, config.context), workers=config.workers)
         self.ready = False
         self.app = Starlette(
             routes=self._routes(),
@@ -153,6 +161,7 @@ class ModelServer:
         self.ready = False
         for model in self.models.values():
             model.engine.close(drain=True)
+        self.generation.close()
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -175,6 +184,8 @@ class ModelServer:
                 Route(prefix, self._model_metadata),
                 Route(prefix + "/ready", self._model_ready),
                 Route(prefix + "/infer", self._infer, methods=["POST"]),
+                Route(prefix + "/generate", self._generate, methods=["POST"]),
+                Route(prefix + "/generate_stream", self._generate_stream, methods=["POST"]),
             ]
         return routes
 
@@ -270,6 +281,58 @@ class ModelServer:
                 if current is None or current is model:
                     raise
                 model = current
+    async def _generate_request(self, request: Request) -> tuple[_Model, Any, int, dict[str, Any]]:
+        model = self._find(request)
+        if model.name not in self.generation.generators:
+            raise RequestError(f"model {model.name!r}: generate needs a decoder with past/present key values; "
+                               f"decoders served: {sorted(self.generation.generators)}")
+        body = await _read_body(request, self.config.max_body_bytes)
+        prompt, max_tokens, sampling = parse_generate_request(body)
+        self.generation.check(model.name, prompt, max_tokens, sampling)
+        return model, prompt, max_tokens, sampling
+
+    async def _generate(self, request: Request) -> Response:
+        start = time.perf_counter()
+        label = request.path_params["model"] if request.path_params["model"] in self.models else UNKNOWN_MODEL
+        try:
+            model, prompt, max_tokens, sampling = await self._generate_request(request)
+            tokens = await asyncio.wait_for(
+                self.generation.generate(model.name, prompt, max_tokens, sampling), self.config.timeout_s)
+            response = JSONResponse({"model_name": model.name, "model_version": MODEL_VERSION,
+                                     "output_ids": tokens.tolist()})
+        except RequestError as exc:
+            response = _error(str(exc), exc.status)
+        except HTTPException as exc:
+            response = _error(str(exc.detail), exc.status_code)
+        except asyncio.TimeoutError:
+            response = _error(f"generation did not finish within {self.config.timeout_s:g} s", 504)
+        except Exception as exc:
+            response = await _internal_error(request, exc)
+        self.metrics.observe_request(label, response.status_code, time.perf_counter() - start)
+        return response
+
+    async def _generate_stream(self, request: Request) -> Response:
+        try:
+            model, prompt, max_tokens, sampling = await self._generate_request(request)
+        except RequestError as exc:
+            return _error(str(exc), exc.status)
+        except HTTPException as exc:
+            return _error(str(exc.detail), exc.status_code)
+
+        async def events() -> AsyncIterator[bytes]:
+            head = {"model_name": model.name, "model_version": MODEL_VERSION}
+            steps = 0
+            try:
+                async for tokens in self.generation.stream(model.name, prompt, max_tokens, sampling):
+                    yield sse_event({**head, "index": steps, "output_ids": tokens.tolist()})
+                    steps += 1
+            except Exception as exc:
+                logger.exception("model %r: generation failed", model.name)
+                yield sse_event({**head, "error": f"generation failed: {type(exc).__name__}: {exc}"})
+                return
+            yield sse_event({**head, "index": steps, "finish_reason": "length" if steps == max_tokens else "stop"})
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     def _find(self, request: Request) -> _Model:
         name = request.path_params["model"]
@@ -294,6 +357,24 @@ def create_app(
     server = ModelServer(sessions, config, loaders)
     server.app.state.server = server
     return server.app
+
+
+def _generators(sessions: Mapping[str, Any], context: int) -> dict[str, Any]:
+    """A Generator for each served session whose graph is a decoder with a KV cache."""
+    from sparse_rt.converters.decoder import decoder_layout
+    from sparse_rt.runtime.generate import Generator
+
+    generators = {}
+    for name, session in sessions.items():
+        graph = getattr(session, "graph", None)
+        if graph is None:
+            continue
+        try:
+            decoder_layout(graph)
+        except ValueError:
+            continue
+        generators[name] = Generator(session, context)
+    return generators
 
 
 def _model_metadata(name: str, session: Any) -> dict[str, Any]:

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-replicas", type=int, default=None,
                         help="--ray: autoscale between --replicas and this many replicas")
     parser.add_argument("--ray-address", default=None, help="--ray: join this cluster (default: start a local one)")
+    parser.add_argument("--context", type=int, default=1024,
+                        help="positions (prompt + new tokens) a generated sequence may hold (default: %(default)s)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     return parser
@@ -78,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = model_names(args.models)
         config = ServeConfig(
             max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, workers=args.workers,
-            max_body_bytes=int(args.max_body_mb * (1 << 20)), timeout_s=args.timeout_s,
+            max_body_bytes=int(args.max_body_mb * (1 << 20)), timeout_s=args.timeout_s, context=args.context,
         )
         if args.replicas < 1 or (args.max_replicas is not None and args.max_replicas < args.replicas):
             raise ValueError(f"--replicas: expected >= 1 and <= --max-replicas, got {args.replicas} "
