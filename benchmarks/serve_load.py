@@ -407,22 +407,32 @@ async def oversized(port: int, path: str, max_body: int, chunked: bool) -> tuple
     may refuse on the header alone), or chunked (the server must count); returns the answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     chunk = b"0" * (64 << 10)
-    try:
-        if chunked:
-            writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
-            for _ in range(max_body // len(chunk) + 2):
-                writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+
+    async def send() -> None:
+        try:
+            if chunked:
+                writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+                for _ in range(max_body // len(chunk) + 2):
+                    writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                    await writer.drain()
+            else:
+                size = max_body + len(chunk)
+                writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {size}\r\n\r\n".encode())
+                writer.write(chunk)  # the rest is never sent: the answer comes on the header
                 await writer.drain()
-        else:
-            size = max_body + len(chunk)
-            writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {size}\r\n\r\n".encode())
-            writer.write(chunk)  # the rest is never sent: the answer comes on the header
-            await writer.drain()
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the server answered and closed while the body was still going out
+
+    # the answer is read while the body goes out, as a browser does: a server that refuses
+    # mid-body answers and closes, and a client still writing would meet the reset first
+    sender = asyncio.create_task(send())
+    try:
         lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
         body = await reader.readexactly(int(headers.get("content-length", 0)))
         return int(lines[0].split()[1]), headers, body
     finally:
+        sender.cancel()
         writer.close()
 
 

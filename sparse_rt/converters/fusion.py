@@ -204,7 +204,10 @@ def fuse_tanh_gelu(graph: Graph) -> int:
 
 def split_strided_pointwise_conv(graph: Graph) -> int:
     """Rewrite Conv(x, W [O, I, 1, ...], strides s, no padding, group 1) as Conv(Slice(x, steps s), W)
-    at stride 1: a 1x1 kernel reads only the inputs at multiples of the stride."""
+    at stride 1: a 1x1 kernel reads only the inputs at multiples of the stride. Models before
+    opset 10 keep their strided convs (their Slice has no steps)."""
+    if graph.opset < 10:
+        return 0
     nodes: list[Node] = []
     count = 0
     for node in graph.nodes:

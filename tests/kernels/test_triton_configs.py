@@ -21,6 +21,8 @@ from sparse_rt.formats import (
     NmFormat,
     PermutedFormat,
 )
+from sparse_rt.formats.csr_int8 import CsrInt8Format
+from sparse_rt.formats.dense_int8 import DenseInt8Format
 from sparse_rt.kernels.triton import KERNELS
 from sparse_rt.kernels.triton.configs import (
     MAX_ELEMENTS_PER_THREAD,
@@ -46,6 +48,8 @@ def _weights() -> dict:
     return {
         "dense": DenseFormat.from_dense(masked),
         "csr": CsrFormat.from_dense(masked),
+        "csr_int8": CsrInt8Format.from_dense(masked),
+        "dense_int8": DenseInt8Format.from_dense(masked),
         "bsr": BsrFormat.from_dense(masked, block_shape=(16, 16)),
         "nm": NmFormat.from_dense(two_of_four, n=2, m=4),
         "butterfly": ButterflyFormat(in_features=48, out_features=64, twiddles=torch.randn(6, 32, 2, 2)),
