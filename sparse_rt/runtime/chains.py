@@ -67,7 +67,7 @@ def _dense_kernels(linears: Sequence[BoundSparseLinear], rows: int) -> list[Boun
 def _csr_row_kernels(linears: Sequence[BoundSparseLinear]) -> list[BoundCsr] | None:
     """The layers' kernels at one row when all are CSR with the "slices" layout, else None."""
     kernels = [linear.at(1) for linear in linears]
-    if all(isinstance(kernel, BoundCsr) and kernel.packed.slices is not None for kernel in kernels):
+    if all(isinstance(kernel, BoundCsr) and kernel.packed.slices_layout for kernel in kernels):
         return kernels
     return None
 

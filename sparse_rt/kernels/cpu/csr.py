@@ -13,6 +13,8 @@ batch-wide multiply-add.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -131,8 +133,10 @@ class CsrPacked:
     values:         float32 [nnz]
     bias:           float32 [out] or None
     tasks:          row boundaries per thread count, balancing nonzeros
-    slices:         the batch-1 "slices" layout (gemv_layout "slices"), else None; a second
-                    copy of the nonzeros (the batched kernel reads the rows above)
+    slices_layout:  whether the batch-1 kernel reads the "slices" layout (gemv_layout "slices");
+                    `slices` builds it on first use: a second copy of the nonzeros (the batched
+                    kernel reads the rows above), which a layer never called with one row
+                    never holds
     """
 
     shape: tuple[int, int]
@@ -142,7 +146,16 @@ class CsrPacked:
     values: torch.Tensor
     bias: torch.Tensor | None
     tasks: TaskSplit
-    slices: CsrSlices | None = None
+    slices_layout: bool = False
+    tasks_per_thread: int = 1
+
+    @functools.cached_property
+    def slices(self) -> CsrSlices | None:
+        """The batch-1 "slices" layout, built on first use; None without slices_layout."""
+        if not self.slices_layout:
+            return None
+        return pack_slices(self.row_offsets, self.column_indices, self.values, self.bias, simd_width(),
+                           self.tasks_per_thread)
 
 
 def pack_csr_arrays(
@@ -164,9 +177,6 @@ def pack_csr_arrays(
     column_indices = column_indices.contiguous()
     values = values.to(torch.float32).contiguous()
     bias = bias_of(bias, out_features, what)
-    slices = None
-    if options.gemv_layout == "slices":
-        slices = pack_slices(row_offsets, column_indices, values, bias, simd_width(), options.tasks_per_thread)
     return CsrPacked(
         shape=(out_features, in_features),
         index=INDEX_NAMES[column_indices.dtype],
@@ -175,7 +185,8 @@ def pack_csr_arrays(
         values=values,
         bias=bias,
         tasks=TaskSplit(row_offsets.diff() + ROW_OVERHEAD, options.tasks_per_thread),
-        slices=slices,
+        slices_layout=options.gemv_layout == "slices",
+        tasks_per_thread=options.tasks_per_thread,
     )
 
 
@@ -205,7 +216,7 @@ def csr_rows_linear(rows: torch.Tensor, packed: CsrPacked, options: CsrOptions, 
     y = torch.empty(batch, out_features, dtype=torch.float32)
     if batch == 0:
         return y
-    if batch == 1 and packed.slices is not None:
+    if batch == 1 and packed.slices_layout:
         num_threads = gemv_threads(options)
         slices = packed.slices
         split = slices.tasks(num_threads)
@@ -295,21 +306,17 @@ class BoundCsr:
         self._row_shape = torch.Size([1, packed.shape[1]])
         self._out_features = packed.shape[0]
         self._launches: dict[int, tuple] = {}
-        self._slices_gemv = None
-        if packed.slices is not None:
-            slices = packed.slices
-            self._slices_gemv = csr_slices_gemv(packed.index, options.x_loads)
-            self._weight_pointers = (
-                pointer(slices.slice_offsets), pointer(slices.slice_rows), pointer(slices.column_indices),
-                pointer(slices.values), pointer(slices.slice_bias),
-            )
+        self._slices_gemv = csr_slices_gemv(packed.index, options.x_loads) if packed.slices_layout else None
 
     def _launch(self, num_threads: int) -> tuple:
         """(threads, tasks, task boundaries, weight-side pointers...) of the slices kernel."""
         launch = self._launches.get(num_threads)
         if launch is None:
-            split = self.packed.slices.tasks(num_threads)
-            launch = (num_threads, split.shape[0] - 1, pointer(split), *self._weight_pointers)
+            slices = self.packed.slices  # built on the first one-row call
+            split = slices.tasks(num_threads)
+            launch = (num_threads, split.shape[0] - 1, pointer(split), pointer(slices.slice_offsets),
+                      pointer(slices.slice_rows), pointer(slices.column_indices), pointer(slices.values),
+                      pointer(slices.slice_bias))
             self._launches[num_threads] = launch
         return launch
 
@@ -337,7 +344,7 @@ class CsrRowChain:
         if len(layers) < 2:
             raise ValueError(f"CsrRowChain: expected at least 2 layers, got {len(layers)}")
         for i, layer in enumerate(layers):
-            if layer.packed.slices is None:
+            if not layer.packed.slices_layout:
                 raise ValueError(f"CsrRowChain: layer {i}: expected gemv_layout 'slices', got "
                                  f"{layer.options.gemv_layout!r}")
         for i, (a, b) in enumerate(zip(layers, layers[1:])):
