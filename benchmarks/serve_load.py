@@ -79,7 +79,8 @@ class Payload:
 @dataclass
 class FaultResult:
     """The fault run. requests: those that expect an answer (good, bad, oversized); served: answered with
-    the expected status (and, for good ones, the right outputs); errors: answered with another status;
+    the expected status (and, for good ones, the right outputs; an oversized body may also be refused by a
+    reset that overtakes its 413); errors: answered with another status;
     lost: no answer (dropped connection or client timeout); wrong: 200 with wrong outputs; hang-ups:
     requests the client abandoned; p50/p99 over the good requests; RSS of the server process in MiB."""
 
@@ -357,6 +358,10 @@ async def fault_load(port: int, model: str, payloads: list[Payload], bad: list[P
                     path = f"/v2/models/{payload.model or model}/infer"
                     status, headers, body = await asyncio.wait_for(connection.post(path, payload), REQUEST_TIMEOUT_S)
                     expected_status = payload.status
+            except ConnectionResetError if kind == "oversized" else ():
+                # the server refused the body and closed while it was still coming: the reset can
+                # overtake the 413 (RFC 9112, 9.6), and the request was refused, not lost
+                status, headers, body, expected_status = 413, {}, b"", 413
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
                 connection.close()
                 if measured:
