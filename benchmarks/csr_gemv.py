@@ -36,9 +36,7 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from onnx import TensorProto, helper, numpy_helper
-
-from sparse_rt.bench_layers import ort_session, parse_shape, time_round_robin
+from sparse_rt.bench_layers import ort_session, ort_stack, parse_shape, time_round_robin
 from sparse_rt.formats import CsrFormat, DenseFormat
 from sparse_rt.kernels.cpu._dense_native import dense_library
 from sparse_rt.kernels.cpu._launch import pointer
@@ -127,28 +125,6 @@ def run_case(in_features: int, out_features: int, density: float, threads: int, 
 CHAIN_DIMS = (384, 1536)
 
 
-def ort_chain(layers: list[tuple[torch.Tensor, torch.Tensor]], threads: int) -> ort.InferenceSession:
-    """onnxruntime on the stack: Gemm (+ Gelu after every first layer of a block)."""
-    nodes, initializers, current = [], [], "x"
-    for index, (weight, bias) in enumerate(layers):
-        initializers += [numpy_helper.from_array(weight.numpy(), f"W{index}"),
-                         numpy_helper.from_array(bias.numpy(), f"b{index}")]
-        nodes.append(helper.make_node("Gemm", [current, f"W{index}", f"b{index}"], [f"y{index}"], transB=1))
-        current = f"y{index}"
-        if index % 2 == 0:
-            nodes.append(helper.make_node("Gelu", [current], [f"g{index}"]))
-            current = f"g{index}"
-    graph = helper.make_graph(
-        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHAIN_DIMS[0]])],
-        [helper.make_tensor_value_info(current, TensorProto.FLOAT, [1, CHAIN_DIMS[0]])], initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
 def run_chain(blocks: int, density: float, threads: int, iters: int) -> dict:
     """The stack's layers one by one against one C call, CSR and dense, and onnxruntime."""
     model, hidden = CHAIN_DIMS
@@ -176,7 +152,7 @@ def run_chain(blocks: int, density: float, threads: int, iters: int) -> dict:
         return y
 
     csr_chain, dense_chain = CsrRowChain(csr_layers), DenseChain(dense_layers)
-    session = ort_chain(layers, threads)
+    session = ort_stack(layers, threads)
     reference = torch.from_numpy(session.run(None, {"x": x_numpy})[0])
     for y in (one_by_one(csr_layers), csr_chain(x), dense_chain(x)):
         torch.testing.assert_close(y, reference, rtol=1e-3, atol=1e-3)

@@ -181,6 +181,8 @@ def stack_weights(density: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def ort_stack(layers: list[tuple[torch.Tensor, torch.Tensor]], threads: int) -> ort.InferenceSession:
+    """onnxruntime on a stack of (weight [out, in], bias [out]) layers: Gemm, with a Gelu after every
+    first layer of a block; x [batch, in of the first] -> y [batch, out of the last]."""
     nodes, initializers, current = [], [], "x"
     for index, (weight, bias) in enumerate(layers):
         initializers += [numpy_helper.from_array(weight.numpy(), f"W{index}"), numpy_helper.from_array(bias.numpy(), f"b{index}")]
@@ -192,8 +194,8 @@ def ort_stack(layers: list[tuple[torch.Tensor, torch.Tensor]], threads: int) -> 
     graph = helper.make_graph(
         nodes,
         "stack",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", STACK_DIMS[0]])],
-        [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["batch", STACK_DIMS[0]])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", layers[0][0].shape[1]])],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["batch", layers[-1][0].shape[0]])],
         initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)

@@ -19,6 +19,21 @@ from sparse_rt.formats.base import WeightFormat, as_dense_weight, narrowest_inde
 OFFSET_DTYPES = (torch.int32, torch.int64)
 
 
+def check_csr_arrays(fmt: str, shape, row_offsets: torch.Tensor, column_indices: torch.Tensor,
+                     values: torch.Tensor, value_dtypes=None) -> tuple[int, int]:
+    """Validate the arrays of a compressed-sparse-rows weight of format `fmt` (values of
+    `value_dtypes`, any floating dtype when None) and return its (out, in) shape; raises naming the field."""
+    out_features, in_features = check_pair(fmt, "shape", shape)
+    check_tensor(fmt, "row_offsets", row_offsets, [out_features + 1], OFFSET_DTYPES)
+    check_tensor(fmt, "values", values, [None], value_dtypes)
+    nnz = values.shape[0]
+    check_tensor(fmt, "column_indices", column_indices, [nnz], [narrowest_index_dtype(in_features - 1)])
+    check_offsets(fmt, "row_offsets", row_offsets, nnz, "values")
+    check_index_range(fmt, "column_indices", column_indices, in_features)
+    check_ascending_segments(fmt, "column_indices", column_indices, row_offsets, "row")
+    return out_features, in_features
+
+
 @register_format
 @dataclass(eq=False)
 class CsrFormat(WeightFormat):
@@ -38,17 +53,7 @@ class CsrFormat(WeightFormat):
     values: torch.Tensor
 
     def __post_init__(self) -> None:
-        self.shape = check_pair(self.name, "shape", self.shape)
-        out_features, in_features = self.shape
-        check_tensor(self.name, "row_offsets", self.row_offsets, [out_features + 1], OFFSET_DTYPES)
-        check_tensor(self.name, "values", self.values, [None])
-        nnz = self.values.shape[0]
-        check_tensor(
-            self.name, "column_indices", self.column_indices, [nnz], [narrowest_index_dtype(in_features - 1)]
-        )
-        check_offsets(self.name, "row_offsets", self.row_offsets, nnz, "values")
-        check_index_range(self.name, "column_indices", self.column_indices, in_features)
-        check_ascending_segments(self.name, "column_indices", self.column_indices, self.row_offsets, "row")
+        self.shape = check_csr_arrays(self.name, self.shape, self.row_offsets, self.column_indices, self.values)
 
     @property
     def nnz(self) -> int:

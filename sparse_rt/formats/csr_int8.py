@@ -6,16 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from sparse_rt.formats._checks import (
-    check_ascending_segments,
-    check_index_range,
-    check_keys,
-    check_offsets,
-    check_pair,
-    check_tensor,
-)
-from sparse_rt.formats.base import WeightFormat, narrowest_index_dtype, register_format
-from sparse_rt.formats.csr import OFFSET_DTYPES, CsrFormat
+from sparse_rt.formats._checks import check_keys
+from sparse_rt.formats.base import WeightFormat, register_format
+from sparse_rt.formats.csr import CsrFormat, check_csr_arrays
 from sparse_rt.formats.int8 import check_scales, quantize_per_channel
 
 
@@ -40,18 +33,9 @@ class CsrInt8Format(WeightFormat):
     scales: torch.Tensor
 
     def __post_init__(self) -> None:
-        self.shape = check_pair(self.name, "shape", self.shape)
-        out_features, in_features = self.shape
-        check_tensor(self.name, "row_offsets", self.row_offsets, [out_features + 1], OFFSET_DTYPES)
-        check_tensor(self.name, "values", self.values, [None], [torch.int8])
-        nnz = self.values.shape[0]
-        check_tensor(
-            self.name, "column_indices", self.column_indices, [nnz], [narrowest_index_dtype(in_features - 1)]
-        )
-        check_offsets(self.name, "row_offsets", self.row_offsets, nnz, "values")
-        check_index_range(self.name, "column_indices", self.column_indices, in_features)
-        check_ascending_segments(self.name, "column_indices", self.column_indices, self.row_offsets, "row")
-        check_scales(self.name, self.scales, out_features)
+        self.shape = check_csr_arrays(self.name, self.shape, self.row_offsets, self.column_indices, self.values,
+                                      [torch.int8])
+        check_scales(self.name, self.scales, self.shape[0])
 
     @property
     def nnz(self) -> int:

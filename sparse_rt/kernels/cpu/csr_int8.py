@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sparse_rt.formats.csr import CsrFormat
 from sparse_rt.kernels.cpu import _int8_native as native
 from sparse_rt.kernels.cpu._launch import TaskSplit, bias_of, check_activation, check_cpu, pointer, rows_of, shaped_like, threads
 from sparse_rt.kernels.cpu._native import native_available
@@ -126,9 +127,7 @@ def bind_csr_int8(weight, bias: torch.Tensor | None, config: Config, device: tor
 
 def csr_int8_linear_reference(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
     """Plain torch: the int8 product of the quantized x and the CSR's int8 values, dequantized."""
-    dense = torch.zeros(weight.shape, dtype=torch.int8)
-    rows = torch.repeat_interleave(torch.arange(weight.shape[0]), weight.row_offsets.diff().long())
-    dense[rows, weight.column_indices.long()] = weight.values
+    dense = CsrFormat(weight.shape, weight.row_offsets, weight.column_indices, weight.values).to_dense()  # int8
     return int8_linear_reference(x, dense, weight.scales, bias)
 
 
