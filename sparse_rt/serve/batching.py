@@ -232,10 +232,11 @@ class BatchingEngine:
         try:
             results = self.session.run(list(request.output_names), request.feeds)
         except Exception as exc:
+            self._record(rows_of(request.feeds), 1)
             request.future.set_exception(exc)
         else:
+            self._record(rows_of(request.feeds), 1)
             request.future.set_result(dict(zip(request.output_names, results)))
-        self._record(rows_of(request.feeds), 1)
 
     def _run_merged(self, batch: list[_Request]) -> None:
         rows = [request.rows for request in batch]
@@ -252,11 +253,12 @@ class BatchingEngine:
             for request in batch:
                 self._run_alone(request)
             return
+        self._record(sum(rows), len(batch))
         for part, request in zip(parts, batch):
             request.future.set_result({name: part[name] for name in request.output_names})
-        self._record(sum(rows), len(batch))
 
     def _record(self, rows: int, requests: int) -> None:
+        """Count a run before its futures resolve, so a caller holding a result sees it in stats()."""
         with self._condition:
             self._runs += 1
             self._requests += requests
