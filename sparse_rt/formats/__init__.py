@@ -4,6 +4,7 @@
 """
 
 from sparse_rt.formats.base import FORMATS, WeightFormat, get_format, register_format
+from sparse_rt.formats.bitmask import BitmaskFormat
 from sparse_rt.formats.bsr import BsrFormat
 from sparse_rt.formats.butterfly import ButterflyFormat, butterfly_apply
 from sparse_rt.formats.csr import CsrFormat
@@ -15,6 +16,7 @@ from sparse_rt.formats.permuted import PermutedFormat, permuted_apply
 
 __all__ = [
     "FORMATS",
+    "BitmaskFormat",
     "BsrFormat",
     "ButterflyFormat",
     "CsrFormat",

@@ -137,6 +137,28 @@ class RowsOptions:
         _check_range(self, "rows_per_task", 1, 1 << 20)
 
 
+BITMASK_BATCH_ROWS = (4, 8)
+# Below this many stored bytes (mask + values) a batch-1 bitmask call runs on one thread by
+# default, as for CSR (GEMV_ONE_THREAD_NNZ x 6 bytes).
+BITMASK_ONE_THREAD_BYTES = 6 * GEMV_ONE_THREAD_NNZ
+
+
+@dataclass(frozen=True)
+class BitmaskOptions:
+    """tasks_per_thread: row ranges of about equal bytes per thread.
+    batch_rows:   input rows each expanded weight chunk is multiplied into when batched (4 or 8).
+    gemv_threads: threads of the batch-1 kernel at most (0: as many as the runtime runs)."""
+
+    tasks_per_thread: int
+    batch_rows: int
+    gemv_threads: int
+
+    def __post_init__(self) -> None:
+        _check_range(self, "tasks_per_thread", 1, 256)
+        _check_int(self, "batch_rows", BITMASK_BATCH_ROWS)
+        _check_range(self, "gemv_threads", 0, 1024)
+
+
 def simd_width() -> int:
     """Floats per SIMD register of the compiled kernels (8 when they cannot be built)."""
     return vector_width() if native_available() else 8
@@ -203,6 +225,22 @@ def block_configs(weight, device: torch.device) -> list[Config]:
     default = BlockOptions(tasks_per_thread=DEFAULT_TASKS_PER_THREAD, batch_vectors=min(widest, _batch_vectors()))
     axes = {"tasks_per_thread": [1, DEFAULT_TASKS_PER_THREAD, 16], "batch_vectors": sorted({1, 2, widest})}
     return config_space(default, axes, lambda o: o.batch_vectors <= widest)
+
+
+def bitmask_configs(weight, device: torch.device) -> list[Config]:
+    """Bitmask: tasks per thread, batch-1 thread cap (one thread for small layers), input rows per
+    pass (batched)."""
+    default = BitmaskOptions(
+        tasks_per_thread=DEFAULT_TASKS_PER_THREAD,
+        batch_rows=8,
+        gemv_threads=1 if weight.nbytes < BITMASK_ONE_THREAD_BYTES else 0,
+    )
+    axes = {
+        "tasks_per_thread": [1, DEFAULT_TASKS_PER_THREAD, 16],
+        "batch_rows": list(BITMASK_BATCH_ROWS),
+        "gemv_threads": [0, 1],
+    }
+    return config_space(default, axes)
 
 
 def rows_configs(weight, device: torch.device) -> list[Config]:

@@ -14,6 +14,7 @@ import torch
 
 from sparse_rt.kernels.registry import Kernel, register_kernel
 from sparse_rt.kernels.triton import configs
+from sparse_rt.kernels.triton.bitmask import bind_bitmask
 from sparse_rt.kernels.triton.bsr import bind_bsr, bsr_supports
 from sparse_rt.kernels.triton.butterfly import bind_butterfly
 from sparse_rt.kernels.triton.csr import bind_csr
@@ -39,6 +40,9 @@ KERNELS = [
     register_kernel(Kernel("csr_triton_rows", "csr", "triton", bind_csr, configs.csr_configs, _on_device)),
     register_kernel(Kernel("bsr_triton_dot", "bsr", "triton", bind_bsr, configs.bsr_configs, _bsr_on_device)),
     register_kernel(Kernel("nm_triton_gather", "nm", "triton", bind_nm, configs.nm_configs, _on_device)),
+    register_kernel(
+        Kernel("bitmask_triton_expand", "bitmask", "triton", bind_bitmask, configs.bitmask_configs, _on_device)
+    ),
     register_kernel(
         Kernel("butterfly_triton", "butterfly", "triton", bind_butterfly, configs.butterfly_configs, _on_device)
     ),

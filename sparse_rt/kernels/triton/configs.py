@@ -98,6 +98,24 @@ class NmOptions:
 
 
 @dataclass(frozen=True)
+class BitmaskOptions:
+    """A [BLOCK_B, BLOCK_O] output tile per program, BLOCK_K input columns (a multiple of 8: whole
+    mask bytes) a step."""
+
+    BLOCK_B: int
+    BLOCK_O: int
+    BLOCK_K: int
+    num_warps: int
+    num_stages: int
+
+    def __post_init__(self) -> None:
+        _check_pow2(self, "BLOCK_B", 1, 256)
+        _check_pow2(self, "BLOCK_O", 1, 1024)
+        _check_pow2(self, "BLOCK_K", 8, 1024)
+        _check_launch(self)
+
+
+@dataclass(frozen=True)
 class FusedOptions:
     """Butterfly / permuted, all stages in one kernel: BLOCK_M activation rows per program."""
 
@@ -210,6 +228,19 @@ def nm_configs(weight, device: torch.device) -> list[Config]:
         "BLOCK_B": [1, 8, 32],
         "BLOCK_O": [16, 64],
         "BLOCK_K": [k for k in (8, 32) if k <= k_cap],
+        "num_warps": [2, 4, 8],
+    }
+    return config_space(default, axes, lambda o: _fits(o.BLOCK_B * o.BLOCK_O * o.BLOCK_K, o.num_warps))
+
+
+def bitmask_configs(weight, device: torch.device) -> list[Config]:
+    """Space of the bitmask kernel; BLOCK_K stops at the input width (rounded up to a power of two)."""
+    k_cap = max(8, triton.next_power_of_2(weight.shape[1]))
+    default = BitmaskOptions(BLOCK_B=16, BLOCK_O=32, BLOCK_K=min(32, k_cap), num_warps=4, num_stages=2)
+    axes = {
+        "BLOCK_B": [1, 8, 32],
+        "BLOCK_O": [16, 64],
+        "BLOCK_K": [k for k in (16, 64) if k <= k_cap],
         "num_warps": [2, 4, 8],
     }
     return config_space(default, axes, lambda o: _fits(o.BLOCK_B * o.BLOCK_O * o.BLOCK_K, o.num_warps))

@@ -1,0 +1,238 @@
+"""C kernels for bitmask linear layers (BitmaskFormat), batch 1 and batched.
+
+Both walk a weight row VL columns (one mask chunk: a byte with AVX2 and the portable
+code, 16 bits with AVX-512) at a time: `bm_expand(v, m)` puts the next popcount(m) packed
+values of the row into the lanes whose bits m sets (zeros elsewhere), the chunk of x is
+one contiguous load, one FMA, and the value pointer moves on by popcount(m). AVX-512
+expands with vexpandps (maskz_expandloadu); AVX2 loads 8 values and moves them into place
+with vpermps, its indices from a 256-entry table (`EXPAND_TABLE`) whose unused lanes have
+the sign bit set, so that one vblendvps zeroes them. The loads of 8 or 16 values past a
+row's last value are covered by the format's VALUE_PADDING.
+
+- `bitmask_gemv`: x [in] -> y [out]; BM_ROWS output rows in flight per step (their x chunk
+  shared), tasks of consecutive rows.
+- `bitmask_gemm`: x [rows, in] -> y [rows, out]; each expanded weight chunk is multiplied
+  into `batch_rows` (4 or 8) input rows' accumulators. A task's output rows go
+  `row_block` at a time (a block of the weight small enough to stay in L2), and the block
+  meets every group of input rows one column block at a time (a group's columns of x
+  small enough to stay in L1), adding its partial sums into y.
+
+The column past the last whole chunk (in % VL of them) is read with masked loads of x; its
+mask bits past in_features are zero.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+from sparse_rt.kernels.cpu._native import declare, load_library
+
+
+def _expand_table() -> str:
+    """C initializer of the AVX2 table: entry m holds 8 bytes, byte l the packed position of lane l
+    (popcount of m's bits below l) if bit l of m is set, else 0xFF (-1: sign bit set)."""
+    entries = []
+    for m in range(256):
+        lanes, k = [], 0
+        for lane in range(8):
+            if m >> lane & 1:
+                lanes.append(k)
+                k += 1
+            else:
+                lanes.append(0xFF)
+        entries.append(hex(int.from_bytes(bytes(lanes), "little")) + "ull")
+    return ",\n".join(", ".join(entries[i : i + 8]) for i in range(0, 256, 8))
+
+
+SOURCE = r"""
+#define BM_ROWS 4
+#if VL == 16
+typedef uint16_t bm_chunk;
+static inline vf bm_expand(const float* v, unsigned m) { return _mm512_maskz_expandloadu_ps((__mmask16)m, v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+typedef uint8_t bm_chunk;
+static const uint64_t bm_expand_table[256] = {
+""" + _expand_table() + r"""
+};
+static inline vf bm_expand(const float* v, unsigned m) {
+    /* lanes: the table row's 8 bytes sign-extended (-1 for unused lanes: sign bit set) */
+    __m256i lanes = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)&bm_expand_table[m]));
+    __m256 moved = _mm256_permutevar8x32_ps(_mm256_loadu_ps(v), lanes), w;
+    /* one vblendvps (the compiler would otherwise compare and mask: two instructions) */
+    __asm__("vblendvps %3, %2, %1, %0" : "=x"(w) : "x"(moved), "x"(_mm256_setzero_ps()), "x"(lanes));
+    return w;
+}
+#else
+typedef uint8_t bm_chunk;
+static inline vf bm_expand(const float* v, unsigned m) {
+    vf w = vzero();
+    for (int l = 0, k = 0; l < VL; l++)
+        if (m >> l & 1) w[l] = v[k++];
+    return w;
+}
+#endif
+
+static inline unsigned bm_mask(const uint8_t* row, int64_t chunk) {
+    bm_chunk m;
+    memcpy(&m, row + chunk * sizeof(bm_chunk), sizeof m);
+    return m;
+}
+
+struct bitmask_job {
+    const int64_t* task_rows;
+    const uint8_t* mask;
+    const int64_t* row_offsets;
+    const float *values, *bias, *x;
+    float* y;
+    int64_t rows, in, out, row_bytes, batch_rows, row_block, column_chunks;
+};
+
+/* y[r .. r + R) for one input row: R rows share each x chunk. */
+static inline __attribute__((always_inline)) void _bm_gemv_rows(const struct bitmask_job* job, int64_t r, int R) {
+    const float* x = job->x;
+    const uint8_t* mask[BM_ROWS];
+    const float* v[BM_ROWS];
+    vf acc[BM_ROWS];
+    for (int i = 0; i < R; i++) {
+        mask[i] = job->mask + (r + i) * job->row_bytes;
+        v[i] = job->values + job->row_offsets[r + i];
+        acc[i] = vzero();
+    }
+    int64_t full = job->in / VL, c = 0;
+    for (; c < full; c++) {
+        vf xc = vload(x + c * VL);
+        for (int i = 0; i < R; i++) {
+            unsigned m = bm_mask(mask[i], c);
+            acc[i] = vfma(bm_expand(v[i], m), xc, acc[i]);
+            v[i] += __builtin_popcount(m);
+        }
+    }
+    int tail = (int)(job->in - full * VL);
+    if (tail) {
+        vf xc = vload_n(x + c * VL, tail);
+        for (int i = 0; i < R; i++) acc[i] = vfma(bm_expand(v[i], bm_mask(mask[i], c)), xc, acc[i]);
+    }
+    for (int i = 0; i < R; i++) job->y[r + i] = vsum(acc[i]) + (job->bias ? job->bias[r + i] : 0.0f);
+}
+
+static void _bitmask_gemv_task(void* context, int64_t t, int worker) {
+    const struct bitmask_job* job = (const struct bitmask_job*)context;
+    int64_t r = job->task_rows[t], end = job->task_rows[t + 1];
+    for (; r + BM_ROWS <= end; r += BM_ROWS) _bm_gemv_rows(job, r, BM_ROWS);
+    for (; r < end; r++) _bm_gemv_rows(job, r, 1);
+}
+
+/* y = x @ W.T + bias for one input row x [in], y [out]; rows split at task_rows [tasks + 1]. */
+void bitmask_gemv(int num_threads, int64_t tasks, const int64_t* task_rows, const uint8_t* mask, int64_t row_bytes,
+                  const int64_t* row_offsets, const float* values, const float* bias, int64_t in, const float* x,
+                  float* y) {
+    struct bitmask_job job = {task_rows, mask, row_offsets, values, bias, x, y, 1, in, 0, row_bytes, 0, 0, 0};
+    sr_parallel_for(num_threads, tasks, _bitmask_gemv_task, &job);
+}
+
+/* Columns [c0 * VL, c1 * VL) (to in_features if c1 is the last chunk) of output row o, its values
+   from v on, against input rows b0 .. b0 + B: y[b, o] = sum (first: + bias) or += sum. Returns the
+   value pointer after the columns. */
+static inline __attribute__((always_inline)) const float* _bm_gemm_part(const struct bitmask_job* job, int64_t o,
+                                                                        const float* v, int64_t c0, int64_t c1,
+                                                                        int64_t b0, int B, int first) {
+    const uint8_t* mask = job->mask + o * job->row_bytes;
+    int64_t in = job->in, full = in / VL;
+    const float* x = job->x + b0 * in;
+    vf acc[8];
+    for (int i = 0; i < B; i++) acc[i] = vzero();
+    int64_t c = c0, end = c1 < full ? c1 : full;
+    for (; c < end; c++) {
+        unsigned m = bm_mask(mask, c);
+        vf w = bm_expand(v, m);
+        v += __builtin_popcount(m);
+        for (int i = 0; i < B; i++) acc[i] = vfma(w, vload(x + i * in + c * VL), acc[i]);
+    }
+    int tail = (int)(in - full * VL);
+    if (c1 > full && tail) {
+        unsigned m = bm_mask(mask, c);
+        vf w = bm_expand(v, m);
+        v += __builtin_popcount(m);
+        for (int i = 0; i < B; i++) acc[i] = vfma(w, vload_n(x + i * in + c * VL, tail), acc[i]);
+    }
+    float* y = job->y + b0 * job->out + o;
+    if (first) {
+        float b = job->bias ? job->bias[o] : 0.0f;
+        for (int i = 0; i < B; i++) y[i * job->out] = vsum(acc[i]) + b;
+    } else {
+        for (int i = 0; i < B; i++) y[i * job->out] += vsum(acc[i]);
+    }
+    return v;
+}
+
+/* Output rows o0 .. o1 (at most BM_GEMM_BLOCK) against every input row, columns a block of
+   `column_chunks` chunks at a time, so that the input rows' block of x stays in L1 while the
+   rows of W pass it; position[o - o0]: where row o's values of the current column block begin. */
+#define BM_GEMM_BLOCK 256
+static void _bm_gemm_block(const struct bitmask_job* job, int64_t o0, int64_t o1) {
+    const float* position[BM_GEMM_BLOCK];
+    const float* next[BM_GEMM_BLOCK];
+    int64_t chunks = (job->in + VL - 1) / VL, rows = job->rows, wide = job->batch_rows;
+    for (int64_t o = o0; o < o1; o++) position[o - o0] = job->values + job->row_offsets[o];
+    for (int64_t c0 = 0; c0 < chunks; c0 += job->column_chunks) {
+        int64_t c1 = c0 + job->column_chunks < chunks ? c0 + job->column_chunks : chunks;
+        int first = c0 == 0;
+        for (int64_t b0 = 0; b0 < rows; ) {
+            int64_t left = rows - b0;
+            int B = left >= wide ? (int)wide : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+            for (int64_t o = o0; o < o1; o++) {
+                const float* v = position[o - o0];
+                switch (B) {
+                case 8: v = _bm_gemm_part(job, o, v, c0, c1, b0, 8, first); break;
+                case 4: v = _bm_gemm_part(job, o, v, c0, c1, b0, 4, first); break;
+                case 2: v = _bm_gemm_part(job, o, v, c0, c1, b0, 2, first); break;
+                default: v = _bm_gemm_part(job, o, v, c0, c1, b0, 1, first); break;
+                }
+                next[o - o0] = v;
+            }
+            b0 += B;
+        }
+        for (int64_t o = o0; o < o1; o++) position[o - o0] = next[o - o0];
+    }
+}
+
+static void _bitmask_gemm_task(void* context, int64_t t, int worker) {
+    const struct bitmask_job* job = (const struct bitmask_job*)context;
+    int64_t end = job->task_rows[t + 1];
+    for (int64_t o0 = job->task_rows[t]; o0 < end; o0 += job->row_block)
+        _bm_gemm_block(job, o0, o0 + job->row_block < end ? o0 + job->row_block : end);
+}
+
+/* y [rows, out] = x [rows, in] @ W.T + bias; output rows split at task_rows [tasks + 1], each
+   task's rows taken row_block (<= BM_GEMM_BLOCK) at a time; batch_rows (4 or 8) input rows per
+   pass, column_chunks chunks of VL columns per column block. */
+void bitmask_gemm(int num_threads, int64_t tasks, const int64_t* task_rows, const uint8_t* mask, int64_t row_bytes,
+                  const int64_t* row_offsets, const float* values, const float* bias, int64_t rows, int64_t in,
+                  int64_t out, const float* x, float* y, int64_t batch_rows, int64_t row_block,
+                  int64_t column_chunks) {
+    struct bitmask_job job = {task_rows, mask, row_offsets, values, bias, x, y, rows, in, out, row_bytes,
+                              batch_rows, row_block, column_chunks};
+    sr_parallel_for(num_threads, tasks, _bitmask_gemm_task, &job);
+}
+"""
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+
+
+@functools.cache
+def bitmask_gemv():
+    """`bitmask_gemv`: (threads, tasks, task_rows int64 [tasks + 1], mask uint8 [out, row_bytes], row_bytes,
+    row_offsets int64 [out + 1], values (padded), bias or None, in, x [in], y [out])."""
+    library = load_library("bitmask", SOURCE)
+    return declare(library, "bitmask_gemv", [ctypes.c_int, _I, _P, _P, _I, _P, _P, _P, _I, _P, _P])
+
+
+@functools.cache
+def bitmask_gemm():
+    """`bitmask_gemm`: (threads, tasks, task_rows, mask, row_bytes, row_offsets, values, bias or None,
+    rows, in, out, x [rows, in], y [rows, out], batch_rows 4 or 8, row_block in [1, 256], column_chunks >= 1:
+    columns per block / vector_width())."""
+    library = load_library("bitmask", SOURCE)
+    return declare(library, "bitmask_gemm", [ctypes.c_int, _I, _P, _P, _I, _P, _P, _P, _I, _I, _I, _P, _P, _I, _I, _I])

@@ -1,0 +1,122 @@
+"""Bitmask linear on the CPU: y = x @ W.T + b with W in BitmaskFormat.
+
+`pack_bitmask` takes the format's arrays as they are (row offsets widened to int64) and
+splits the output rows into tasks of about equal bytes. `bitmask_linear` runs the C
+kernels of `_bitmask_native`: one input row takes `bitmask_gemv`, which streams the
+weight's own bytes (4 * density + 1/8 per dense element) and reads x contiguously;
+several take `bitmask_gemm`, which expands each weight chunk once for `batch_rows`
+input rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sparse_rt.kernels.cpu._bitmask_native import bitmask_gemm, bitmask_gemv
+from sparse_rt.kernels.cpu._launch import TaskSplit, bias_of, check_cpu, pointer, rows_of, shaped_like, threads
+from sparse_rt.kernels.cpu._native import native_available
+from sparse_rt.kernels.cpu.configs import BitmaskOptions, bitmask_configs, parse_options, simd_width
+from sparse_rt.kernels.registry import Config, Kernel, register_kernel
+
+# Cost of a row beyond its bytes (set-up, reduction, store), in bytes, for the task split.
+ROW_OVERHEAD_BYTES = 64
+# Weight bytes of the output rows the batched kernel runs against every group of input rows
+# before moving on (a block that stays in L2 while x streams past it), at most GEMM_MAX_ROWS rows
+# (the C kernel's BM_GEMM_BLOCK).
+GEMM_BLOCK_BYTES = 128 * 1024
+GEMM_MAX_ROWS = 256
+# Bytes of x one group of input rows reads per column block (stays in L1 while W's rows pass).
+GEMM_X_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class BitmaskPacked:
+    """A bitmask weight ready for the C kernels.
+
+    mask:        uint8 [out, row_bytes] (the format's)
+    row_offsets: int64 [out + 1]
+    values:      float32 [nnz + VALUE_PADDING] (the format's padding included)
+    bias:        float32 [out] or None
+    row_block:   output rows per block of the batched kernel (1..GEMM_MAX_ROWS)
+    tasks:       row boundaries per thread count, balancing bytes
+    """
+
+    shape: tuple[int, int]
+    mask: torch.Tensor
+    row_offsets: torch.Tensor
+    values: torch.Tensor
+    bias: torch.Tensor | None
+    row_block: int
+    tasks: TaskSplit
+
+
+def pack_bitmask(weight, bias: torch.Tensor | None, options: BitmaskOptions) -> BitmaskPacked:
+    """Pack a BitmaskFormat (and bias [out]) for the kernels."""
+    out_features, in_features = weight.shape
+    row_bytes = weight.mask.shape[1]
+    row_offsets = weight.row_offsets.to(torch.int64).contiguous()
+    costs = row_offsets.diff() * 4 + row_bytes + ROW_OVERHEAD_BYTES
+    mean_cost = float(costs.float().mean()) if out_features else 1.0
+    return BitmaskPacked(
+        shape=(out_features, in_features),
+        mask=weight.mask.contiguous(),
+        row_offsets=row_offsets,
+        values=weight.values.to(torch.float32).contiguous(),
+        bias=bias_of(bias, out_features, "bitmask_linear"),
+        row_block=max(1, min(GEMM_MAX_ROWS, int(GEMM_BLOCK_BYTES // mean_cost))),
+        tasks=TaskSplit(costs, options.tasks_per_thread),
+    )
+
+
+def bitmask_linear(x: torch.Tensor, packed: BitmaskPacked, options: BitmaskOptions) -> torch.Tensor:
+    """x: float32 [..., in] -> y: float32 [..., out]."""
+    out_features, in_features = packed.shape
+    rows = rows_of(x, in_features, "bitmask_linear")
+    batch = rows.shape[0]
+    y = torch.empty(batch, out_features, dtype=torch.float32)
+    if batch == 1:
+        num_threads = min(threads(), options.gemv_threads) if options.gemv_threads else threads()
+        split = packed.tasks(num_threads)
+        bitmask_gemv()(
+            num_threads, split.shape[0] - 1, pointer(split), pointer(packed.mask), packed.mask.shape[1],
+            pointer(packed.row_offsets), pointer(packed.values), pointer(packed.bias), in_features,
+            pointer(rows), pointer(y),
+        )
+    elif batch > 1:
+        num_threads = threads()
+        split = packed.tasks(num_threads)
+        bitmask_gemm()(
+            num_threads, split.shape[0] - 1, pointer(split), pointer(packed.mask), packed.mask.shape[1],
+            pointer(packed.row_offsets), pointer(packed.values), pointer(packed.bias), batch, in_features,
+            out_features, pointer(rows), pointer(y), options.batch_rows, packed.row_block,
+            max(1, GEMM_X_BYTES // (4 * options.batch_rows * simd_width())),
+        )
+    return shaped_like(y, x)
+
+
+def bind_bitmask(weight, bias: torch.Tensor | None, config: Config, device: torch.device):
+    """Kernel.bind: pack once, return x -> bitmask_linear(x)."""
+    check_cpu(device, "bitmask_linear")
+    options = parse_options(BitmaskOptions, config)
+    packed = pack_bitmask(weight, bias, options)
+    return lambda x: bitmask_linear(x, packed, options)
+
+
+def bitmask_linear_reference(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
+    """Plain torch: scatter the packed values to the mask's set bits (row-major), then x @ W.T + b."""
+    dense = weight.to_dense().to(x.dtype)
+    return torch.nn.functional.linear(x, dense, None if bias is None else bias.to(x.dtype))
+
+
+BITMASK_CPU_EXPAND = register_kernel(
+    Kernel(
+        name="bitmask_cpu_expand",
+        format="bitmask",
+        backend="cpu",
+        bind=bind_bitmask,
+        configs=bitmask_configs,
+        supports=lambda weight, device: native_available(),
+    )
+)
