@@ -1,7 +1,7 @@
 """Candidates for a linear layer: every (format, kernel, config) that holds its weight losslessly.
 
-Dense and CSR are always candidates; BSR for the block shapes whose fill makes
-them worth timing; N:M when the pattern fits; a structured format (butterfly,
+Dense, CSR and bitmask are always candidates; BSR for the block shapes whose fill
+makes them worth timing; N:M when the pattern fits; a structured format (butterfly,
 permuted) when the layer arrived as one.
 """
 
@@ -51,6 +51,7 @@ def weight_formats(weight: torch.Tensor, structured: WeightFormat | None = None)
     nonzero = (weight != 0).to(torch.uint8)
     nnz = int(torch.count_nonzero(nonzero))
     formats.append(get_format("csr").from_dense(weight))
+    formats.append(get_format("bitmask").from_dense(weight))
     if nnz == 0:
         return formats
     for r, c in BLOCK_SHAPES:

@@ -6,6 +6,7 @@ import torch
 
 from sparse_rt.formats import (
     FORMATS,
+    BitmaskFormat,
     BsrFormat,
     ButterflyFormat,
     CsrFormat,
@@ -34,6 +35,7 @@ def examples():
         CsrFormat.from_dense(weight),
         BsrFormat.from_dense(weight, block_shape=(4, 4)),
         NmFormat.from_dense(weight, n=2, m=4),
+        BitmaskFormat.from_dense(weight),
         ButterflyFormat(10, 6, torch.randn(4, 8, 2, 2, generator=generator)),
         PermutedFormat(
             10, 6, torch.rand(2, 10, generator=generator).argsort(dim=1).to(torch.int8), torch.randn(2, 5, 2, 2)
@@ -49,13 +51,14 @@ def test_every_format_is_registered_under_its_name():
         "csr": CsrFormat,
         "bsr": BsrFormat,
         "nm": NmFormat,
+        "bitmask": BitmaskFormat,
         "butterfly": ButterflyFormat,
         "permuted": PermutedFormat,
         "csr_int8": CsrInt8Format,
         "dense_int8": DenseInt8Format,
     }
     assert get_format("nm") is NmFormat
-    with pytest.raises(ValueError, match=r"unknown weight format 'coo'; known: \['bsr', 'butterfly', 'csr'"):
+    with pytest.raises(ValueError, match=r"unknown weight format 'coo'; known: \['bitmask', 'bsr', 'butterfly', 'csr'"):
         get_format("coo")
 
 
@@ -72,7 +75,7 @@ def test_arrays_and_attributes_round_trip(fmt):
     assert fmt.nbytes == sum(a.numel() * a.element_size() for a in arrays.values())
 
 
-@pytest.mark.parametrize("fmt", examples()[:4], ids=lambda f: f.name)
+@pytest.mark.parametrize("fmt", examples()[:5], ids=lambda f: f.name)
 def test_sparse_formats_hold_the_sample_weight_exactly(fmt):
     assert torch.equal(fmt.to_dense(), sample_weight())
     assert fmt.shape == (6, 10)

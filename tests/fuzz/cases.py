@@ -32,7 +32,15 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import sparse_rt
-from sparse_rt.formats import BsrFormat, ButterflyFormat, CsrFormat, DenseFormat, NmFormat, PermutedFormat
+from sparse_rt.formats import (
+    BitmaskFormat,
+    BsrFormat,
+    ButterflyFormat,
+    CsrFormat,
+    DenseFormat,
+    NmFormat,
+    PermutedFormat,
+)
 from sparse_rt.formats.base import narrowest_index_dtype
 from sparse_rt.kernels.cpu import configs as cpu_configs
 from sparse_rt.kernels.registry import kernels_for
@@ -106,12 +114,12 @@ def _twiddles(stages: int, seed: int, dtype=torch.float32) -> torch.Tensor:
 @st.composite
 def weight_formats(draw, dtypes=(torch.float32,)):
     """(format instance, the dense weight it was built from or stands for)."""
-    name = draw(st.sampled_from(["dense", "csr", "bsr", "nm", "butterfly", "permuted"]))
+    name = draw(st.sampled_from(["dense", "csr", "bitmask", "bsr", "nm", "butterfly", "permuted"]))
     seed = draw(st.integers(0, 2**31 - 1))
     dtype = draw(st.sampled_from(dtypes))
-    if name in ("dense", "csr"):
+    if name in ("dense", "csr", "bitmask"):
         weight = draw(masked_weights(dtypes=(dtype,)))
-        cls = DenseFormat if name == "dense" else CsrFormat
+        cls = {"dense": DenseFormat, "csr": CsrFormat, "bitmask": BitmaskFormat}[name]
         return cls.from_dense(weight), weight
     if name == "bsr":
         side = st.one_of(st.integers(1, 8), st.sampled_from([16, 33, 64]))
@@ -182,6 +190,7 @@ _OPTIONS = {
     "csr_cpu_rowwise": cpu_configs.CsrOptions,
     "bsr_cpu_blockrow": cpu_configs.BlockOptions,
     "nm_cpu_grouped": cpu_configs.BlockOptions,
+    "bitmask_cpu_expand": cpu_configs.BitmaskOptions,
     "butterfly_cpu_stages": cpu_configs.RowsOptions,
     "permuted_cpu_layers": cpu_configs.RowsOptions,
 }
@@ -198,6 +207,7 @@ _FIELD_VALUES = {
     "gemv_layout": st.sampled_from(["rows", "slices"]),
     "x_loads": st.sampled_from(["gather", "scalar"]),
     "gemv_threads": st.integers(0, 1024),
+    "batch_rows": st.sampled_from([4, 8]),
 }
 
 
@@ -526,7 +536,7 @@ _BASE: dict[str, bytes] = {}
 
 def base_model() -> bytes:
     """A saved sparse_rt model x [batch, 32] -> y [batch, 8] through SparseLinear layers in every format
-    (CSR with GELU, BSR, N:M, butterfly, permuted, dense), each on its first CPU kernel (built once)."""
+    (CSR with GELU, BSR, N:M, bitmask, butterfly, permuted, dense), each on its first CPU kernel (built once)."""
     if "model" not in _BASE:
         from sparse_rt.ir.graph import Graph, Node, Value
         from sparse_rt.ir.onnx_io import graph_to_proto
@@ -540,6 +550,7 @@ def base_model() -> bytes:
             CsrFormat.from_dense(torch.where(torch.rand(32, 32, generator=generator) < 0.1, dense, 0.0)),
             BsrFormat.from_dense(_block_weight(dense, (8, 4), 3), block_shape=(8, 4)),
             NmFormat.from_dense(_nm_weight(dense, 2, 4), n=2, m=4),
+            BitmaskFormat.from_dense(torch.where(torch.rand(32, 32, generator=generator) < 0.5, dense, 0.0)),
             ButterflyFormat(32, 32, _twiddles(5, 7)),
             PermutedFormat(32, 32, permutations, torch.randn(2, 16, 2, 2, generator=generator)),
             DenseFormat.from_dense(dense[:8]),
@@ -604,7 +615,7 @@ def _mutate_attribute(draw, node: onnx.NodeProto) -> str:
     elif attribute.type == onnx.AttributeProto.STRING and attribute.name == "kernel":
         attribute.s = draw(st.sampled_from(sorted(KERNELS) + ["nope"])).encode()
     elif attribute.type == onnx.AttributeProto.STRING and attribute.name == "format":
-        attribute.s = draw(st.sampled_from(["dense", "csr", "bsr", "nm", "butterfly", "permuted", "nope"])).encode()
+        attribute.s = draw(st.sampled_from(["dense", "csr", "bitmask", "bsr", "nm", "butterfly", "permuted", "nope"])).encode()
     elif attribute.type == onnx.AttributeProto.STRINGS:
         values = list(attribute.strings)
         draw(st.randoms()).shuffle(values)

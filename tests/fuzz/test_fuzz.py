@@ -52,7 +52,7 @@ def test_mutated_model_files_load_or_fail_cleanly(case):
 def test_the_base_model_of_the_file_cases_runs_every_format():
     session = sparse_rt.InferenceSession(base_model())
     nodes = [node for node in session.graph.nodes if node.op_type == "SparseLinear"]
-    assert [node.attributes["format"] for node in nodes] == ["csr", "bsr", "nm", "butterfly", "permuted", "dense"]
+    assert [node.attributes["format"] for node in nodes] == ["csr", "bsr", "nm", "bitmask", "butterfly", "permuted", "dense"]
     x = np.random.default_rng(0).standard_normal((5, 32)).astype(np.float32)
     h = torch.from_numpy(x).double()
     for node in nodes:

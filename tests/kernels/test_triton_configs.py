@@ -14,6 +14,7 @@ import json
 import pytest
 
 from sparse_rt.formats import (
+    BitmaskFormat,
     BsrFormat,
     ButterflyFormat,
     CsrFormat,
@@ -52,6 +53,7 @@ def _weights() -> dict:
         "dense_int8": DenseInt8Format.from_dense(masked),
         "bsr": BsrFormat.from_dense(masked, block_shape=(16, 16)),
         "nm": NmFormat.from_dense(two_of_four, n=2, m=4),
+        "bitmask": BitmaskFormat.from_dense(masked),
         "butterfly": ButterflyFormat(in_features=48, out_features=64, twiddles=torch.randn(6, 32, 2, 2)),
         "permuted": PermutedFormat(
             in_features=48,

@@ -3,7 +3,8 @@
 `pick_cpu_kernel(W, batch)` prices every lossless candidate with a cost model fitted
 to measurements and takes the cheapest. A candidate streams `stored` weights: every
 entry for dense, the nonzeros for CSR, the entries of kept blocks for BSR, the kept
-values (zero fill included) for N:M. Its modelled time per call is
+values (zero fill included) for N:M; bitmask is priced per dense entry (its kernels expand
+every chunk of columns, whatever its bits). Its modelled time per call is
 
     batch 1:  fixed_1 + stored x per_weight_1
     batched:  fixed_n + stored x (per_weight_n + per_weight_lane x lanes)
@@ -25,6 +26,13 @@ What the measurements (and so the model) say:
   more cost about a third to a half of a CSR nonzero per stored weight at batch 1,
   1 x c blocks more than a CSR nonzero (each output row is its own short block row);
 - N:M (2:4 is 50 %) pays at batch 1 only: 5 bytes per kept value.
+- bitmask streams the fewest bytes from 50 % up (4 * density + 1/8 per entry) but its AVX2
+  kernel is bound by the expansion, about one 8-column chunk of a row per ns on one AMD EPYC
+  (Zen 3) core whatever the density: 1.3-1.5x the native dense kernel's time at batch 1 on
+  768x3072 and 3072x768 (weights in L3), 1.4-1.9x at batch 8 and 1.8x at batch 32
+  (benchmarks/bitmask_gemv.py, one thread, round-robin). So the model prices it above dense
+  and the heuristic does not pick it; tuning times it like every candidate. The AVX-512 kernel
+  (vexpandps, 16 columns a step) has not been measured: it is priced like AVX2 until it is.
 """
 
 from __future__ import annotations
@@ -78,6 +86,10 @@ NM_COST = (Cost(2.05, 0.102), CSR_COST[1])
 # N:M patterns tried, densest first (what pruning tools produce)
 NM_PATTERNS = ((2, 4), (1, 4), (4, 8), (2, 8))
 
+# bitmask per dense entry (AVX2; see the module docstring): batch 1 1.5x dense's per-weight cost,
+# batched 1.5x dense at 8 rows and 1.8x at 32, rows not padded
+BITMASK_COST = (Cost(2.05, 0.113), Cost(0.0, 0.042, 0.0103))
+
 # Where the measurements put CSR's crossover with dense for 768x3072 and 3072x768, by
 # batch (CSR against dense, ms: at 50 % 0.16 against 0.18 at batch 1, 0.29-0.38 against
 # 0.19-0.20 at batch 8, 0.54-0.62 against 0.48-0.49 at batch 32; at 20 % CSR wins at every
@@ -91,6 +103,7 @@ KERNELS = {
     "csr": "csr_cpu_rowwise",
     "bsr": "bsr_cpu_blockrow",
     "nm": "nm_cpu_grouped",
+    "bitmask": "bitmask_cpu_expand",
 }
 
 
@@ -108,7 +121,8 @@ def candidate_costs(weight: torch.Tensor, batch: int, width: int | None = None) 
     mask = (weight != 0).to(torch.uint8)  # uint8: the block and N:M counts read it in place
     nnz = int(torch.count_nonzero(mask))
     dense = time(DENSE_COST, weight.numel(), padded=False)
-    costs = [(dense, "dense", {}), (time(CSR_COST, nnz), "csr", {})]
+    costs = [(dense, "dense", {}), (time(CSR_COST, nnz), "csr", {}),
+             (time(BITMASK_COST, weight.numel(), padded=False), "bitmask", {})]
     if nnz == 0:
         return costs
     for (r, c), block_cost in BSR_COSTS.items():
@@ -127,7 +141,7 @@ def candidate_costs(weight: torch.Tensor, batch: int, width: int | None = None) 
 def pick_cpu_kernel(weight_dense: torch.Tensor, batch: int) -> tuple[WeightFormat, str, Config]:
     """(weight in the chosen format, kernel name, config) for a dense [out, in] weight at `batch`
     input rows per call. Deterministic: the cheapest candidate of the cost model (ties go to
-    the earlier candidate: dense, csr, bsr by block shape, nm); torch's dense GEMM where the
+    the earlier candidate: dense, csr, bitmask, bsr by block shape, nm); torch's dense GEMM where the
     C kernels cannot be built."""
     weight = as_dense_weight(weight_dense, "pick_cpu_kernel: weight")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
