@@ -1,9 +1,9 @@
-"""Bitmask at batch 1 against CSR, N:M and dense, in GB/s of each format's own bytes, in one
-process, round-robin.
+"""Bitmask at batch 1 (and, with --batches, more rows) against CSR, N:M and dense, in GB/s of
+each format's own bytes, in one process, round-robin.
 
-For each shape (IN x OUT) and weight ("50", "70", "90": unstructured random at that share
-of zeros; "2:4"), with a bias, one input row, every contender's bound layer as a session
-calls it (Python included), its default config:
+For each shape (IN x OUT), weight ("50", "70", "90": unstructured random at that share of
+zeros; "2:4") and batch, with a bias, every contender's bound layer as a session calls it
+(Python included), its default config:
 
   bitmask   bitmask_cpu_expand on BitmaskFormat
   csr       csr_cpu_rowwise on CsrFormat
@@ -16,6 +16,7 @@ ort's time over the bitmask's.
 
     python benchmarks/bitmask_gemv.py
     python benchmarks/bitmask_gemv.py --shapes 2048x2048 --weights 50,2:4 --json out.json
+    python benchmarks/bitmask_gemv.py --shapes 768x3072,3072x768 --weights 50,70 --batches 8,32
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ def weight_of(kind: str, in_features: int, out_features: int) -> torch.Tensor:
     return torch.randn(out_features, in_features) * keep
 
 
-def run_case(in_features: int, out_features: int, kind: str, threads: int, iters: int) -> dict:
+def run_case(in_features: int, out_features: int, kind: str, batch: int, threads: int, iters: int) -> dict:
     weight = weight_of(kind, in_features, out_features)
     bias = torch.randn(out_features)
-    x = torch.randn(1, in_features)
+    x = torch.randn(batch, in_features)
     expected = x @ weight.T + bias
     device = torch.device("cpu")
     runs, nbytes = {}, {}
@@ -71,7 +72,8 @@ def run_case(in_features: int, out_features: int, kind: str, threads: int, iters
     runs["ort"] = lambda: session.run(None, {"x": x_numpy})
     nbytes["ort"] = nbytes["dense"]
     samples = time_round_robin(runs, iters)
-    row = {"shape": f"{in_features}x{out_features}", "weight": kind, "threads": threads, "simd_width": simd_width(),
+    row = {"shape": f"{in_features}x{out_features}", "weight": kind, "batch": batch, "threads": threads,
+           "simd_width": simd_width(),
            "density": float((weight != 0).float().mean()), "bytes": nbytes}
     for name, times in samples.items():
         seconds = statistics.median(times)
@@ -85,7 +87,7 @@ NAMES = ("bitmask", "csr", "nm", "dense", "ort")
 
 
 def print_header() -> None:
-    print(f"{'shape':<10}{'weight':>7}" + "".join(f"{name:>16}" for name in NAMES) + "   bitmask vs ort")
+    print(f"{'shape':<10}{'weight':>7}{'batch':>6}" + "".join(f"{name:>16}" for name in NAMES) + "   bitmask vs ort")
 
 
 def print_row(row: dict) -> None:
@@ -93,7 +95,7 @@ def print_row(row: dict) -> None:
         f"{row[f'{name}_us']:>7.1f}us{row[f'{name}_gbs']:>5.1f}GB" if f"{name}_us" in row else f"{'-':>16}"
         for name in NAMES
     )
-    print(f"{row['shape']:<10}{row['weight']:>7}{cells}   {row['bitmask_vs_ort']:.2f}x", flush=True)
+    print(f"{row['shape']:<10}{row['weight']:>7}{row['batch']:>6}{cells}   {row['bitmask_vs_ort']:.2f}x", flush=True)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shapes", default=",".join(SHAPES), help="IN x OUT, comma separated")
     parser.add_argument("--weights", default=",".join(WEIGHTS), help="percent zeros or 2:4, comma separated")
+    parser.add_argument("--batches", default="1", help="input rows, comma separated")
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -111,8 +114,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for shape in filter(None, args.shapes.split(",")):
         in_features, out_features = parse_shape(shape)
         for kind in filter(None, args.weights.split(",")):
-            rows.append(run_case(in_features, out_features, kind, args.threads, args.iters))
-            print_row(rows[-1])
+            for batch in (int(b) for b in args.batches.split(",")):
+                rows.append(run_case(in_features, out_features, kind, batch, args.threads, args.iters))
+                print_row(rows[-1])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return rows

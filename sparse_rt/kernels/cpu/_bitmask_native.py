@@ -5,9 +5,16 @@ code, 16 bits with AVX-512) at a time: `bm_expand(v, m)` puts the next popcount(
 values of the row into the lanes whose bits m sets (zeros elsewhere), the chunk of x is
 one contiguous load, one FMA, and the value pointer moves on by popcount(m). AVX-512
 expands with vexpandps (maskz_expandloadu); AVX2 loads 8 values and moves them into place
-with vpermps, its indices from a 256-entry table (`EXPAND_TABLE`) whose unused lanes have
-the sign bit set, so that one vblendvps zeroes them. The loads of 8 or 16 values past a
-row's last value are covered by the format's VALUE_PADDING.
+with vpermps, its indices from a 256-entry table of 8 bytes a mask (`bm_expand_table`,
+widened with vpmovsxbd) whose unused lanes are -1, so that one vblendvps on their sign bit
+zeroes them; the portable code places them one by one. The loads of 8 values past a row's
+last value are covered by the format's VALUE_PADDING.
+
+On one AMD EPYC (Zen 3) core the AVX2 loop runs about one chunk of a row per ns, whatever
+the density (7 instructions a chunk: mask byte, table, popcount, vpermps, pointer, blend,
+FMA): it is bound by the expansion, not by the bytes. Tried and slower there: a table of
+32-byte indices (no vpmovsxbd), mask words split by shifts, 2 to 8 rows in flight (2 and 4
+equal), and a per-call table of x compressed for every mask.
 
 - `bitmask_gemv`: x [in] -> y [out]; BM_ROWS output rows in flight per step (their x chunk
   shared), tasks of consecutive rows.
@@ -17,8 +24,8 @@ row's last value are covered by the format's VALUE_PADDING.
   meets every group of input rows one column block at a time (a group's columns of x
   small enough to stay in L1), adding its partial sums into y.
 
-The column past the last whole chunk (in % VL of them) is read with masked loads of x; its
-mask bits past in_features are zero.
+The columns past the last whole chunk (in % VL of them) are read with masked loads of x;
+their mask bits past in_features are zero.
 """
 
 from __future__ import annotations

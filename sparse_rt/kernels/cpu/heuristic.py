@@ -26,11 +26,12 @@ What the measurements (and so the model) say:
   more cost about a third to a half of a CSR nonzero per stored weight at batch 1,
   1 x c blocks more than a CSR nonzero (each output row is its own short block row);
 - N:M (2:4 is 50 %) pays at batch 1 only: 5 bytes per kept value.
-- bitmask streams the fewest bytes from 50 % up (4 * density + 1/8 per entry) but its AVX2
+- bitmask streams the fewest bytes above about 6 % density (4 * density + 1/8 per entry against
+  CSR's 6 * density, N:M's 5 per kept value and dense's 4), but its AVX2
   kernel is bound by the expansion, about one 8-column chunk of a row per ns on one AMD EPYC
   (Zen 3) core whatever the density: 1.3-1.5x the native dense kernel's time at batch 1 on
   768x3072 and 3072x768 (weights in L3), 1.4-1.9x at batch 8 and 1.8x at batch 32
-  (benchmarks/bitmask_gemv.py, one thread, round-robin). So the model prices it above dense
+  (benchmarks/bitmask_gemv.py --threads 1, round-robin). So the model prices it above dense
   and the heuristic does not pick it; tuning times it like every candidate. The AVX-512 kernel
   (vexpandps, 16 columns a step) has not been measured: it is priced like AVX2 until it is.
 """
