@@ -29,7 +29,7 @@ What the measurements (and so the model) say:
 - bitmask streams the fewest bytes above about 6 % density (4 * density + 1/8 per entry against
   CSR's 6 * density, N:M's 5 per kept value and dense's 4), but its AVX2
   kernel is bound by the expansion, about one 8-column chunk of a row per ns on one AMD EPYC
-  (Zen 3) core whatever the density: 1.3-1.5x the native dense kernel's time at batch 1 on
+  (Zen 3) core whatever the density: 1.1-1.5x the native dense kernel's time at batch 1 on
   768x3072 and 3072x768 (weights in L3), 1.4-1.9x at batch 8 and 1.8x at batch 32
   (benchmarks/bitmask_gemv.py --threads 1, round-robin). So the model prices it above dense
   and the heuristic does not pick it; tuning times it like every candidate. The AVX-512 kernel
@@ -87,9 +87,9 @@ NM_COST = (Cost(2.05, 0.102), CSR_COST[1])
 # N:M patterns tried, densest first (what pruning tools produce)
 NM_PATTERNS = ((2, 4), (1, 4), (4, 8), (2, 8))
 
-# bitmask per dense entry (AVX2; see the module docstring): batch 1 1.5x dense's per-weight cost,
+# bitmask per dense entry (AVX2; see the module docstring): batch 1 1.35x dense's per-weight cost,
 # batched 1.5x dense at 8 rows and 1.8x at 32, rows not padded
-BITMASK_COST = (Cost(2.05, 0.113), Cost(0.0, 0.042, 0.0103))
+BITMASK_COST = (Cost(2.05, 0.101), Cost(0.0, 0.042, 0.0103))
 
 # Where the measurements put CSR's crossover with dense for 768x3072 and 3072x768, by
 # batch (CSR against dense, ms: at 50 % 0.16 against 0.18 at batch 1, 0.29-0.38 against
