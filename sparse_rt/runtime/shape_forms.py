@@ -116,7 +116,7 @@ def _one_dtype(array: Callable[..., Any], allowed: frozenset | None = _EXACT) ->
 
 def _int64(value: int) -> int:
     if not _INT64_MIN <= value <= _INT64_MAX:
-        raise OverflowError("int64 overflow")  # numpy wraps it, as torch does
+        raise OverflowError("int64 overflow")  # the torch op runs instead, and wraps it
     return value
 
 
@@ -198,7 +198,7 @@ def _unsqueeze(node: Node, opset: int) -> FormFn:
         return lambda x: _unsqueezed(x, axes)
 
     def unsqueeze(x, axes):
-        if type(x) is int and (axes == (0,) or axes == (-1,)):
+        if type(x) is int and type(axes) is tuple and axes in ((0,), (-1,)):
             return (x,)
         return _unsqueezed(x, _ints(axes))
 
@@ -250,9 +250,7 @@ def _reshape(node: Node, opset: int) -> FormFn:
 @_form("Concat")
 def _concat(node: Node, opset: int) -> FormFn:
     axis = int(node.attributes.get("axis", 1))
-
     slow = _one_dtype(lambda *arrays: np.concatenate(arrays, axis), allowed=None)
-
     if axis not in (0, -1):
         return slow
 

@@ -50,8 +50,8 @@ class ShapeSegment:
     shape values of earlier segments. outputs: the forms later segments read, then as
     tensors (under their own names) the shape values that data nodes read.
 
-    A node none of whose inputs changed since the last call (a tensor's shape, a form's
-    value) gives its last value again: in a decoder's step only what depends on the past
+    A node none of whose arguments changed value since the last call (for a tensor: its
+    shape) gives its last value again: in a decoder's step only what depends on the past
     length is computed. Calls on several threads at once are safe (each keeps its own
     slots; the last call's are replaced whole)."""
 
@@ -62,8 +62,10 @@ class ShapeSegment:
         # template: the slots, inputs first, constants filled in; tensors: {(type, value): tensor}
         # shared by the segments of a plan
         self._arity = len(inputs)
-        self._steps = [(fn, itemgetter(*args), len(args) == 1, out, bits)
-                       for (fn, args, out, _, _), bits in zip(program, _input_bits(program, self._arity))]
+        # per node: its function, argument getter, whether it takes one argument, output slot and
+        # the bits of its argument slots (bit k: slot k)
+        self._steps = [(fn, itemgetter(*args), len(args) == 1, out, sum({1 << slot for slot in args}))
+                       for fn, args, out, _, _ in program]
         self._torch_ops = {out: (args, op, label) for _, args, out, op, label in program}
         self._template = template
         self._shaped = tuple(isinstance(name, str) for name in inputs)  # a tensor's shape is its key
@@ -81,7 +83,7 @@ class ShapeSegment:
     def __call__(self, *inputs: Any) -> list:
         keys = [x.shape if shaped else x for x, shaped in zip(inputs, self._shaped)]
         last = self._last_call
-        changed, previous = -1, None  # every bit set: compute every node
+        changed, previous = -1, None  # the slots whose value changed; all of them
         if last is not None:
             old_keys, previous, old_outputs = last
             changed = 0
@@ -97,9 +99,12 @@ class ShapeSegment:
                 env[out] = previous[out]
                 continue
             try:
-                env[out] = fn(get(env)) if single else fn(*get(env))
+                value = fn(get(env)) if single else fn(*get(env))
             except Exception:  # a case the form does not mirror: the torch op decides
-                env[out] = self._run_torch(out, env)
+                value = self._run_torch(out, env)
+            env[out] = value
+            if previous is not None and not _same(value, previous[out]):
+                changed |= 1 << out
         outputs = [env[i] for i in self._form_outputs]
         for slot in self._tensor_outputs:
             outputs.append(self._tensor(env[slot]))
@@ -133,20 +138,6 @@ class ShapeSegment:
 def _same(a: Any, b: Any) -> bool:
     """Whether two canonical values (or shapes) are the same value; numpy arrays only if the same object."""
     return a is b or (type(a) is type(b) and type(a) is not np.ndarray and a == b)
-
-
-def _input_bits(program: list[tuple], arity: int) -> list[int]:
-    """Per node of `program` (in order), the inputs it depends on as bits (bit k: input slot k);
-    -1 (every input) for a node that depends on none."""
-    bits: dict[int, int] = {}
-    result = []
-    for _, args, out, _, _ in program:
-        node_bits = 0
-        for slot in args:
-            node_bits |= 1 << slot if slot < arity else bits.get(slot, 0)
-        bits[out] = node_bits
-        result.append(node_bits or -1)
-    return result
 
 
 def plan_shape_segments(graph: Graph, names: set[str], ops: Sequence[OpCallable],
