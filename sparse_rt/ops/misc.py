@@ -91,8 +91,12 @@ def bind_constant_of_shape(node: Node, ctx: BindContext):
 
 
 def _range(start: torch.Tensor, limit: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    # torch.arange has ONNX's length, ceil((limit - start) / delta), and values start + i * delta
-    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
+    # torch.arange has ONNX's length, ceil((limit - start) / delta), and values start + i * delta,
+    # but refuses a limit behind the start (ONNX: an empty range)
+    first, end, step = start.item(), limit.item(), delta.item()
+    if step != 0 and (end - first) * step <= 0:
+        return torch.empty(0, dtype=start.dtype, device=start.device)
+    return torch.arange(first, end, step, dtype=start.dtype, device=start.device)
 
 
 @register_op("Range", since_version=11)

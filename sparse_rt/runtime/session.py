@@ -3,7 +3,9 @@
 Nodes are bound to implementations once, at construction; `run` is a plain loop
 over a dict of values. A value is dropped as soon as its last consumer has run.
 Values computed from shapes alone (`runtime.shapes`) are kept per input-shape
-signature, and later runs with the same input shapes skip their nodes. Dense layers
+signature, and later runs with the same input shapes skip their nodes; a run with new
+input shapes computes them as plain Python (`runtime.shape_program`) where every shape
+node has a form there, and as torch ops otherwise. Dense layers
 that feed each other are planned as one step (`runtime.chains`).
 `run` keeps its state in locals (the shape-value cache only gains entries), so
 concurrent calls on one session are safe.
@@ -25,6 +27,7 @@ from sparse_rt.ir.tensors import tensor_view
 from sparse_rt.ops.registry import BindContext, OpCallable, lookup_nodes
 from sparse_rt.runtime.chains import chain_dense_steps
 from sparse_rt.runtime.memory import retain_freed_memory, trim_free_memory
+from sparse_rt.runtime.shape_program import plan_shape_segments
 from sparse_rt.runtime.shapes import shape_values
 
 class _Everything:
@@ -85,6 +88,19 @@ class _Step:
     release: tuple[str, ...]
     label: str
     computes_shape: bool
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A callable to plan as one step: the keys of the values it reads and writes (value names,
+    or `shape_program.form_name` keys), and the values of the constants among its inputs."""
+
+    fn: OpCallable
+    inputs: tuple[Any, ...]
+    outputs: tuple[Any, ...]
+    label: str
+    computes_shape: bool
+    constants: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -150,35 +166,37 @@ class InferenceSession:
         self._constant_storages = {_storage(t) for t in self._constants.values()}
         fns = bind_nodes(self.graph, self.device, options)
         self._shape_values = shape_values(self.graph)
-        self._steps = self._plan(fns, skip_shapes=False)
+        calls = [_Call(fn, tuple(node.inputs), tuple(node.outputs), f"{node.label()} ({node.op_type})",
+                       self._computes_shape(node), self._constants) for node, fn in zip(self.graph.nodes, fns)]
+        self._steps = self._plan(calls)
         # with the shape values at hand: only the nodes that compute from data
-        self._data_steps = self._plan(fns, skip_shapes=True) if self._shape_values else None
+        self._data_steps = self._plan([c for c in calls if not c.computes_shape]) if self._shape_values else None
+        # without them: the shape nodes as plain Python, where they all have a form there
+        segments = plan_shape_segments(self.graph, self._shape_values, fns, self.device) if self._shape_values else None
+        self._miss_steps = None if segments is None else self._plan([
+            calls[item] if isinstance(item, int) else _Call(item, item.inputs, item.outputs, item.label, True, {})
+            for item in segments])
         self._shape_cache: dict[tuple, _ShapeEntry] = {}
         if retain_memory:  # after loading: what loading freed goes back to the system
             trim_free_memory()
             retain_freed_memory()
 
-    def _plan(self, fns: list[OpCallable], skip_shapes: bool) -> list[_Step]:
+    def _plan(self, calls: list[_Call]) -> list[_Step]:
         keep = {v.name for v in self._outputs} | set(self._constants)
-        nodes = [
-            (node, fn) for node, fn in zip(self.graph.nodes, fns)
-            if not (skip_shapes and self._computes_shape(node))
-        ]
-        last_use: dict[str, int] = {}
-        for index, (node, _) in enumerate(nodes):
-            for name in node.inputs:
+        last_use: dict[Any, int] = {}
+        for index, call in enumerate(calls):
+            for name in call.inputs:
                 if name:
                     last_use[name] = index
         steps = []
-        for index, (node, fn) in enumerate(nodes):
-            dying = {n for n in node.inputs if n and last_use.get(n) == index and n not in keep}
+        for index, call in enumerate(calls):
+            dying = {n for n in call.inputs if n and last_use.get(n) == index and n not in keep}
             # outputs nobody reads are dropped right away
-            dying |= {o for o in node.outputs if o and o not in last_use and o not in keep}
-            label = f"{node.label()} ({node.op_type})"
-            template = tuple(self._constants.get(name) if name else None for name in node.inputs)
-            dynamic = tuple((i, name) for i, name in enumerate(node.inputs) if name and name not in self._constants)
-            steps.append(_Step(fn, template, dynamic, tuple(node.outputs), tuple(sorted(dying)), label,
-                               self._computes_shape(node)))
+            dying |= {o for o in call.outputs if o and o not in last_use and o not in keep}
+            template = tuple(call.constants.get(name) if name else None for name in call.inputs)
+            dynamic = tuple((i, name) for i, name in enumerate(call.inputs) if name and name not in call.constants)
+            steps.append(_Step(call.fn, template, dynamic, call.outputs, tuple(sorted(dying, key=str)), call.label,
+                               call.computes_shape))
         return chain_dense_steps(steps)
 
     def _computes_shape(self, node) -> bool:
@@ -229,6 +247,7 @@ class InferenceSession:
         clone = copy.copy(self)
         clone._steps = rewrite(self._steps)
         clone._data_steps = None if self._data_steps is None else rewrite(self._data_steps)
+        clone._miss_steps = None if self._miss_steps is None else rewrite(self._miss_steps)
         clone._shape_cache = {}
         return clone
 
@@ -246,7 +265,8 @@ class InferenceSession:
         then kept past their last reader): {name: tensor}.
 
         For debugging (`sparse_rt.runtime.check`) and for finding the rows each layer sees.
-        Values that a planned step keeps internal (dense chains, batch tiles) are left out."""
+        Values that a planned step keeps internal (dense chains, batch tiles) are left out;
+        the shape values are computed as torch ops, whatever the session has kept."""
         values, _ = self._check_feed(input_feed)
         self._execute(values, keep=_EVERYTHING if names is None else names)
         return {name: value for name, value in values.items()
@@ -257,12 +277,13 @@ class InferenceSession:
         keep: Container[str] = (),
     ) -> frozenset[int]:
         """Run the graph on `values` (the inputs; the rest are added, and released after their
-        last reader unless in `keep`); returns the storages of the kept shape values it used or kept."""
+        last reader unless in `keep`, which runs every node as a torch op); returns the storages
+        of the kept shape values it used or kept."""
         for value in self._outputs:  # outputs that are constants
             if value.name in self._constants:
                 values[value.name] = self._constants[value.name]
         steps, captured, reused = self._steps, None, frozenset()
-        if self._data_steps is not None:
+        if self._data_steps is not None and not keep:
             signature = tuple(tuple(values[v.name].shape) for v in self._inputs)
             entry = self._shape_cache.get(signature)
             if entry is not None:
@@ -270,6 +291,8 @@ class InferenceSession:
                 steps, reused = self._data_steps, entry.storages
             else:
                 captured = {}
+                if self._miss_steps is not None:
+                    steps = self._miss_steps
         with torch.inference_mode():
             for step in steps:
                 args = list(step.template)
@@ -289,7 +312,7 @@ class InferenceSession:
                         if name:
                             values[name] = tensor
                 if captured is not None and step.computes_shape:
-                    captured.update((name, values[name]) for name in step.outputs if name)
+                    captured.update((name, values[name]) for name in step.outputs if name in self._shape_values)
                 for name in step.release:
                     if name not in keep:
                         values.pop(name, None)

@@ -281,6 +281,7 @@ CASES = [
     Case("ConstantOfShape", 20, [ints(2, 0)], constant_from=0, id="constant_of_shape_default"),
     Case("Range", 11, [np.array(1, np.int64), np.array(-8, np.int64), np.array(-3, np.int64)], constant_from=0, id="range_int"),
     Case("Range", 11, [np.array(0.5, np.float32), np.array(2.0, np.float32), np.array(0.3, np.float32)], constant_from=0, id="range_float"),
+    Case("Range", 11, [np.array(5, np.int64), np.array(1, np.int64), np.array(2, np.int64)], constant_from=0, id="range_empty"),
     Case("Constant", 13, [], {"value_floats": [1.0, 2.5]}, id="constant_floats"),
     Case("Constant", 13, [], {"value": rand(2, 2)}, id="constant_tensor"),
     Case("EyeLike", 9, [rand(3, 4)], {"k": 1, "dtype": TensorProto.INT32}, id="eyelike"),
