@@ -13,6 +13,10 @@
              axis 2, Expand to [B, Hkv, r, S, E], Reshape to [B, Hkv * r, S, E]) or both plain ->
              ai.sparse_rt::GroupedQueryAttention(q, k, v, mask), attribute kv_repeats r: torch's
              kernel reads each key/value head for its r query heads, nothing is repeated or transposed
+  Head layouts  the Reshape [B, L, H * E] -> [B, L, H, E] and Transpose [0, 2, 1, 3] before a
+             RotaryEmbedding, and the Transpose [0, 2, 1, 3] and Reshape after a
+             GroupedQueryAttention, become the fused node's optional `shape` input (the rotary
+             kernel reads the transposed view in place; attention merges its heads)
   SiLU gate  Mul(Mul(g, Sigmoid(g)), up) -> ai.sparse_rt::SiluMul(g, up)
 
 As in `fusion`, a chain is fused only when its intermediate values have no reader outside
@@ -34,7 +38,8 @@ _MAX_SHAPE_DEPTH = 12
 
 def fuse_decoder_blocks(graph: Graph) -> int:
     """Apply the decoder fusions (after `fusion.fuse_attention`); returns the chains replaced."""
-    return fuse_rms_norm(graph) + fuse_rotary_embedding(graph) + fuse_grouped_attention(graph) + fuse_silu_mul(graph)
+    return (fuse_rms_norm(graph) + fuse_rotary_embedding(graph) + fuse_grouped_attention(graph)
+            + fuse_head_layouts(graph) + fuse_silu_mul(graph))
 
 
 def remove_identity_casts(graph: Graph) -> int:
@@ -245,6 +250,48 @@ def fuse_grouped_attention(graph: Graph) -> int:
         )
     _replace(graph, replacement, removed)
     return len(replacement)
+
+
+def fuse_head_layouts(graph: Graph) -> int:
+    """Fold Transpose(Reshape(p, shape), [0, 2, 1, 3]) into the RotaryEmbedding reading it, and
+    Reshape(Transpose(y, [0, 2, 1, 3]), shape) into the GroupedQueryAttention writing y, as their
+    `shape` input (Reshape with allowzero 0, each intermediate read by the chain alone)."""
+    consumers = graph.consumers()
+    outputs = {v.name for v in graph.outputs}
+    producers = graph.producers()
+
+    def swaps_heads(node: Node | None) -> bool:
+        return (node is not None and node.op_type == "Transpose" and not node.domain
+                and list(node.attributes.get("perm", [])) == [0, 2, 1, 3])
+
+    def reshapes(node: Node | None) -> bool:
+        return (node is not None and node.op_type == "Reshape" and not node.domain
+                and not int(node.attributes.get("allowzero", 0)))
+
+    removed: set[int] = set()
+    for node in graph.nodes:
+        if node.domain != SPARSE_DOMAIN:
+            continue
+        if node.op_type == "RotaryEmbedding" and len(node.inputs) == 3:
+            transpose = producers.get(node.inputs[0])
+            reshape = producers.get(transpose.inputs[0]) if swaps_heads(transpose) else None
+            if (reshapes(reshape) and _only_reader(reshape.outputs[0], consumers, outputs) is transpose
+                    and _only_reader(transpose.outputs[0], consumers, outputs, domains=(SPARSE_DOMAIN,)) is node):
+                node.inputs = [reshape.inputs[0], *node.inputs[1:], reshape.inputs[1]]
+                removed.update((id(transpose), id(reshape)))
+        elif node.op_type == "GroupedQueryAttention" and len(node.inputs) == 4:
+            transpose = _only_reader(node.outputs[0], consumers, outputs, "Transpose")
+            reshape = (_only_reader(transpose.outputs[0], consumers, outputs, "Reshape")
+                       if swaps_heads(transpose) else None)
+            if reshapes(reshape) and reshape.inputs[0] == transpose.outputs[0]:
+                node.inputs = [*node.inputs, reshape.inputs[1]]
+                node.outputs = list(reshape.outputs)
+                removed.update((id(transpose), id(reshape)))
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+    graph.toposort()  # a folded Reshape's shape may be computed after the node that now reads it
+    graph.prune_unused()
+    graph.validate()
+    return len(removed) // 2
 
 
 def _repeated_kv(graph: Graph, value: str, producers: dict[str, Node]) -> tuple[str, int] | None:
