@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from onnx import helper
 
-from sparse_rt.converters.fusion import _isclose, _mask_keeps_shape, _only_reader, _other, _replace, _scalar, _value_info
+from sparse_rt.converters.fusion import (_isclose, _mask_keeps_shape, _only_reader, _other, _replace, _scalar,
+                                         _value_info)
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
 
 # how deep `_shape_elements` follows a shape computation
@@ -204,7 +205,7 @@ def fuse_rotary_embedding(graph: Graph) -> int:
                 or only_user(direct.outputs[0], "Add") is not total):
             continue
         cos = _other(direct, x)
-        tables = [info.get(cos), info.get(sin)]
+        tables = [graph.value(cos), graph.value(sin)]  # constants too: position tables folded at export
         if any(t is None or t.shape is None or t.dtype != "float32" or not _mask_keeps_shape(t.shape, x_info.shape)
                for t in tables):
             continue
@@ -225,7 +226,6 @@ def fuse_grouped_attention(graph: Graph) -> int:
     consumers = graph.consumers()
     outputs = {v.name for v in graph.outputs}
     producers = graph.producers()
-    info = _value_info(graph)
     removed: set[int] = set()
     replacement: dict[int, Node] = {}
     for attention in graph.nodes:

@@ -6,7 +6,6 @@ from collections import Counter
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import sparse_rt
@@ -61,7 +60,7 @@ def test_identity_casts_go_and_real_casts_stay():
 
 
 def rms_norm_model(residual=True, exponent=2.0, axes=(-1,), keepdims=1, reciprocal="Div", weight_constant=True,
-                   sum_read_again=True, expose_mean=False):
+                   sum_read_again=True, expose_mean=False, b_shape=("batch", 5, 8)):
     """Llama's RMSNorm as exported: y = w * Cast(x * 1 / Sqrt(ReduceMean(Pow(Cast(x), 2)) + eps)) over
     [batch, 5, 8], x = a + b when residual (and z = x * 2 reading the sum again)."""
     x = "s" if residual else "a"
@@ -84,7 +83,9 @@ def rms_norm_model(residual=True, exponent=2.0, axes=(-1,), keepdims=1, reciproc
         outputs.append(helper.make_tensor_value_info("z", FLOAT, ["batch", 5, 8]))
     if expose_mean:
         outputs.append(helper.make_tensor_value_info("mean", FLOAT, ["batch", 5, 1]))
-    inputs = [helper.make_tensor_value_info(name, FLOAT, ["batch", 5, 8]) for name in ("a", "b")[:1 + residual]]
+    inputs = [helper.make_tensor_value_info("a", FLOAT, ["batch", 5, 8])]
+    if residual:
+        inputs.append(helper.make_tensor_value_info("b", FLOAT, list(b_shape)))
     rng = np.random.default_rng(0)
     constants = [("two", np.array(exponent, np.float32)), ("eps", np.array(1e-6, np.float32)),
                  ("one", np.array(1.0, np.float32))]
@@ -95,10 +96,12 @@ def rms_norm_model(residual=True, exponent=2.0, axes=(-1,), keepdims=1, reciproc
     return model_of(nodes, inputs, outputs, constants)
 
 
-def rms_feeds(residual=True):
+def rms_feeds(residual=True, b_shape=(2, 5, 8)):
     rng = np.random.default_rng(1)
-    names = ("a", "b") if residual else ("a",)
-    return {name: (rng.standard_normal((2, 5, 8)) * 3).astype(np.float32) for name in names}
+    feeds = {"a": (rng.standard_normal((2, 5, 8)) * 3).astype(np.float32)}
+    if residual:
+        feeds["b"] = (rng.standard_normal(b_shape) * 3).astype(np.float32)
+    return feeds
 
 
 @pytest.mark.parametrize("residual,sum_read_again,reciprocal,expected", [
@@ -111,6 +114,14 @@ def test_rms_norm_becomes_one_op_and_matches_onnxruntime(residual, sum_read_agai
     graph, ours, theirs = run_both(model, rms_feeds(residual))
     assert ops(graph) == expected
     assert graph.nodes[0].attributes["epsilon"] == pytest.approx(1e-6)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_residual_rms_norm_broadcasting_the_residual_matches_onnxruntime():
+    model = rms_norm_model(b_shape=(8,))
+    graph, ours, theirs = run_both(model, rms_feeds(b_shape=(8,)))
+    assert ops(graph) == ["AddRMSNormalization", "Mul"]
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -194,23 +205,6 @@ def test_chains_that_are_not_rotary_stay(kwargs):
     graph = import_onnx(rotary_model(**kwargs))
     fuse_graph(graph)
     assert "RotaryEmbedding" not in ops(graph) and "Concat" in ops(graph)
-
-
-def test_rotary_kernel_reads_strided_heads_and_broadcast_tables():
-    from sparse_rt.kernels.cpu._native import native_available
-    from sparse_rt.kernels.cpu.rotary import rotary, rotary_torch
-
-    if not native_available():
-        pytest.skip("no C compiler for the CPU kernels")
-    torch.manual_seed(0)
-    for batch, heads, length, width in [(1, 8, 1, 64), (2, 3, 5, 40), (2, 2, 3, 6)]:
-        x = torch.randn(batch, length, heads, width).transpose(1, 2)  # the exporter's head transpose: a view
-        cos, sin = torch.randn(batch, 1, length, width), torch.randn(1, 1, length, width)
-        y = rotary(x, cos, sin)
-        assert y.is_contiguous()
-        torch.testing.assert_close(y, rotary_torch(x, cos, sin), rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match="cos"):
-        rotary(torch.randn(1, 2, 3, 4), torch.randn(2, 1, 3, 4), torch.randn(1, 1, 3, 4))
 
 
 # --- grouped-query attention
