@@ -26,7 +26,7 @@ struct rotary_job {
     const float *x, *cos, *sin;
     float* y;
     int64_t heads, positions, half, rows, rows_per_task;
-    const int64_t *stride_x, *stride_c, *stride_s;  /* [batch, heads, positions] */
+    const int64_t *stride_x, *stride_c, *stride_s;  /* [batch, heads, positions] each */
 };
 
 static void _rotary_task(void* context, int64_t t, int worker) {
@@ -54,11 +54,12 @@ static void _rotary_task(void* context, int64_t t, int worker) {
     }
 }
 
-void rotary(int num_threads, int64_t batch, int64_t heads, int64_t positions, int64_t half, int64_t rows_per_task,
-            const float* x, const int64_t* stride_x, const float* cos, const int64_t* stride_c, const float* sin,
-            const int64_t* stride_s, float* y) {
-    int64_t rows = batch * heads * positions;
-    struct rotary_job job = {x, cos, sin, y, heads, positions, half, rows, rows_per_task, stride_x, stride_c, stride_s};
+/* sizes: batch, heads, positions, half; strides: x's, cos's, sin's [batch, heads, positions] */
+void rotary(int num_threads, const int64_t* sizes, const int64_t* strides, int64_t rows_per_task, const float* x,
+            const float* cos, const float* sin, float* y) {
+    int64_t rows = sizes[0] * sizes[1] * sizes[2];
+    struct rotary_job job = {x, cos, sin, y, sizes[1], sizes[2], sizes[3], rows, rows_per_task,
+                             strides, strides + 3, strides + 6};
     sr_parallel_for(num_threads, (rows + rows_per_task - 1) / rows_per_task, _rotary_task, &job);
 }
 """
@@ -66,26 +67,25 @@ void rotary(int num_threads, int64_t batch, int64_t heads, int64_t positions, in
 
 @functools.cache
 def rotary_library():
-    """The compiled `rotary(threads, batch, heads, positions, half, rows_per_task, x, x strides [3],
-    cos, cos strides [3], sin, sin strides [3], y)`."""
+    """The compiled `rotary(threads, sizes [batch, heads, positions, half], strides [9: x's, cos's,
+    sin's over batch, heads, positions], rows_per_task, x, cos, sin, y)`."""
     library = load_library("rotary", SOURCE)
     arrays = ctypes.POINTER(ctypes.c_int64)
-    return declare(library, "rotary", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                       ctypes.c_int64, ctypes.c_void_p, arrays, ctypes.c_void_p, arrays,
-                                       ctypes.c_void_p, arrays, ctypes.c_void_p])
+    return declare(library, "rotary", [ctypes.c_int, arrays, arrays, ctypes.c_int64, ctypes.c_void_p,
+                                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p])
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin: x float32 cpu [batch, heads, positions, head_dim] (even
     head_dim, unit stride on it), cos and sin float32 cpu broadcasting to x. Returns a new
     contiguous tensor of x's shape; ValueError when cos or sin would widen x."""
-    cos, sin = _broadcast(cos, x, "cos"), _broadcast(sin, x, "sin")
+    cos, sin = _broadcast(cos, x.shape, "cos"), _broadcast(sin, x.shape, "sin")
     y = torch.empty(x.shape, dtype=x.dtype)
     batch, heads, positions, width = x.shape
     if y.numel():
-        strides = [(ctypes.c_int64 * 3)(*t.stride()[:3]) for t in (x, cos, sin)]
-        rotary_library()(threads(), batch, heads, positions, width // 2, ROWS_PER_TASK, pointer(x), strides[0],
-                         pointer(cos), strides[1], pointer(sin), strides[2], pointer(y))
+        strides = (ctypes.c_int64 * 9)(*x.stride()[:3], *cos.stride()[:3], *sin.stride()[:3])
+        rotary_library()(threads(), (ctypes.c_int64 * 4)(batch, heads, positions, width // 2), strides,
+                         ROWS_PER_TASK, pointer(x), pointer(cos), pointer(sin), pointer(y))
     return y
 
 
@@ -95,11 +95,12 @@ def rotary_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def _broadcast(table: torch.Tensor, x: torch.Tensor, what: str) -> torch.Tensor:
-    """`table` expanded to x's shape (zero strides) with unit stride on the last axis."""
+def _broadcast(table: torch.Tensor, shape: torch.Size, what: str) -> torch.Tensor:
+    """`table` expanded to x's `shape` (zero strides where it repeats) with unit stride on the
+    last axis; ValueError when it does not broadcast to exactly that shape."""
     try:
-        expanded = table.expand(x.shape)
+        expanded = table.expand(shape)
     except RuntimeError:
-        raise ValueError(f"rotary: {what}: expected a shape broadcasting to x's {list(x.shape)}, "
+        raise ValueError(f"rotary: {what}: expected a shape broadcasting to x's {list(shape)}, "
                          f"got {list(table.shape)}") from None
     return expanded if expanded.stride(-1) == 1 else expanded.contiguous()
