@@ -24,6 +24,9 @@
              skips transposing its input, the writer its output (a BERT FFN's
              768x3072 down projection spent a quarter of its time at 1024 rows on that)
 
+Decoder blocks (RMSNorm, rotary embedding, grouped-query attention, SiLU gate; identity
+casts removed first) are fused in `decoder_fusion`.
+
 A chain is fused only when its intermediate values have no other consumer and
 are not graph outputs, and its constants have the expected values.
 """
@@ -39,9 +42,12 @@ from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
 
 
 def fuse_graph(graph: Graph) -> int:
-    """Apply every fusion; returns the number of chains replaced."""
+    """Apply every fusion (and `decoder_fusion`'s); returns the number of chains replaced."""
+    from sparse_rt.converters.decoder_fusion import fuse_decoder_blocks, remove_identity_casts  # it imports this
+
+    remove_identity_casts(graph)  # the casts exporters put inside softmax and norm chains
     return (fuse_erf_gelu(graph) + fuse_tanh_gelu(graph) + fuse_attention(graph) + fuse_add_layer_norm(graph)
-            + split_strided_pointwise_conv(graph))
+            + split_strided_pointwise_conv(graph) + fuse_decoder_blocks(graph))
 
 
 def _scalar(graph: Graph, name: str) -> float | None:

@@ -10,7 +10,10 @@ from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.cpu.gelu_tanh import gelu_tanh
 from sparse_rt.kernels.cpu.layernorm import add_layer_norm
+from sparse_rt.kernels.cpu.rmsnorm import add_rms_norm, add_rms_norm_torch
+from sparse_rt.kernels.cpu.rotary import rotary, rotary_torch
 from sparse_rt.ops.registry import register_op
+from sparse_rt.ops.shape_ops import _reshape_target
 
 
 @register_op("Gelu", domain=SPARSE_DOMAIN)
@@ -60,3 +63,87 @@ def bind_add_layer_normalization(node, ctx):
         return (y, total) if with_total else y
 
     return add_layer_normalization
+
+
+@register_op("RMSNormalization", domain=SPARSE_DOMAIN)
+@register_op("AddRMSNormalization", domain=SPARSE_DOMAIN)
+def bind_rms_normalization(node, ctx):
+    """RMSNormalization(x, weight [H]) or AddRMSNormalization(a, b, weight [H]) ->
+    s / sqrt(mean(s^2) over the last axis + epsilon) * weight with s = x or a + b [, s] (the
+    sum as a second output when the node has one), attribute epsilon. The native kernel takes
+    float32 inputs of one shape; anything else goes through torch."""
+    epsilon = float(node.attributes["epsilon"])
+    native = ctx.device.type == "cpu" and native_available()
+    with_total = len(node.outputs) > 1 and bool(node.outputs[1])
+
+    def rms_normalization(*inputs):
+        *terms, weight = inputs
+        a, b = terms if len(terms) == 2 else (terms[0], None)
+        if (native and a.dtype == weight.dtype == torch.float32 and a.device.type == "cpu"
+                and (b is None or (b.shape == a.shape and b.dtype == torch.float32))
+                and weight.shape == a.shape[-1:]):
+            return add_rms_norm(a.contiguous(), None if b is None else b.contiguous(), weight.contiguous(),
+                                epsilon, with_total)
+        return add_rms_norm_torch(a, b, weight, epsilon, with_total)
+
+    return rms_normalization
+
+
+@register_op("RotaryEmbedding", domain=SPARSE_DOMAIN)
+def bind_rotary_embedding(node, ctx):
+    """(x [batch, heads, positions, head_dim], cos, sin broadcasting to x[, shape]) -> x * cos +
+    rotate_half(x) * sin, rotate_half(x) = concat(-x[..., half:], x[..., :half]) over the last
+    axis (head_dim even). With shape, x is Transpose(Reshape(x, shape), [0, 2, 1, 3]) first
+    (a projection [batch, positions, heads * head_dim] split into heads), a view read in place.
+    The native kernel takes float32 rank-4 x; anything else goes through torch."""
+    native = ctx.device.type == "cpu" and native_available()
+
+    def rotary_embedding(x, cos, sin, shape=None):
+        if shape is not None:
+            x = x.reshape(_reshape_target(x.shape, shape.tolist(), False)).transpose(1, 2)
+        if x.shape[-1] % 2:
+            raise ValueError(f"RotaryEmbedding: input 'x': expected an even last dim, got {list(x.shape)}")
+        if (native and x.dim() == 4 and x.dtype == cos.dtype == sin.dtype == torch.float32
+                and x.device.type == "cpu"):
+            return rotary(x if x.stride(-1) == 1 else x.contiguous(), cos, sin)
+        return rotary_torch(x, cos, sin)
+
+    return rotary_embedding
+
+
+@register_op("GroupedQueryAttention", domain=SPARSE_DOMAIN)
+def bind_grouped_query_attention(node, ctx):
+    """(q [B, H, L, E], k [B, Hkv, S, E], v [B, Hkv, S, Ev], mask [.., L or 1, S] float or absent)
+    -> softmax(q kT * scale + mask) v [B, H, L, Ev], where each group of kv_repeats query heads
+    (H = Hkv * kv_repeats) reads one key/value head (repeat_kv without the copies). Attribute
+    nan_to_zero as in ScaledDotProductAttention. With shape, the output is
+    Reshape(Transpose(out, [0, 2, 1, 3]), shape): the heads merged back, [B, L, H * Ev]."""
+    scale = float(node.attributes["scale"])
+    repeats = int(node.attributes.get("kv_repeats", 1))
+    nan_to_zero = bool(node.attributes.get("nan_to_zero", 0))
+
+    def grouped_query_attention(q, k, v, mask=None, shape=None):
+        if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or q.shape[1] != k.shape[1] * repeats:
+            raise ValueError(f"GroupedQueryAttention: expected q [B, {repeats} * Hkv, L, E], k and v [B, Hkv, S, E] "
+                             f"(kv_repeats={repeats}), got q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=repeats > 1)
+        if nan_to_zero:
+            out = out.nan_to_num_(nan=0.0, posinf=float("inf"), neginf=float("-inf"))
+        if shape is None:
+            return out
+        merged = out.transpose(1, 2)
+        return merged.reshape(_reshape_target(merged.shape, shape.tolist(), False))
+
+    return grouped_query_attention
+
+
+@register_op("SiluMul", domain=SPARSE_DOMAIN)
+def bind_silu_mul(node, ctx):
+    """(gate, up) -> gate * sigmoid(gate) * up (the SiLU-gated MLP's glue), broadcasting as Mul."""
+
+    def silu_mul(gate, up):
+        if gate.shape == up.shape:
+            return F.silu(gate).mul_(up)
+        return F.silu(gate) * up
+
+    return silu_mul
