@@ -10,6 +10,7 @@ from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.cpu.gelu_tanh import gelu_tanh
 from sparse_rt.kernels.cpu.layernorm import add_layer_norm
+from sparse_rt.ops.conv import bind_conv_activation
 from sparse_rt.ops.registry import register_op
 
 
@@ -60,3 +61,22 @@ def bind_add_layer_normalization(node, ctx):
         return (y, total) if with_total else y
 
     return add_layer_normalization
+
+
+@register_op("FusedConv", domain=SPARSE_DOMAIN)
+def bind_fused_conv(node, ctx):
+    """(X, W, B or absent) -> activation(Conv(X, W, B)): Conv's inputs and attributes, plus
+    activation "relu" (`sparse_rt.converters.conv_fusion`)."""
+    return bind_conv_activation(node, ctx, node.attributes.get("activation"))
+
+
+@register_op("AddRelu", domain=SPARSE_DOMAIN)
+def bind_add_relu(node, ctx):
+    """(a, b) -> Relu(a + b), numpy broadcasting: one pass for floating a and b of one dtype."""
+
+    def add_relu(a, b):
+        if a.dtype == b.dtype and a.dtype.is_floating_point:
+            return torch.ops.aten._add_relu(a, b)
+        return torch.relu(a + b)
+
+    return add_relu
