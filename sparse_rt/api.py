@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import onnx
 import torch
 
+from sparse_rt.converters.conv_fusion import fuse_relu
 from sparse_rt.converters.fusion import chain_csr_layers, fuse_graph, fuse_linear_activation
 from sparse_rt.converters.lowering import linear_inputs, lower_linear_layers
 from sparse_rt.converters.onnx import import_onnx
@@ -83,6 +84,7 @@ def convert(
                                quantize=quantize, tolerance=tolerance)
         lower_linear_layers(graph, chooser, progress=progress, keep_apart=_arrived_structured(structured), rows=rows)
         fuse_linear_activation(graph)
+        fuse_relu(graph)
         chain_csr_layers(graph)
     return graph
 

@@ -12,6 +12,7 @@ from sparse_rt.kernels.cpu.gelu_tanh import gelu_tanh
 from sparse_rt.kernels.cpu.layernorm import add_layer_norm
 from sparse_rt.kernels.cpu.rmsnorm import add_rms_norm, add_rms_norm_torch
 from sparse_rt.kernels.cpu.rotary import rotary, rotary_torch
+from sparse_rt.ops.conv import bind_conv_activation
 from sparse_rt.ops.registry import register_op
 from sparse_rt.ops.shape_ops import _reshape_target
 
@@ -147,3 +148,22 @@ def bind_silu_mul(node, ctx):
         return F.silu(gate) * up
 
     return silu_mul
+
+
+@register_op("FusedConv", domain=SPARSE_DOMAIN)
+def bind_fused_conv(node, ctx):
+    """(X, W, B or absent) -> activation(Conv(X, W, B)): Conv's inputs and attributes, plus
+    activation "relu" (`sparse_rt.converters.conv_fusion`)."""
+    return bind_conv_activation(node, ctx, node.attributes.get("activation"))
+
+
+@register_op("AddRelu", domain=SPARSE_DOMAIN)
+def bind_add_relu(node, ctx):
+    """(a, b) -> Relu(a + b), numpy broadcasting: one pass for floating a and b of one dtype."""
+
+    def add_relu(a, b):
+        if a.dtype == b.dtype and a.dtype.is_floating_point:
+            return torch.ops.aten._add_relu(a, b)
+        return torch.relu(a + b)
+
+    return add_relu

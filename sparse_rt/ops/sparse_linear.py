@@ -4,7 +4,7 @@ Node layout (the same in memory and on disk):
   inputs:     [x, bias or "", *format arrays]  (arrays and bias are constants)
   attributes: format (str), arrays (names of the format fields, in input order),
               kernel (str), config (JSON str), the format's own attributes, and
-              optionally activation ("gelu": y = GELU(x @ W.T + b), erf form), which
+              optionally activation ("gelu": y = GELU(x @ W.T + b), erf form; "relu"), which
               kernels with that activation apply in registers, others after, and
               dispatch (JSON [[from rows, kernel, config], ...]): kernels of the same
               format by row count, where the tuner found different ones fastest, and
@@ -195,6 +195,7 @@ def bind_sparse_linear(node: Node, ctx: BindContext) -> BoundSparseLinear:
             [bind_with_activation(available[name], weight, bias, cfg, ctx.device, activation) for _, name, cfg in dispatch],
         )
     options = {}
-    if node.attributes.get("output_layout") == "batch_tiles" and kernel.name == TILED_KERNEL:
+    fused = activation is None or activation in kernel.activations  # else applied to a tensor after the kernel
+    if node.attributes.get("output_layout") == "batch_tiles" and kernel.name == TILED_KERNEL and fused:
         options["tiles_out"] = True
     return BoundSparseLinear([1], [bind_with_activation(kernel, weight, bias, config, ctx.device, activation, **options)])

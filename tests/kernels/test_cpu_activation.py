@@ -1,4 +1,4 @@
-"""Kernels with a fused GELU epilogue, the SparseLinear op applying it, and the fusion that sets it."""
+"""Kernels with a fused GELU or ReLU epilogue, the SparseLinear op applying it, and the fusion that sets it."""
 
 import numpy as np
 import pytest
@@ -37,10 +37,24 @@ def test_gelu_epilogue_every_config(kernel_name, make, shape):
             torch.testing.assert_close(linear(x).double(), expected(x, weight, bias), rtol=1e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("shape", [(37, 53), (70, 300), (1, 5)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_dense_relu_epilogue_every_config(shape):
+    weight, bias = torch.randn(*shape), torch.randn(shape[0])
+    kernel = get_kernel("dense_cpu_native")
+    fmt = DenseFormat.from_dense(weight)
+    for config in kernel.configs(fmt, torch.device("cpu")):
+        linear = kernel.bind(fmt, bias, config, torch.device("cpu"), activation="relu")
+        for batch in (1, 3, 40):
+            x = torch.randn(batch, shape[1])
+            torch.testing.assert_close(linear(x).double(), F.relu(x.double() @ weight.double().T + bias.double()),
+                                       rtol=1e-4, atol=2e-5)
+
+
 def test_unknown_activation_is_refused():
     fmt = DenseFormat.from_dense(torch.randn(4, 3))
-    with pytest.raises(ValueError, match="activation: expected None or 'gelu', got 'relu'"):
-        get_kernel("dense_cpu_native").bind(fmt, None, {}, torch.device("cpu"), activation="relu")
+    config = get_kernel("dense_cpu_native").configs(fmt, torch.device("cpu"))[0]
+    with pytest.raises(ValueError, match=r"activation: expected None or one of \['gelu', 'relu'\], got 'swish'"):
+        get_kernel("dense_cpu_native").bind(fmt, None, config, torch.device("cpu"), activation="swish")
 
 
 def test_mlp_gelus_fold_into_the_linear_layers_and_match_torch():

@@ -21,9 +21,9 @@ CHAINED = "chained layers"
 
 
 def mlp(density: float = 1.0) -> nn.Sequential:
-    """Linear+GELU -> Linear -> ReLU -> Linear -> Linear: two chains of two (the ReLU breaks them)."""
+    """Linear+GELU -> Linear -> Tanh -> Linear -> Linear: two chains of two (the Tanh breaks them)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(24, 40), nn.GELU(), nn.Linear(40, 17), nn.ReLU(), nn.Linear(17, 33), nn.Linear(33, 5))
+    model = nn.Sequential(nn.Linear(24, 40), nn.GELU(), nn.Linear(40, 17), nn.Tanh(), nn.Linear(17, 33), nn.Linear(33, 5))
     with torch.no_grad():
         for i, layer in enumerate(m for m in model if isinstance(m, nn.Linear)):
             layer.weight.copy_(masked_weight(*layer.weight.shape, density, seed=i))
@@ -58,7 +58,7 @@ def test_dense_layers_that_feed_each_other_run_as_one_step():
     session = sparse_rt.InferenceSession(graph)
     labels = step_labels(session)
     assert sum(CHAINED in label for label in labels) == 2
-    assert len(labels) == 3  # chain, Relu, chain
+    assert len(labels) == 3  # chain, Tanh, chain
     check_outputs(session, model)
 
 
@@ -126,7 +126,7 @@ def test_csr_layers_that_feed_each_other_run_one_row_in_one_call(threads):
     model = mlp(density=0.3)
     session = sparse_rt.InferenceSession(all_csr(model, "slices"))
     labels = step_labels(session)
-    assert sum(CHAINED in label for label in labels) == 2 and len(labels) == 3  # chain, Relu, chain
+    assert sum(CHAINED in label for label in labels) == 2 and len(labels) == 3  # chain, Tanh, chain
     chained = [step.fn for step in session._steps if CHAINED in step.label]
     assert all(isinstance(fn.row_chain, CsrRowChain) for fn in chained)
     check_outputs(session, model, rows=(1, 3, 40))
@@ -172,3 +172,13 @@ def test_csr_row_chain_rejects_mismatched_layers():
     square = kernel.bind(CsrFormat.from_dense(masked_weight(6, 6, 0.5)), None, config, torch.device("cpu"))
     with pytest.raises(ValueError, match="expected one row of 6"):
         CsrRowChain([square, square])(torch.randn(2, 6))
+
+
+def test_a_relu_between_dense_layers_is_fused_and_they_run_as_one_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 17), nn.ReLU(), nn.Linear(17, 5)).eval()
+    graph = converted(model)
+    assert [node.attributes.get("activation") for node in graph.nodes] == ["relu", "relu", None]
+    session = sparse_rt.InferenceSession(graph)
+    assert [CHAINED in label for label in step_labels(session)] == [True]
+    check_outputs(session, model)

@@ -15,6 +15,12 @@ from sparse_rt.kernels.cpu.gelu import GELU_SOURCE
 
 SOURCE = GELU_SOURCE + r"""
 #define NR (2 * VL)
+/* The epilogue applied to a finished output register: none, GELU (erf form) or ReLU (a NaN
+   becomes 0). Codes as in dense.py's ACTIVATION_CODES. */
+#define ACT_GELU 1
+#define ACT_RELU 2
+static inline vf vrelu(vf v) { gf x = (gf)v; return (vf)(gf)((gi)x & (x > 0.0f)); }
+static inline vf vactivate(vf v, int act) { return act == ACT_GELU ? vgelu(v) : act == ACT_RELU ? vrelu(v) : v; }
 /* Panel rows requested ahead of use: a layer's weight mostly comes from DRAM (a model's
    weights do not stay in cache), and prefetching 16 rows (2 KiB with AVX-512) ahead cut a
    stack of eight 768x3072 / 3072x768 layers from 1.77 / 2.62 / 6.94 ms to 1.59 / 1.76 /
@@ -22,12 +28,12 @@ SOURCE = GELU_SOURCE + r"""
 #define PREFETCH_STEPS 16
 
 /* y[r, 0:ncols] (+)= x[r, 0:kc] @ w[0:kc, 0:NR] for r < MR; starts from bias when given,
-   else from the partial sums already in y; gelu: GELU of the result (the last k block). */
+   else from the partial sums already in y; act: the epilogue of the result (the last k block). */
 #define DEFINE_DENSE_TILE(MR)                                                              \
 static inline void _dense_tile_##MR(int64_t kc, const float* restrict w,                   \
                                     const float* restrict x, int64_t ldx,                  \
                                     float* restrict y, int64_t ldy, int ncols,             \
-                                    const float* restrict bias, int gelu) {                \
+                                    const float* restrict bias, int act) {                 \
     vf acc0[MR], acc1[MR];                                                                 \
     int n0 = ncols < VL ? ncols : VL, n1 = ncols - n0;                                     \
     _Pragma("GCC unroll 16")                                                               \
@@ -48,7 +54,7 @@ static inline void _dense_tile_##MR(int64_t kc, const float* restrict w,        
     }                                                                                      \
     _Pragma("GCC unroll 16")                                                               \
     for (int r = 0; r < MR; r++) {                                                         \
-        if (gelu) { acc0[r] = vgelu(acc0[r]); acc1[r] = vgelu(acc1[r]); }                 \
+        if (act) { acc0[r] = vactivate(acc0[r], act); acc1[r] = vactivate(acc1[r], act); } \
         if (ncols == NR) { vstore(y + r * ldy, acc0[r]); vstore(y + r * ldy + VL, acc1[r]); } \
         else { vstore_n(y + r * ldy, acc0[r], n0); vstore_n(y + r * ldy + VL, acc1[r], n1); } \
     }                                                                                      \
@@ -60,7 +66,7 @@ DEFINE_DENSE_TILE(5) DEFINE_DENSE_TILE(6) DEFINE_DENSE_TILE(7) DEFINE_DENSE_TILE
 /* The one-row tile: four k-steps in flight, each into its own accumulators (a single pair
    would wait on the FMA latency every step). */
 static inline void _dense_row(int64_t kc, const float* restrict w, const float* restrict x,
-                              float* restrict y, int ncols, const float* restrict bias, int gelu) {
+                              float* restrict y, int ncols, const float* restrict bias, int act) {
     vf acc[4][2];
     int n0 = ncols < VL ? ncols : VL, n1 = ncols - n0;
     for (int u = 0; u < 4; u++) { acc[u][0] = vzero(); acc[u][1] = vzero(); }
@@ -84,7 +90,7 @@ static inline void _dense_row(int64_t kc, const float* restrict w, const float* 
     }
     vf y0 = vadd(vadd(acc[0][0], acc[1][0]), vadd(acc[2][0], acc[3][0]));
     vf y1 = vadd(vadd(acc[0][1], acc[1][1]), vadd(acc[2][1], acc[3][1]));
-    if (gelu) { y0 = vgelu(y0); y1 = vgelu(y1); }
+    if (act) { y0 = vactivate(y0, act); y1 = vactivate(y1, act); }
     if (ncols == NR) { vstore(y, y0); vstore(y + VL, y1); }
     else { vstore_n(y, y0, n0); vstore_n(y + VL, y1, n1); }
 }
@@ -93,7 +99,7 @@ static inline void _dense_row(int64_t kc, const float* restrict w, const float* 
    streams at once keep more memory requests in flight than one panel after another. */
 static inline void _dense_row_panels(int np, int64_t kc, const float* restrict w, int64_t panel_stride,
                                      const float* restrict x, float* restrict y, int64_t cols,
-                                     const float* restrict bias, int gelu) {
+                                     const float* restrict bias, int act) {
     vf acc[4][2];
     for (int q = 0; q < 4; q++) {
         int n0 = 0, n1 = 0;
@@ -128,28 +134,28 @@ static inline void _dense_row_panels(int np, int64_t kc, const float* restrict w
     for (int q = 0; q < np; q++) {
         int64_t c = cols - q * NR;
         int nc = c < NR ? (int)c : NR, n0 = nc < VL ? nc : VL, n1 = nc - n0;
-        if (gelu) { acc[q][0] = vgelu(acc[q][0]); acc[q][1] = vgelu(acc[q][1]); }
+        if (act) { acc[q][0] = vactivate(acc[q][0], act); acc[q][1] = vactivate(acc[q][1], act); }
         if (nc == NR) { vstore(y + q * NR, acc[q][0]); vstore(y + q * NR + VL, acc[q][1]); }
         else { vstore_n(y + q * NR, acc[q][0], n0); vstore_n(y + q * NR + VL, acc[q][1], n1); }
     }
 }
 
 static inline void _dense_tile(int mr, int64_t kc, const float* w, const float* x, int64_t ldx,
-                               float* y, int64_t ldy, int ncols, const float* bias, int gelu) {
+                               float* y, int64_t ldy, int ncols, const float* bias, int act) {
     switch (mr) {
-    case 1: _dense_row(kc, w, x, y, ncols, bias, gelu); break;
-    case 2: _dense_tile_2(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
-    case 3: _dense_tile_3(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
-    case 4: _dense_tile_4(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
-    case 5: _dense_tile_5(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
-    case 6: _dense_tile_6(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
-    case 7: _dense_tile_7(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
-    default: _dense_tile_8(kc, w, x, ldx, y, ldy, ncols, bias, gelu); break;
+    case 1: _dense_row(kc, w, x, y, ncols, bias, act); break;
+    case 2: _dense_tile_2(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
+    case 3: _dense_tile_3(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
+    case 4: _dense_tile_4(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
+    case 5: _dense_tile_5(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
+    case 6: _dense_tile_6(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
+    case 7: _dense_tile_7(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
+    default: _dense_tile_8(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
     }
 }
 
 struct dense_job {
-    int64_t rows, in, out, panels, panels_per_task, mr, kc, gelu;
+    int64_t rows, in, out, panels, panels_per_task, mr, kc, act;
     const float *packed, *bias, *x;
     float* y;
 };
@@ -173,7 +179,7 @@ static void _dense_task(void* context, int64_t task, int worker) {
                 int np = p_end - p < 4 ? (int)(p_end - p) : 4;
                 _dense_row_panels(np, kcur, job->packed + (p * in + k0) * NR, in * NR, job->x + k0,
                                   job->y + p * NR, out - p * NR, k0 == 0 ? job->bias + p * NR : NULL,
-                                  job->gelu && k0 + kcur == in);
+                                  k0 + kcur == in ? job->act : 0);
             }
             continue;
         }
@@ -183,7 +189,7 @@ static void _dense_task(void* context, int64_t task, int worker) {
             for (int64_t r = r_begin; r < r_end; r += job->mr) {
                 int m = r_end - r < job->mr ? (int)(r_end - r) : (int)job->mr;
                 _dense_tile(m, kcur, w, job->x + r * in + k0, in, job->y + r * out + p * NR, out, ncols,
-                            k0 == 0 ? job->bias + p * NR : NULL, job->gelu && k0 + kcur == in);
+                            k0 == 0 ? job->bias + p * NR : NULL, k0 + kcur == in ? job->act : 0);
             }
         }
     }
@@ -192,12 +198,12 @@ static void _dense_task(void* context, int64_t task, int worker) {
 /* y [rows, out] = x [rows, in] @ W.T + bias.
    packed: [ceil(out / NR), in, NR]; bias: [ceil(out / NR) * NR] (zeros when the layer has none).
    in >= 1. Work is split into tasks of `panels_per_task` panels and ROW_BLOCK rows; inside a task the reduction
-   runs in blocks of `kc` inputs (0: all) and the rows in tiles of `mr` (1..8). gelu: y = GELU(...). */
+   runs in blocks of `kc` inputs (0: all) and the rows in tiles of `mr` (1..8). act: the epilogue (0 none, ACT_GELU, ACT_RELU). */
 void dense_linear(int num_threads, int64_t rows, int64_t in, int64_t out,
                   const float* packed, const float* bias, const float* x, float* y,
-                  int64_t panels_per_task, int64_t mr, int64_t kc, int64_t gelu) {
+                  int64_t panels_per_task, int64_t mr, int64_t kc, int64_t act) {
     int64_t panels = (out + NR - 1) / NR;
-    struct dense_job job = {rows, in, out, panels, panels_per_task, mr, kc <= 0 || kc > in ? in : kc, gelu,
+    struct dense_job job = {rows, in, out, panels, panels_per_task, mr, kc <= 0 || kc > in ? in : kc, act,
                             packed, bias, x, y};
     int64_t row_blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
     sr_parallel_for(num_threads, (panels + panels_per_task - 1) / panels_per_task * row_blocks, _dense_task, &job);
@@ -205,7 +211,7 @@ void dense_linear(int num_threads, int64_t rows, int64_t in, int64_t out,
 
 /* Layers run back to back, each reading the previous one's output: x [rows, in_0] ->
    y [rows, out_last]. layers: int64 [count, 8] rows of (in, out, panels_per_task, mr, kc,
-   gelu, packed pointer, bias pointer), with in_{i+1} = out_i. The outputs between layers
+   act, packed pointer, bias pointer), with in_{i+1} = out_i. The outputs between layers
    alternate between work and work + rows * max_out, max_out the largest of out_0..out_{count-2}. */
 void dense_chain(int num_threads, int64_t rows, int64_t count, const int64_t* layers,
                  const float* x, float* work, int64_t max_out, float* y) {

@@ -61,10 +61,11 @@ def check_cpu(device: torch.device | str, what: str) -> None:
         raise ValueError(f"{what}: expected device cpu, got {device}")
 
 
-def check_activation(activation: str | None, what: str) -> None:
-    """The fused activations the CPU kernels apply to their outputs: None or "gelu" (erf form)."""
-    if activation not in (None, "gelu"):
-        raise ValueError(f"{what}: activation: expected None or 'gelu', got {activation!r}")
+def check_activation(activation: str | None, what: str, fused: tuple[str, ...] = ("gelu",)) -> None:
+    """The fused activations a CPU kernel applies to its outputs: None or one of `fused`
+    ("gelu": erf form)."""
+    if activation is not None and activation not in fused:
+        raise ValueError(f"{what}: activation: expected None or one of {list(fused)}, got {activation!r}")
 
 
 def pointer(tensor: torch.Tensor | None) -> int | None:

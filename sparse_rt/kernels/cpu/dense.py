@@ -36,6 +36,10 @@ from sparse_rt.kernels.cpu.configs import (
 )
 from sparse_rt.kernels.registry import Config, Kernel, register_kernel
 
+# The epilogue codes of the C kernel (ACT_GELU, ACT_RELU in `_dense_native`).
+ACTIVATION_CODES = {None: 0, "gelu": 1, "relu": 2}
+DENSE_CPU_NATIVE_ACTIVATIONS = ("gelu", "relu")
+
 
 @dataclass(frozen=True)
 class DensePacked:
@@ -65,37 +69,39 @@ def pack_dense(weight, bias: torch.Tensor | None) -> DensePacked:
     return DensePacked(shape=(out_features, in_features), panels=panels, bias=padded_bias)
 
 
-def dense_linear(x: torch.Tensor, packed: DensePacked, options: DenseOptions, gelu: bool = False) -> torch.Tensor:
-    """x: float32 [..., in] -> y: float32 [..., out] (GELU of it with gelu)."""
+def dense_linear(x: torch.Tensor, packed: DensePacked, options: DenseOptions,
+                 activation: str | None = None) -> torch.Tensor:
+    """x: float32 [..., in] -> y: float32 [..., out], then `activation` (None, "gelu" or "relu") of it."""
     out_features, in_features = packed.shape
     rows = rows_of(x, in_features, "dense_linear")
     y = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
     if rows.shape[0]:
         dense_library()(
             threads(), rows.shape[0], in_features, out_features, pointer(packed.panels), pointer(packed.bias),
-            pointer(rows), pointer(y), options.panels_per_task, options.rows_per_tile, options.k_block, int(gelu),
+            pointer(rows), pointer(y), options.panels_per_task, options.rows_per_tile, options.k_block,
+            ACTIVATION_CODES[activation],
         )
     return shaped_like(y, x)
 
 
 class BoundDense:
-    """x -> dense_linear(x, packed, options, gelu): a layer bound to the native kernel."""
+    """x -> dense_linear(x, packed, options, activation): a layer bound to the native kernel."""
 
-    def __init__(self, packed: DensePacked, options: DenseOptions, gelu: bool) -> None:
+    def __init__(self, packed: DensePacked, options: DenseOptions, activation: str | None) -> None:
         self.packed = packed
         self.options = options
-        self.gelu = gelu
+        self.activation = activation
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return dense_linear(x, self.packed, self.options, self.gelu)
+        return dense_linear(x, self.packed, self.options, self.activation)
 
 
 def bind_dense(weight, bias: torch.Tensor | None, config: Config, device: torch.device,
                activation: str | None = None) -> BoundDense:
-    """Kernel.bind: pack once, return x -> dense_linear(x) (GELU'd for activation "gelu")."""
+    """Kernel.bind: pack once, return x -> dense_linear(x), its activation ("gelu" or "relu") fused."""
     check_cpu(device, "dense_linear")
-    check_activation(activation, "dense_linear")
-    return BoundDense(pack_dense(weight, bias), parse_options(DenseOptions, config), activation == "gelu")
+    check_activation(activation, "dense_linear", DENSE_CPU_NATIVE_ACTIVATIONS)
+    return BoundDense(pack_dense(weight, bias), parse_options(DenseOptions, config), activation)
 
 
 class DenseChain:
@@ -115,7 +121,7 @@ class DenseChain:
         self._max_between = max(layer.packed.shape[0] for layer in layers[:-1])
         self._table = torch.tensor(
             [[layer.packed.shape[1], layer.packed.shape[0], layer.options.panels_per_task,
-              layer.options.rows_per_tile, layer.options.k_block, int(layer.gelu),
+              layer.options.rows_per_tile, layer.options.k_block, ACTIVATION_CODES[layer.activation],
               layer.packed.panels.data_ptr(), layer.packed.bias.data_ptr()] for layer in layers],
             dtype=torch.int64,
         )
@@ -170,7 +176,7 @@ DENSE_CPU_NATIVE = register_kernel(
         bind=bind_dense,
         configs=dense_configs,
         supports=lambda weight, device: native_available(),
-        activations=("gelu",),
+        activations=DENSE_CPU_NATIVE_ACTIVATIONS,
     )
 )
 

@@ -1,0 +1,61 @@
+"""ReLU fusions for convolutional networks, applied after lowering.
+
+  Conv ReLU    Conv, then Relu -> ai.sparse_rt::FusedConv, activation "relu" (the ReLU runs in
+               oneDNN's convolution epilogue; see sparse_rt.ops.conv.ConstantWeightConv2d)
+  Linear ReLU  SparseLinear, then Relu, directly or through a Transpose (lowering puts one
+               after each 1x1 conv, back to channels-first) -> SparseLinear with activation
+               "relu" (the dense kernel applies it in registers, others right after), then
+               the Transpose
+  Add ReLU     Add, then Relu (a residual block's end) -> ai.sparse_rt::AddRelu, one pass
+               (torch's add-relu kernel: 0.19 against 0.33 ms for Add then Relu on
+               [1, 256, 56, 56], one thread)
+
+A Relu is folded only when it is the one reader of the value before it, that value is
+not a graph output, and (through a Transpose) the Transpose is the linear layer's one
+reader. ResNet-50 exports 49 Relus; after this none is left on its own.
+"""
+
+from __future__ import annotations
+
+from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
+
+
+def fuse_relu(graph: Graph) -> int:
+    """Apply the three fusions; returns the number of Relu nodes folded."""
+    consumers = graph.consumers()
+    outputs = {v.name for v in graph.outputs}
+
+    def only_reader(value: str, op_type: str) -> Node | None:
+        users = consumers.get(value, [])
+        if value in outputs or len(users) != 1 or users[0].domain or users[0].op_type != op_type:
+            return None
+        return users[0]
+
+    removed: set[int] = set()
+    replacement: dict[int, Node] = {}
+    for node in graph.nodes:
+        if node.op_type == "Conv" and not node.domain:
+            relu = only_reader(node.outputs[0], "Relu")
+            if relu is None:
+                continue
+            replacement[id(node)] = Node("FusedConv", list(node.inputs), list(relu.outputs),
+                                         {**node.attributes, "activation": "relu"}, node.name, SPARSE_DOMAIN)
+            removed.add(id(relu))
+        elif node.op_type == "Add" and not node.domain and len(node.inputs) == 2:
+            relu = only_reader(node.outputs[0], "Relu")
+            if relu is None:
+                continue
+            replacement[id(node)] = Node("AddRelu", list(node.inputs), list(relu.outputs), {},
+                                         graph.fresh_name(f"{node.label()}_relu"), SPARSE_DOMAIN)
+            removed.add(id(relu))
+        elif node.op_type == "SparseLinear" and node.domain == SPARSE_DOMAIN and not node.attributes.get("activation"):
+            transpose = only_reader(node.outputs[0], "Transpose")
+            relu = only_reader(transpose.outputs[0] if transpose else node.outputs[0], "Relu")
+            if relu is None:
+                continue
+            node.attributes["activation"] = "relu"
+            (transpose or node).outputs[0] = relu.outputs[0]
+            removed.add(id(relu))
+    graph.nodes = [replacement.get(id(n), n) for n in graph.nodes if id(n) not in removed]
+    graph.validate()
+    return len(removed)

@@ -1,0 +1,161 @@
+"""ReLU fusions of conv networks (Conv, lowered 1x1 conv, residual Add), and the cases that must not fuse."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+import sparse_rt
+from sparse_rt.converters.conv_fusion import fuse_relu
+from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node, Value
+from sparse_rt.ops.conv import ConstantWeightConv2d
+from tests.helpers import assert_close
+
+RNG = np.random.default_rng(0)
+
+
+def weight(*shape):
+    name = "w" + "x".join(map(str, shape))
+    return numpy_helper.from_array((RNG.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+
+def model(nodes, inits, outputs=("y",), channels=8):
+    """x [n, channels, 9, 9] -> outputs (float, shapes left to inference)."""
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", channels, 9, 9])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", None, None, None]) for name in outputs], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def bottleneck():
+    """A ResNet bottleneck: 1x1 conv + relu, 3x3 conv + relu, 1x1 conv, add x, relu."""
+    w1, w3, w4 = weight(4, 8, 1, 1), weight(4, 4, 3, 3), weight(8, 4, 1, 1)
+    bias = numpy_helper.from_array(RNG.standard_normal(4).astype(np.float32), "b3")
+    nodes = [
+        helper.make_node("Conv", ["x", w1.name], ["c1"], kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", w3.name, "b3"], ["c3"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c3"], ["r3"]),
+        helper.make_node("Conv", ["r3", w4.name], ["c4"], kernel_shape=[1, 1]),
+        helper.make_node("Add", ["c4", "x"], ["s"]),
+        helper.make_node("Relu", ["s"], ["y"]),
+    ]
+    return model(nodes, [w1, w3, bias, w4])
+
+
+def run_both(proto, batch=2):
+    x = RNG.standard_normal((batch, 8, 9, 9)).astype(np.float32)
+    graph = sparse_rt.convert(proto, tune=False)
+    ours = sparse_rt.InferenceSession(graph).run(None, {"x": x})
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    return graph, ours, ref
+
+
+def ops(graph):
+    return [n.op_type for n in graph.nodes if n.op_type != "Transpose"]
+
+
+def test_every_relu_of_a_bottleneck_is_fused_and_the_output_matches_onnxruntime():
+    graph, (y,), (expected,) = run_both(bottleneck())
+    assert ops(graph) == ["SparseLinear", "FusedConv", "SparseLinear", "AddRelu"]
+    assert [n.attributes.get("activation") for n in graph.nodes if n.op_type in ("SparseLinear", "FusedConv")] \
+        == ["relu", "relu", None]
+    assert (expected == 0).any()
+    assert_close(y, expected)
+
+
+def test_a_fused_graph_saves_and_loads(tmp_path):
+    graph, _, _ = run_both(bottleneck())
+    sparse_rt.save(graph, tmp_path / "m.onnx")
+    x = RNG.standard_normal((1, 8, 9, 9)).astype(np.float32)
+    (y,) = sparse_rt.InferenceSession(sparse_rt.load(tmp_path / "m.onnx")).run(None, {"x": x})
+    assert_close(y, sparse_rt.InferenceSession(graph).run(None, {"x": x})[0])
+
+
+@pytest.mark.parametrize("near_miss", ["graph output", "second reader", "leaky relu"])
+def test_conv_relu_near_misses_stay_apart(near_miss):
+    w = weight(8, 8, 3, 3)
+    activation = "LeakyRelu" if near_miss == "leaky relu" else "Relu"
+    nodes = [helper.make_node("Conv", ["x", w.name], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node(activation, ["c"], ["y"])]
+    outputs = ["y"]
+    if near_miss == "graph output":
+        outputs.append("c")
+    elif near_miss == "second reader":
+        nodes.append(helper.make_node("Neg", ["c"], ["z"]))
+        outputs.append("z")
+    graph, ours, ref = run_both(model(nodes, [w], outputs))
+    assert ops(graph)[:2] == ["Conv", activation]
+    for a, b in zip(ours, ref):
+        assert_close(a, b)
+
+
+def linear_graph(second_reader: str | None = None, activation: str = "Relu") -> Graph:
+    """IR: x -> SparseLinear -> h -> Transpose -> t -> activation -> y (and Neg(second_reader) -> z)."""
+    nodes = [Node("SparseLinear", ["x", ""], ["h"], {"format": "dense", "arrays": []}, "linear", SPARSE_DOMAIN),
+             Node("Transpose", ["h"], ["t"], {"perm": [0, 3, 1, 2]}, "to_first"),
+             Node(activation, ["t"], ["y"], {}, "act")]
+    outputs = [Value("y", "float32", None)]
+    if second_reader:
+        nodes.append(Node("Neg", [second_reader], ["z"], {}, "neg"))
+        outputs.append(Value("z", "float32", None))
+    return Graph([Value("x", "float32", (1, 4, 4, 8))], outputs, nodes)
+
+
+def test_linear_relu_through_the_transpose_fuses():
+    graph = linear_graph()
+    assert fuse_relu(graph) == 1
+    assert [(n.op_type, n.outputs) for n in graph.nodes] == [("SparseLinear", ["h"]), ("Transpose", ["y"])]
+    assert graph.nodes[0].attributes["activation"] == "relu"
+
+
+@pytest.mark.parametrize("second_reader, activation", [("h", "Relu"), ("t", "Relu"), (None, "Sigmoid")],
+                         ids=["linear read twice", "transpose read twice", "sigmoid"])
+def test_linear_relu_near_misses_stay_apart(second_reader, activation):
+    graph = linear_graph(second_reader, activation)
+    assert fuse_relu(graph) == 0
+    assert "activation" not in graph.nodes[0].attributes and graph.nodes[2].op_type == activation
+
+
+@pytest.mark.parametrize("near_miss", ["graph output", "second reader", "add of three"])
+def test_add_relu_near_misses_stay_apart(near_miss):
+    w = weight(8, 8, 3, 3)
+    nodes = [helper.make_node("Conv", ["x", w.name], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    if near_miss == "add of three":
+        nodes.append(helper.make_node("Sum", ["c", "x", "x"], ["s"]))
+    else:
+        nodes.append(helper.make_node("Add", ["c", "x"], ["s"]))
+    nodes.append(helper.make_node("Relu", ["s"], ["y"]))
+    outputs = ["y"]
+    if near_miss == "graph output":
+        outputs.append("s")
+    elif near_miss == "second reader":
+        nodes.append(helper.make_node("Neg", ["s"], ["z"]))
+        outputs.append("z")
+    graph, ours, ref = run_both(model(nodes, [w], outputs))
+    assert "AddRelu" not in ops(graph) and "Relu" in ops(graph)
+    for a, b in zip(ours, ref):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("channels, group, stride, dilation, kernel", [
+    (3, 1, 2, 1, 7), (8, 1, 1, 1, 3), (8, 4, 1, 2, 3), (16, 16, 2, 1, 3), (8, 1, 1, 1, 1)])
+def test_constant_weight_conv_matches_torch_across_layouts_and_shapes(activation, channels, group, stride, dilation,
+                                                                       kernel):
+    w = torch.randn(12 if group == 1 else channels, channels // group, kernel, kernel)
+    b = torch.randn(w.shape[0])
+    padding = dilation * (kernel // 2)
+    conv = ConstantWeightConv2d(w, stride, padding, dilation, group, activation)
+    # the weight is prepared at the first call's shape; later shapes and layouts reuse it
+    for batch, size, channels_last in ((1, 15, False), (3, 15, True), (2, 20, False), (1, 9, True)):
+        x = torch.randn(batch, channels, size, size)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        expected = F.conv2d(x.double(), w.double(), b.double(), stride, padding, dilation, group)
+        expected = F.relu(expected) if activation else expected
+        y = conv(x, w, b)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
