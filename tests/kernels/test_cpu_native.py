@@ -106,6 +106,21 @@ def test_concurrent_calls_on_one_layer():
             assert_close(y, expected, rtol=1e-5)
 
 
+
+def test_concurrent_first_calls_keep_one_launch():
+    """Threads making a fresh layer's first one-row calls at once: every later call reads the
+    task split and slices the kept launch points into (a lost race once freed them: a crash)."""
+    weight = torch.randn(256, 128) * (torch.rand(256, 128) < 0.1)
+    inputs = [torch.randn(1, 128) for _ in range(8)]
+    for _ in range(100):
+        layer = _bound(CsrFormat.from_dense(weight), None)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(layer, inputs))
+        scrap = [torch.randn(64) for _ in range(50)]  # reuses what a lost race freed
+        for x in inputs:
+            assert_close(layer(x), x @ weight.T, rtol=1e-5)
+        del scrap
+
 # Every format's kernels at batch 1 and batched, built for another instruction set.
 OTHER_ISA_SCRIPT = r"""
 import torch

@@ -105,7 +105,9 @@ class TaskSplit:
     def __call__(self, num_threads: int) -> torch.Tensor:
         split = self._splits.get(num_threads)
         if split is None:
-            with self._lock:
-                split = balanced_split(self._costs, self._tasks_per_thread * num_threads)
-                self._splits[num_threads] = split
+            with self._lock:  # one split per count: a kernel may hold a pointer to it
+                split = self._splits.get(num_threads)
+                if split is None:
+                    split = balanced_split(self._costs, self._tasks_per_thread * num_threads)
+                    self._splits[num_threads] = split
         return split

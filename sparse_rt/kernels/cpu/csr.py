@@ -14,6 +14,7 @@ batch-wide multiply-add.
 from __future__ import annotations
 
 import functools
+import threading
 
 from dataclasses import dataclass
 from typing import Sequence
@@ -306,18 +307,25 @@ class BoundCsr:
         self._row_shape = torch.Size([1, packed.shape[1]])
         self._out_features = packed.shape[0]
         self._launches: dict[int, tuple] = {}
+        self._pinned: dict[int, tuple] = {}
+        self._lock = threading.Lock()
         self._slices_gemv = csr_slices_gemv(packed.index, options.x_loads) if packed.slices_layout else None
 
     def _launch(self, num_threads: int) -> tuple:
         """(threads, tasks, task boundaries, weight-side pointers...) of the slices kernel."""
         launch = self._launches.get(num_threads)
         if launch is None:
-            slices = self.packed.slices  # built on the first one-row call
-            split = slices.tasks(num_threads)
-            launch = (num_threads, split.shape[0] - 1, pointer(split), pointer(slices.slice_offsets),
-                      pointer(slices.slice_rows), pointer(slices.column_indices), pointer(slices.values),
-                      pointer(slices.slice_bias))
-            self._launches[num_threads] = launch
+            # one launch per count, the arrays its pointers point into pinned with it
+            with self._lock:
+                launch = self._launches.get(num_threads)
+                if launch is None:
+                    slices = self.packed.slices  # built on the first one-row call
+                    split = slices.tasks(num_threads)
+                    launch = (num_threads, split.shape[0] - 1, pointer(split), pointer(slices.slice_offsets),
+                              pointer(slices.slice_rows), pointer(slices.column_indices), pointer(slices.values),
+                              pointer(slices.slice_bias))
+                    self._pinned[num_threads] = (slices, split)  # what the pointers point into
+                    self._launches[num_threads] = launch
         return launch
 
     def __call__(self, x):
@@ -356,11 +364,17 @@ class CsrRowChain:
         self.out_features = layers[-1].packed.shape[0]
         self._max_between = max(layer.packed.shape[0] for layer in layers[:-1])
         self._tables: dict[int, torch.Tensor] = {}
+        self._lock = threading.Lock()
 
     def _table(self, num_threads: int) -> torch.Tensor:
         """The layers' rows for `csr_slices_chain` at this thread count (task splits differ)."""
         table = self._tables.get(num_threads)
-        if table is None:
+        if table is not None:
+            return table
+        with self._lock:  # one table per count: a call in flight holds a pointer to it
+            table = self._tables.get(num_threads)
+            if table is not None:
+                return table
             rows = []
             for layer in self.layers:
                 cap = layer.options.gemv_threads
@@ -369,7 +383,7 @@ class CsrRowChain:
                 rows.append([variant, layer_threads, tasks, *pointers, int(layer.gelu)])
             table = torch.tensor(rows, dtype=torch.int64)
             self._tables[num_threads] = table
-        return table
+            return table
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         row = rows_of(x, self.in_features, "csr_row_chain")
