@@ -358,9 +358,10 @@ async def fault_load(port: int, model: str, payloads: list[Payload], bad: list[P
                     path = f"/v2/models/{payload.model or model}/infer"
                     status, headers, body = await asyncio.wait_for(connection.post(path, payload), REQUEST_TIMEOUT_S)
                     expected_status = payload.status
-            except ConnectionResetError if kind == "oversized" else ():
-                # the server refused the body and closed while it was still coming: the reset can
-                # overtake the 413 (RFC 9112, 9.6), and the request was refused, not lost
+            except (ConnectionResetError, BrokenPipeError) if kind == "oversized" else ():
+                # the server refused the body and closed while it was still coming: the reset (or,
+                # on a write after it, EPIPE) can overtake the 413 (RFC 9112, 9.6), and the
+                # request was refused, not lost
                 status, headers, body, expected_status = 413, {}, b"", 413
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
                 connection.close()

@@ -76,6 +76,15 @@ def start_server(tmp_path, *args):
     raise RuntimeError("server did not become ready in 60 s")
 
 
+def _wait_for_queue_depth(url: str, model: str, depth: int, timeout_s: float = 10.0) -> None:
+    line = f'sparse_rt_queue_depth{{model="{model}"}} {float(depth)}'
+    deadline = time.monotonic() + timeout_s
+    while line not in httpx.get(f"{url}/metrics").text:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{model}: queue depth never reached {depth} in {timeout_s} s")
+        time.sleep(0.01)
+
+
 def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path):
     slow, mlp = tmp_path / "slow.onnx", tmp_path / "mlp.onnx"
     onnx.save(custom_model("Sleep", seconds=1.0), slow)
@@ -91,9 +100,9 @@ def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path):
 
         threads = [threading.Thread(target=send, args=(index,)) for index in (1, 2)]
         threads[0].start()
-        time.sleep(0.2)  # request 1 is running in the model
+        time.sleep(0.3)  # request 1 is running in the model (for a second)
         threads[1].start()
-        time.sleep(0.2)  # request 2 waits in the queue
+        _wait_for_queue_depth(url, "slow", 1)  # request 2 waits in the queue
         process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join(30)
