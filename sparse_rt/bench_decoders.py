@@ -143,8 +143,8 @@ def run_decode_bench(args: argparse.Namespace) -> DecodeReport:
     _say(args, "exporting")
     export_decoder(model, path)
     _say(args, "converting" + ("" if args.no_tune else " and tuning"))
-    rows = sorted({b for b in args.batch_sizes} | {b * args.prompt_len for b in args.batch_sizes})
-    graph = sparse_rt.convert(path, batch_sizes=rows, tune=not args.no_tune)
+    graph = sparse_rt.convert(path, batch_sizes=generation_rows(args.batch_sizes, args.prompt_len, args.new_tokens),
+                              tune=not args.no_tune)
     generator = Generator(graph, context=shape.context)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = args.threads
@@ -183,6 +183,16 @@ def run_decode_bench(args: argparse.Namespace) -> DecodeReport:
                 decode_tokens_per_s=statistics.median(batch * (n - 1) / r[1] for r in timed),
             ))
     return report
+
+
+def generation_rows(batch_sizes: list[int], prompt_len: int, new_tokens: int) -> dict[int, float]:
+    """{rows: weight} of the calls one generation makes per batch size: the prefill once at
+    batch x prompt rows, then new_tokens - 1 decode steps at batch rows."""
+    rows: dict[int, float] = {}
+    for batch in batch_sizes:
+        rows[batch] = rows.get(batch, 0.0) + max(new_tokens - 1, 1)
+        rows[batch * prompt_len] = rows.get(batch * prompt_len, 0.0) + 1.0
+    return rows
 
 
 def _nm_sparsity(pattern: str) -> float:

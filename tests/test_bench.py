@@ -103,3 +103,11 @@ def test_decoder_family_rejects_a_context_overflow(capsys):
     argv = ["--model-family", "llama", "--size", "tiny", "--prompt-len", "100", "--new-tokens", "64"]
     assert bench.main(argv) == 2
     assert "at most the context 128" in capsys.readouterr().err
+
+
+def test_decoders_are_tuned_at_the_rows_a_generation_runs():
+    from sparse_rt.bench_decoders import generation_rows
+
+    # one prefill of batch x prompt rows, then new_tokens - 1 one-token steps per sequence
+    assert generation_rows([1], 32, 64) == {1: 63.0, 32: 1.0}
+    assert generation_rows([1, 4], 4, 2) == {1: 1.0, 4: 2.0, 16: 1.0}  # 4 rows: a prefill and a step
