@@ -392,12 +392,13 @@ def _storage(tensor: torch.Tensor) -> int:
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A C-ordered array, as onnxruntime gives (convs leave channels-last tensors)."""
     try:  # a plain CPU tensor of a dtype numpy has
-        return tensor.numpy()
+        return tensor.contiguous().numpy()
     except (TypeError, RuntimeError):
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.float()
-        return tensor.detach().cpu().numpy()
+        return tensor.detach().cpu().contiguous().numpy()
 
 
 def set_threads(threads: int) -> None:

@@ -66,6 +66,17 @@ def test_every_relu_of_a_bottleneck_is_fused_and_the_output_matches_onnxruntime(
     assert_close(y, expected)
 
 
+def test_a_conv_output_reaches_the_caller_in_c_order():
+    """Convs run channels-last inside; what the session hands back is C-contiguous NCHW."""
+    w3 = weight(8, 8, 3, 3)
+    nodes = [helper.make_node("Conv", ["x", w3.name], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    graph, (y,), (expected,) = run_both(model(nodes, [w3]))
+    assert ops(graph) == ["FusedConv"]
+    assert y.flags.c_contiguous
+    assert_close(y, expected)
+
+
 def test_a_fused_graph_saves_and_loads(tmp_path):
     graph, _, _ = run_both(bottleneck())
     sparse_rt.save(graph, tmp_path / "m.onnx")
