@@ -22,7 +22,30 @@ from sparse_rt.kernels.cpu._native import declare, load_library
 # Rows per task of the thread pool.
 ROWS_PER_TASK = 16
 
-SOURCE = r"""
+# Forms a row of s = a + b for the residual norms (here and `rmsnorm`).
+RESIDUAL_ROW_SOURCE = r"""
+/* row[0 .. width) = a + b (a alone when b is NULL); the tail is stored as a full vector, so
+   row needs room for width rounded up to VL floats. Returns the lanes' running sums of s
+   (squares 0) or of s * s (squares 1); lanes past the tail add 0. */
+static inline vf _residual_row(const float* a, const float* b, float* row, int64_t width, int squares) {
+    int64_t full = width / VL * VL, i = 0;
+    vf acc = vzero();
+    for (; i < full; i += VL) {
+        vf s = b ? vadd(vload(a + i), vload(b + i)) : vload(a + i);
+        vstore(row + i, s);
+        acc = squares ? vfma(s, s, acc) : vadd(acc, s);
+    }
+    if (i < width) {
+        int n = (int)(width - i);
+        vf s = b ? vadd(vload_n(a + i, n), vload_n(b + i, n)) : vload_n(a + i, n);
+        vstore(row + i, s);
+        acc = squares ? vfma(s, s, acc) : vadd(acc, s);
+    }
+    return acc;
+}
+"""
+
+SOURCE = RESIDUAL_ROW_SOURCE + r"""
 #include <math.h>
 
 struct add_ln_job {
@@ -42,19 +65,8 @@ static void _add_ln_task(void* context, int64_t t, int worker) {
         float* y = job->y + r * width;
         /* the tail's full-vector store needs VL floats of room: the scratch has them */
         float* row = job->total && width % VL == 0 ? job->total + r * width : scratch;
-        vf total = vzero();
-        int64_t i = 0;
-        for (; i < full; i += VL) {
-            vf s = b ? vadd(vload(a + i), vload(b + i)) : vload(a + i);
-            vstore(row + i, s);
-            total = vadd(total, s);
-        }
-        if (i < width) {
-            int n = (int)(width - i);
-            vf s = b ? vadd(vload_n(a + i, n), vload_n(b + i, n)) : vload_n(a + i, n);
-            vstore(row + i, s);
-            total = vadd(total, s);
-        }
+        vf total = _residual_row(a, b, row, width, 0);
+        int64_t i;
         if (row == scratch && job->total) memcpy(job->total + r * width, scratch, (size_t)width * sizeof(float));
         float mean = vsum(total) / (float)width;
         vf negative_mean = vset1(-mean), squares = vzero();

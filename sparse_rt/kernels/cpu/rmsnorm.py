@@ -16,11 +16,12 @@ import torch
 
 from sparse_rt.kernels.cpu._launch import pointer, threads
 from sparse_rt.kernels.cpu._native import declare, load_library
+from sparse_rt.kernels.cpu.layernorm import RESIDUAL_ROW_SOURCE
 
 # Rows per task of the thread pool.
 ROWS_PER_TASK = 16
 
-SOURCE = r"""
+SOURCE = RESIDUAL_ROW_SOURCE + r"""
 #include <math.h>
 
 struct add_rms_job {
@@ -40,19 +41,8 @@ static void _add_rms_task(void* context, int64_t t, int worker) {
         float* y = job->y + r * width;
         /* the tail's full-vector store needs VL floats of room: the scratch has them */
         float* row = job->total && width % VL == 0 ? job->total + r * width : scratch;
-        vf squares = vzero();
-        int64_t i = 0;
-        for (; i < full; i += VL) {
-            vf s = b ? vadd(vload(a + i), vload(b + i)) : vload(a + i);
-            vstore(row + i, s);
-            squares = vfma(s, s, squares);
-        }
-        if (i < width) {
-            int n = (int)(width - i);
-            vf s = b ? vadd(vload_n(a + i, n), vload_n(b + i, n)) : vload_n(a + i, n);
-            vstore(row + i, s);
-            squares = vfma(s, s, squares);
-        }
+        vf squares = _residual_row(a, b, row, width, 1);
+        int64_t i;
         if (row == scratch && job->total) memcpy(job->total + r * width, scratch, (size_t)width * sizeof(float));
         vf factor = vset1(1.0f / sqrtf(vsum(squares) / (float)width + job->epsilon));
         for (i = 0; i < full; i += VL) vstore(y + i, vmul(vmul(vload(row + i), factor), vload(job->weight + i)));
