@@ -208,6 +208,7 @@ _FIELD_VALUES = {
     "x_loads": st.sampled_from(["gather", "scalar"]),
     "gemv_threads": st.integers(0, 1024),
     "batch_rows": st.sampled_from([4, 8]),
+    "batched": st.sampled_from(["direct", "expand"]),
 }
 
 

@@ -75,6 +75,18 @@ def test_wide_layer_crosses_column_and_row_blocks():
             assert_close(bound(x), x @ weight.T + bias, rtol=1e-5)
 
 
+def test_expanded_layers_share_a_scratch():
+    """Batched "expand" writes each layer out into one scratch per thread, larger or smaller."""
+    kernel = get_kernel("bitmask_cpu_expand")
+    config = {"tasks_per_thread": 4, "batch_rows": 8, "gemv_threads": 0, "batched": "expand"}
+    weights = [masked_weight(90, 130, 0.5, seed=11), masked_weight(20, 33, 0.3, seed=12)]
+    bound = [kernel.bind(BitmaskFormat.from_dense(w), None, config, CPU) for w in weights]
+    for _ in range(2):
+        for layer, weight in zip(bound, weights):
+            x = torch.randn(5, weight.shape[1])
+            assert_close(layer(x), x @ weight.T, rtol=1e-5)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_thread_counts(threads):
     weight = masked_weight(300, 300, 0.5, seed=7)

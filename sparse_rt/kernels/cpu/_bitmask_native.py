@@ -138,6 +138,32 @@ void bitmask_gemv(int num_threads, int64_t tasks, const int64_t* task_rows, cons
     sr_parallel_for(num_threads, tasks, _bitmask_gemv_task, &job);
 }
 
+/* dense rows task_rows[t] .. task_rows[t + 1] of [out, in]: the weight's rows, zeros where bits are clear. */
+static void _bitmask_expand_task(void* context, int64_t t, int worker) {
+    const struct bitmask_job* job = (const struct bitmask_job*)context;
+    int64_t in = job->in, full = in / VL;
+    int tail = (int)(in - full * VL);
+    for (int64_t r = job->task_rows[t]; r < job->task_rows[t + 1]; r++) {
+        const uint8_t* mask = job->mask + r * job->row_bytes;
+        const float* v = job->values + job->row_offsets[r];
+        float* row = job->y + r * in;
+        int64_t c = 0;
+        for (; c < full; c++) {
+            unsigned m = bm_mask(mask, c);
+            vstore(row + c * VL, bm_expand(v, m));
+            v += __builtin_popcount(m);
+        }
+        if (tail) vstore_n(row + c * VL, bm_expand(v, bm_mask(mask, c)), tail);
+    }
+}
+
+/* dense [out, in] = the weight expanded; rows split at task_rows [tasks + 1]. */
+void bitmask_expand(int num_threads, int64_t tasks, const int64_t* task_rows, const uint8_t* mask, int64_t row_bytes,
+                    const int64_t* row_offsets, const float* values, int64_t in, float* dense) {
+    struct bitmask_job job = {task_rows, mask, row_offsets, values, NULL, NULL, dense, 0, in, 0, row_bytes, 0, 0, 0};
+    sr_parallel_for(num_threads, tasks, _bitmask_expand_task, &job);
+}
+
 /* Columns [c0 * VL, c1 * VL) (to in_features if c1 is the last chunk) of output row o, its values
    from v on, against input rows b0 .. b0 + B: y[b, o] = sum (first: + bias) or += sum. Returns the
    value pointer after the columns. */
@@ -234,6 +260,13 @@ def bitmask_gemv():
     row_offsets int64 [out + 1], values (padded), bias or None, in, x [in], y [out])."""
     library = load_library("bitmask", SOURCE)
     return declare(library, "bitmask_gemv", [ctypes.c_int, _I, _P, _P, _I, _P, _P, _P, _I, _P, _P])
+
+
+@functools.cache
+def bitmask_expand():
+    """`bitmask_expand`: (threads, tasks, task_rows, mask, row_bytes, row_offsets, values, in, dense [out, in])."""
+    library = load_library("bitmask", SOURCE)
+    return declare(library, "bitmask_expand", [ctypes.c_int, _I, _P, _P, _I, _P, _P, _I, _P])
 
 
 @functools.cache

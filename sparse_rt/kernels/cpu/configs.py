@@ -138,6 +138,7 @@ class RowsOptions:
 
 
 BITMASK_BATCH_ROWS = (4, 8)
+BITMASK_BATCHED = ("direct", "expand")
 # Below this many stored bytes (mask + values) a batch-1 bitmask call runs on one thread by
 # default, as for CSR (GEMV_ONE_THREAD_NNZ x 6 bytes).
 BITMASK_ONE_THREAD_BYTES = 6 * GEMV_ONE_THREAD_NNZ
@@ -147,16 +148,22 @@ BITMASK_ONE_THREAD_BYTES = 6 * GEMV_ONE_THREAD_NNZ
 class BitmaskOptions:
     """tasks_per_thread: row ranges of about equal bytes per thread.
     batch_rows:   input rows each expanded weight chunk is multiplied into when batched (4 or 8).
-    gemv_threads: threads of the batch-1 kernel at most (0: as many as the runtime runs)."""
+    gemv_threads: threads of the batch-1 kernel at most (0: as many as the runtime runs).
+    batched:      several input rows: "direct" (the bitmask GEMM) or "expand" (the whole weight
+                  expanded to a dense scratch, then torch's GEMM); "direct" for configs saved
+                  before it existed."""
 
     tasks_per_thread: int
     batch_rows: int
     gemv_threads: int
+    batched: str = "direct"
 
     def __post_init__(self) -> None:
         _check_range(self, "tasks_per_thread", 1, 256)
         _check_int(self, "batch_rows", BITMASK_BATCH_ROWS)
         _check_range(self, "gemv_threads", 0, 1024)
+        if self.batched not in BITMASK_BATCHED:
+            raise ValueError(f"BitmaskOptions: expected batched in {list(BITMASK_BATCHED)}, got {self.batched!r}")
 
 
 def simd_width() -> int:
@@ -229,7 +236,7 @@ def block_configs(weight, device: torch.device) -> list[Config]:
 
 def bitmask_configs(weight, device: torch.device) -> list[Config]:
     """Bitmask: tasks per thread, batch-1 thread cap (one thread for small layers), input rows per
-    pass (batched)."""
+    pass and direct or expanded (batched)."""
     default = BitmaskOptions(
         tasks_per_thread=DEFAULT_TASKS_PER_THREAD,
         batch_rows=8,
@@ -239,6 +246,7 @@ def bitmask_configs(weight, device: torch.device) -> list[Config]:
         "tasks_per_thread": [1, DEFAULT_TASKS_PER_THREAD, 16],
         "batch_rows": list(BITMASK_BATCH_ROWS),
         "gemv_threads": [0, 1],
+        "batched": list(BITMASK_BATCHED),
     }
     return config_space(default, axes)
 
