@@ -81,9 +81,11 @@ BSR_COSTS = {
     (16, 16): (Cost(0.82, 0.0368), Cost(5.39, 0.0539, 0.00660)),
     (32, 32): (Cost(0.84, 0.0370), Cost(5.65, 0.0582, 0.00613)),
 }
-# batch 1: the grouped kernel, 7 % under CSR at equal kept values (2:4, 1:4, 1:8 on both
-# shapes); batched N:M runs the CSR kernel
-NM_COST = (Cost(2.05, 0.102), CSR_COST[1])
+# batch 1: the grouped gather kernel took 1.9-2.1x the time of CSR's row-sliced kernel at 2:4
+# on the AMD EPYC (AVX2; 512x512 to 2048x2048, one thread) and the same time on the AVX-512
+# Xeon (512x1408, 1408x512, two threads; benchmarks/results/bitmask_gemv.md): priced at 2x
+# CSR, so CSR takes N:M weights at batch 1; batched N:M runs the CSR kernel
+NM_COST = (Cost(2 * CSR_COST[0].per_row, 2 * CSR_COST[0].per_weight), CSR_COST[1])
 # N:M patterns tried, densest first (what pruning tools produce)
 NM_PATTERNS = ((2, 4), (1, 4), (4, 8), (2, 8))
 
