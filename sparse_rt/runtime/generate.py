@@ -124,7 +124,10 @@ class Generator:
                              f"preallocate the cache, got {session.graph.value(self.layout.past[0][0]).describe()}")
         self.context = context
         self.appends = cache_appends(session.graph, self.layout)
-        self.session = session.replan(_append_in_place(self.appends))
+        # every step has a new input shape (one more past position): keep the shape values
+        # of every past length and prompt length a sequence can have, so that later
+        # generations reuse them instead of recomputing them at every step
+        self.session = session.replan(_append_in_place(self.appends), shape_cache_entries=2 * context + 2)
 
     def generate(self, input_ids: Any, max_new_tokens: int, **sampling: Any) -> np.ndarray:
         """Prompt [batch, prompt] (or [prompt]) token ids -> [batch, prompt + max_new_tokens]

@@ -177,6 +177,7 @@ class InferenceSession:
             calls[item] if isinstance(item, int) else _Call(item, item.inputs, item.outputs, item.label, True, {})
             for item in segments])
         self._shape_cache: dict[tuple, _ShapeEntry] = {}
+        self._shape_cache_entries = SHAPE_CACHE_ENTRIES
         if retain_memory:  # after loading: what loading freed goes back to the system
             trim_free_memory()
             retain_freed_memory()
@@ -241,10 +242,15 @@ class InferenceSession:
         self._execute(values)
         return {name: values[name] for name in self._output_names}
 
-    def replan(self, rewrite: Callable[[list], list]) -> "InferenceSession":
+    def replan(self, rewrite: Callable[[list], list], shape_cache_entries: int | None = None) -> "InferenceSession":
         """A session sharing this one's graph and bound nodes whose planned steps are
-        `rewrite(steps)` (a list of the session's steps -> a list of steps)."""
+        `rewrite(steps)` (a list of the session's steps -> a list of steps), keeping the shape
+        values of up to `shape_cache_entries` input-shape signatures (default: as this one)."""
         clone = copy.copy(self)
+        if shape_cache_entries is not None:
+            if shape_cache_entries < 1:
+                raise ValueError(f"shape_cache_entries: expected a positive count, got {shape_cache_entries}")
+            clone._shape_cache_entries = shape_cache_entries
         clone._steps = rewrite(self._steps)
         clone._data_steps = None if self._data_steps is None else rewrite(self._data_steps)
         clone._miss_steps = None if self._miss_steps is None else rewrite(self._miss_steps)
@@ -321,7 +327,7 @@ class InferenceSession:
         return reused
 
     def _keep_shapes(self, signature: tuple, captured: dict[str, torch.Tensor]) -> frozenset[int]:
-        if len(self._shape_cache) >= SHAPE_CACHE_ENTRIES:
+        if len(self._shape_cache) >= self._shape_cache_entries:
             self._shape_cache.pop(next(iter(self._shape_cache)), None)
         storages = frozenset(_storage(t) for t in captured.values())
         self._shape_cache[signature] = _ShapeEntry(captured, storages)

@@ -103,6 +103,24 @@ def test_cache_grows_in_place_in_one_buffer(pruned):
             assert_close(buffers[past][:, :, :5], expected, rtol=1e-6)
 
 
+def test_a_generator_keeps_the_shape_values_of_every_step(pruned):
+    """Each step has a new input shape; a second generation of the same lengths reuses every
+    step's shape values, more steps than a plain session keeps signatures for."""
+    from sparse_rt.runtime.session import SHAPE_CACHE_ENTRIES
+
+    _, _, graph = pruned
+    context = SHAPE_CACHE_ENTRIES + 16
+    generator = Generator(graph, context=context)
+    prompt = np.arange(4)[None] % 100
+    first = generator.generate(prompt, context - 4)
+    kept = dict(generator.session._shape_cache)
+    assert len(kept) == context - 4  # the prompt, then one signature a step but the last
+    assert np.array_equal(generator.generate(prompt, context - 4), first)
+    assert generator.session._shape_cache.keys() == kept.keys()
+    with pytest.raises(ValueError, match="shape_cache_entries: expected a positive count, got 0"):
+        generator.session.replan(lambda steps: steps, shape_cache_entries=0)
+
+
 def test_append_to_cache_concatenates_what_has_no_room():
     past, new = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 1, 5)
     assert torch.equal(AppendToCache()(past, new), torch.cat((past, new), dim=2))
