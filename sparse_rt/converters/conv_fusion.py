@@ -17,6 +17,7 @@ reader. ResNet-50 exports 49 Relus; after this none is left on its own.
 
 from __future__ import annotations
 
+from sparse_rt.converters.fusion import _only_reader
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
 
 
@@ -26,10 +27,7 @@ def fuse_relu(graph: Graph) -> int:
     outputs = {v.name for v in graph.outputs}
 
     def only_reader(value: str, op_type: str) -> Node | None:
-        users = consumers.get(value, [])
-        if value in outputs or len(users) != 1 or users[0].domain or users[0].op_type != op_type:
-            return None
-        return users[0]
+        return _only_reader(value, consumers, outputs, op_type)
 
     removed: set[int] = set()
     replacement: dict[int, Node] = {}

@@ -25,9 +25,12 @@ from sparse_rt.scheduler.workload import (
 
 
 def _dynamic_encoder(sparsity: float) -> onnx.ModelProto:
-    """A 2-layer BERT-style encoder (hidden 256, FFN 1024), magnitude-pruned, exported with
-    dynamic batch and sequence axes as users export them."""
-    config = zoo.TransformerConfig(vocab_size=100, hidden=256, layers=2, heads=4, ffn=1024, max_positions=256)
+    """A 2-layer BERT-style encoder (hidden 512, FFN 2048), magnitude-pruned, exported with
+    dynamic batch and sequence axes as users export them.
+
+    Hidden 512, not smaller: at 90% the sparse kernels beat dense by 2.2-3.1x at 128 rows
+    there, against 1.4x for a 256x256 layer, which a noisy machine's timing can overturn."""
+    config = zoo.TransformerConfig(vocab_size=100, hidden=512, layers=2, heads=8, ffn=2048, max_positions=256)
     module = zoo.seeded(zoo.Encoder(config))
     prune(module, sparsity, "unstructured")
     ids = torch.ones(2, 16, dtype=torch.int64)

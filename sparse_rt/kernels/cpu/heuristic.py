@@ -25,7 +25,9 @@ What the measurements (and so the model) say:
 - BSR beats CSR once its blocks are full enough; r x 1 and square blocks of 8 and
   more cost about a third to a half of a CSR nonzero per stored weight at batch 1,
   1 x c blocks more than a CSR nonzero (each output row is its own short block row);
-- N:M (2:4 is 50 %) pays at batch 1 only: 5 bytes per kept value.
+- N:M (2:4 is 50 %) streams 5 bytes per kept value, but its batch-1 gather kernel takes about
+  twice CSR's time with AVX2 (the same with AVX-512), so it is priced at twice CSR and CSR
+  takes N:M weights; batched N:M runs the CSR kernel.
 - bitmask streams the fewest bytes above about 6 % density (4 * density + 1/8 per entry against
   CSR's 6 * density, N:M's 5 per kept value and dense's 4), but its AVX2
   kernel is bound by the expansion, about one 8-column chunk of a row per ns on one AMD EPYC
@@ -33,7 +35,9 @@ What the measurements (and so the model) say:
   768x3072 and 3072x768 (weights in L3), 1.4-1.9x at batch 8 and 1.8x at batch 32
   (benchmarks/bitmask_gemv.py --threads 1, round-robin). So the model prices it above dense
   and the heuristic does not pick it; tuning times it like every candidate. The AVX-512 kernel
-  (vexpandps, 16 columns a step) has not been measured: it is priced like AVX2 until it is.
+  (vexpandps, 16 columns a step) took about 0.8x the dense kernel's time at 50 % on an Intel
+  Xeon VM whose figures moved 10-20 % between runs (benchmarks/results/bitmask_gemv.md); it
+  is priced like AVX2 until a steadier host refits it.
 """
 
 from __future__ import annotations
