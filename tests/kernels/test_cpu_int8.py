@@ -144,7 +144,7 @@ for fmt in (CsrInt8Format.from_dense(weight), DenseInt8Format.from_dense(weight)
     bias = torch.randn(70)
     for kernel in kernels_for(fmt, "cpu"):
         bound = kernel.bind(fmt, bias, kernel.configs(fmt, torch.device("cpu"))[0], torch.device("cpu"))
-        for batch in (1, 5, 40):
+        for batch in (1, 5, 40, 130):
             x = torch.randn(batch, 45)
             expected = int8_linear_reference(x, q, fmt.scales, bias)
             error = float((bound(x) - expected).abs().max() / expected.abs().max())
@@ -173,9 +173,10 @@ def _in_subprocess(script: str, arch: str, tmp_path) -> subprocess.CompletedProc
                           check=False, cwd=Path(__file__).resolve().parents[2])
 
 
-@pytest.mark.parametrize("arch", ["haswell", "x86-64"], ids=["avx2", "portable"])
-def test_other_instruction_sets_run(arch, tmp_path):
-    if platform.machine() not in ("x86_64", "AMD64") or (arch == "haswell" and not _host_has("avx2")):
+@pytest.mark.parametrize("arch, needs", [("skylake-avx512", "avx512bw"), ("haswell", "avx2"), ("x86-64", None)],
+                         ids=["avx512_without_vnni", "avx2", "portable"])
+def test_other_instruction_sets_run(arch, needs, tmp_path):
+    if platform.machine() not in ("x86_64", "AMD64") or (needs and not _host_has(needs)):
         pytest.skip(f"host cannot run -march={arch} code")
     result = _in_subprocess(OTHER_ISA_SCRIPT, arch, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

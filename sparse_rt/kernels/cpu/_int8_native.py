@@ -12,14 +12,17 @@ Seven-bit activations keep the pairwise sums of AVX2's u8 x s8 `vpmaddubsw` belo
 saturation (2 * 127 * 128 < 32768): activations are stored as u8 = q + 64 (zero point
 64) and every weight row's sum (times 64) is subtracted from its accumulators.
 
-Layouts (batched kernels, rows cut into tiles of I8_LANES = 32 rows):
-  column tiles (CSR):  u8 [tiles, in, 32]; tile t, column c holds the 32 rows' bytes.
-  quad tiles (dense):  u8 [tiles, in4 / 4, 128]; four consecutive columns of 32 rows,
-                       each row's 4 bytes together, in the order `_i8_quads` builds.
+Layouts (batched kernels, rows cut into tiles of I8_LANES rows: 64 where the host has
+AVX-512, one 512-bit register of bytes, else 32; `lanes()` tells which):
+  column tiles (CSR):  u8 [tiles, in, lanes]; tile t, column c holds its rows' bytes.
+  quad tiles (dense):  u8 [tiles, in4 / 4, 4 * lanes]; four consecutive columns of the
+                       tile's rows, each row's 4 bytes together, in `_i8_quads`' order.
 A group of 4 nonzeros of a CSR row gathers its 4 columns from the column tile and
 interleaves them into quads in registers; dense weights find them ready made. A quad
 of activations times 4 weight bytes is one `vpdpbusd` with AVX-512 VNNI or AVX-VNNI,
 else `vpmaddubsw` + `vpmaddwd` (by ones) + add; without AVX2 the same sums are plain C.
+With AVX-512 the registers are 512 bits wide: every shuffle that builds quads serves 64
+rows, not 32.
 
 Batch 1 runs gather/dot-product kernels over the token's q (int32 for CSR, u8 + 64
 padded to 32 columns for dense).
@@ -35,7 +38,13 @@ from sparse_rt.kernels.cpu.gelu import GELU_SOURCE
 
 SOURCE = GELU_SOURCE + r"""
 #include <math.h>
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define I8_WIDE 1
+#define I8_LANES 64
+#else
 #define I8_LANES 32
+#endif
+int i8_lanes(void) { return I8_LANES; }
 #define I8_ZERO 64
 #define I8_QMAX 63
 #define I8_ROW_GROUP 8
@@ -111,15 +120,33 @@ static inline __m256i _i8_pack32(const float* v, const float* inverse) {
     return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-/* Four columns a, b, c, d of 32 rows -> the 4 registers of quads: q[0] rows 0-3 and 16-19,
-   q[1] 4-7 and 20-23, q[2] 8-11 and 24-27, q[3] 12-15 and 28-31, each row's bytes a b c d. */
-static inline void _i8_quads(__m256i a, __m256i b, __m256i c, __m256i d, __m256i q[4]) {
-    __m256i ab_lo = _mm256_unpacklo_epi8(a, b), ab_hi = _mm256_unpackhi_epi8(a, b);
-    __m256i cd_lo = _mm256_unpacklo_epi8(c, d), cd_hi = _mm256_unpackhi_epi8(c, d);
-    q[0] = _mm256_unpacklo_epi16(ab_lo, cd_lo);
-    q[1] = _mm256_unpackhi_epi16(ab_lo, cd_lo);
-    q[2] = _mm256_unpacklo_epi16(ab_hi, cd_hi);
-    q[3] = _mm256_unpackhi_epi16(ab_hi, cd_hi);
+/* qv: one register of I8_LANES bytes (a column of a tile, or quads of I8_LANES / 4 rows). */
+#if defined(I8_WIDE)
+typedef __m512i qv;
+static inline qv qv_load(const uint8_t* p) { return _mm512_loadu_si512((const void*)p); }
+static inline void qv_store(uint8_t* p, qv v) { _mm512_storeu_si512((void*)p, v); }
+static inline qv qv_zero(void) { return _mm512_setzero_si512(); }
+static inline qv qv_set1(const int8_t* quad) { return _mm512_set1_epi32(*(const int32_t*)quad); }
+#define QV_UNPACK(how, a, b) _mm512_##how(a, b)
+#else
+typedef __m256i qv;
+static inline qv qv_load(const uint8_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
+static inline void qv_store(uint8_t* p, qv v) { _mm256_storeu_si256((__m256i*)p, v); }
+static inline qv qv_zero(void) { return _mm256_setzero_si256(); }
+static inline qv qv_set1(const int8_t* quad) { return _mm256_set1_epi32(*(const int32_t*)quad); }
+#define QV_UNPACK(how, a, b) _mm256_##how(a, b)
+#endif
+
+/* Four columns a, b, c, d of I8_LANES rows -> the 4 registers of quads, each row's bytes
+   a b c d: in every 16 rows 16L..16L+15 (one 128-bit lane L of the registers), q[v] holds
+   rows 16L + 4v .. 16L + 4v + 3. */
+static inline void _i8_quads(qv a, qv b, qv c, qv d, qv q[4]) {
+    qv ab_lo = QV_UNPACK(unpacklo_epi8, a, b), ab_hi = QV_UNPACK(unpackhi_epi8, a, b);
+    qv cd_lo = QV_UNPACK(unpacklo_epi8, c, d), cd_hi = QV_UNPACK(unpackhi_epi8, c, d);
+    q[0] = QV_UNPACK(unpacklo_epi16, ab_lo, cd_lo);
+    q[1] = QV_UNPACK(unpackhi_epi16, ab_lo, cd_lo);
+    q[2] = QV_UNPACK(unpacklo_epi16, ab_hi, cd_hi);
+    q[3] = QV_UNPACK(unpackhi_epi16, ab_hi, cd_hi);
 }
 #endif
 
@@ -131,7 +158,7 @@ static void _i8_tile_task(void* context, int64_t task, int worker) {
     int64_t c_end = c_begin + I8_CHUNK < width ? c_begin + I8_CHUNK : width;
     int64_t real = job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES;
     const float* inverse = job->inverses + b0;
-    float block[8 * I8_LANES] __attribute__((aligned(32)));  /* [8 columns][32 rows] */
+    float block[8 * I8_LANES] __attribute__((aligned(64)));  /* [8 columns][I8_LANES rows] */
     for (int64_t c0 = c_begin; c0 < c_end; c0 += 8) {
         int64_t cols = c_end - c0 < 8 ? c_end - c0 : 8;
         for (int64_t g = 0; g < I8_LANES; g += 8) {
@@ -144,10 +171,11 @@ static void _i8_tile_task(void* context, int64_t task, int worker) {
                 for (int64_t l = 0; l < 8; l++)
                     block[c * I8_LANES + g + l] = (g + l < real && c0 + c < job->in) ? src[l * job->in + c] : 0.0f;
         }
-        uint8_t columns[8][I8_LANES] __attribute__((aligned(32)));
+        uint8_t columns[8][I8_LANES] __attribute__((aligned(64)));
         for (int64_t c = 0; c < cols; c++) {
 #if defined(__AVX2__)
-            _mm256_store_si256((__m256i*)columns[c], _i8_pack32(block + c * I8_LANES, inverse));
+            for (int h = 0; h < I8_LANES; h += 32)
+                _mm256_store_si256((__m256i*)(columns[c] + h), _i8_pack32(block + c * I8_LANES + h, inverse + h));
 #else
             for (int l = 0; l < I8_LANES; l++)
                 columns[c][l] = (uint8_t)(_i8_quantize(block[c * I8_LANES + l], inverse[l]) + I8_ZERO);
@@ -162,10 +190,9 @@ static void _i8_tile_task(void* context, int64_t task, int worker) {
         for (int64_t j = 0; j < cols; j += 4) {
             uint8_t* dst = job->out + (tile * (job->in4 / 4) + (c0 + j) / 4) * 4 * I8_LANES;
 #if defined(__AVX2__)
-            __m256i q[4];
-            _i8_quads(_mm256_load_si256((const __m256i*)columns[j]), _mm256_load_si256((const __m256i*)columns[j + 1]),
-                      _mm256_load_si256((const __m256i*)columns[j + 2]), _mm256_load_si256((const __m256i*)columns[j + 3]), q);
-            for (int v = 0; v < 4; v++) _mm256_storeu_si256((__m256i*)(dst + 32 * v), q[v]);
+            qv q[4];
+            _i8_quads(qv_load(columns[j]), qv_load(columns[j + 1]), qv_load(columns[j + 2]), qv_load(columns[j + 3]), q);
+            for (int v = 0; v < 4; v++) qv_store(dst + I8_LANES * v, q[v]);
 #else
             for (int l = 0; l < I8_LANES; l++)
                 for (int e = 0; e < 4; e++) dst[4 * l + e] = columns[j + e][l];
@@ -201,17 +228,47 @@ void i8_quantize_row(int64_t in, int64_t in32, const float* x, float* scale, int
 /* ---------------------------------------------------------------- dot products of quads */
 
 #if defined(__AVX2__)
+/* 256 bits: the one-token (GEMV) kernels, and the tiles of hosts without AVX-512 */
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-static inline __m256i _i8_dot4(__m256i acc, __m256i u8, __m256i s8) { return _mm256_dpbusd_epi32(acc, u8, s8); }
+static inline __m256i _i8_dot4_256(__m256i acc, __m256i u8, __m256i s8) { return _mm256_dpbusd_epi32(acc, u8, s8); }
 #elif defined(__AVXVNNI__)
-static inline __m256i _i8_dot4(__m256i acc, __m256i u8, __m256i s8) { return _mm256_dpbusd_avx_epi32(acc, u8, s8); }
+static inline __m256i _i8_dot4_256(__m256i acc, __m256i u8, __m256i s8) { return _mm256_dpbusd_avx_epi32(acc, u8, s8); }
 #else
 /* u8 <= 127 (7-bit activations): the pairwise int16 sums cannot saturate */
-static inline __m256i _i8_dot4(__m256i acc, __m256i u8, __m256i s8) {
+static inline __m256i _i8_dot4_256(__m256i acc, __m256i u8, __m256i s8) {
     __m256i pairs = _mm256_maddubs_epi16(u8, s8);
     return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 #endif
+
+#if defined(I8_WIDE)
+#if defined(__AVX512VNNI__)
+static inline qv _i8_dot4(qv acc, qv u8, qv s8) { return _mm512_dpbusd_epi32(acc, u8, s8); }
+#else
+/* u8 <= 127 (7-bit activations): the pairwise int16 sums cannot saturate */
+static inline qv _i8_dot4(qv acc, qv u8, qv s8) {
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u8, s8), _mm512_set1_epi16(1)));
+}
+#endif
+
+/* accumulators in quad order (see _i8_quads) -> 64 floats in row order:
+   (acc - comp) * (x_scale[l] * w_scale) + bias. Rows 16L.. are the 128-bit lanes L of
+   acc[0..3]: a 4x4 transposition of 128-bit lanes. */
+static inline void _i8_finish(const qv acc[4], int32_t comp, float w_scale, const float* x_scales, float bias,
+                              float* out) {
+    __m512i t01 = _mm512_shuffle_i32x4(acc[0], acc[1], 0x44), t23 = _mm512_shuffle_i32x4(acc[2], acc[3], 0x44);
+    __m512i u01 = _mm512_shuffle_i32x4(acc[0], acc[1], 0xEE), u23 = _mm512_shuffle_i32x4(acc[2], acc[3], 0xEE);
+    __m512i rows[4] = {_mm512_shuffle_i32x4(t01, t23, 0x88), _mm512_shuffle_i32x4(t01, t23, 0xDD),
+                       _mm512_shuffle_i32x4(u01, u23, 0x88), _mm512_shuffle_i32x4(u01, u23, 0xDD)};
+    __m512i c = _mm512_set1_epi32(comp);
+    __m512 w = _mm512_set1_ps(w_scale), b = _mm512_set1_ps(bias);
+    for (int j = 0; j < 4; j++) {
+        __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(rows[j], c));
+        _mm512_storeu_ps(out + 16 * j, _mm512_fmadd_ps(f, _mm512_mul_ps(_mm512_loadu_ps(x_scales + 16 * j), w), b));
+    }
+}
+#else
+static inline qv _i8_dot4(qv acc, qv u8, qv s8) { return _i8_dot4_256(acc, u8, s8); }
 
 /* accumulators in quad order (see _i8_quads) -> 32 floats in row order:
    (acc - comp) * (x_scale[l] * w_scale) + bias */
@@ -227,10 +284,11 @@ static inline void _i8_finish(const __m256i acc[4], int32_t comp, float w_scale,
     }
 }
 #endif
+#endif
 
 /* ---------------------------------------------------------------- writing output tiles */
 
-/* Rows r0 .. r0 + group - 1 of a [group, 32] float tile -> y [rows, out] (GELU first). */
+/* Rows r0 .. r0 + group - 1 of a [group, I8_LANES] float tile -> y [rows, out] (GELU first). */
 static void _i8_store(float* tile, int64_t group, int lanes, int gelu, float* y, int64_t out, int64_t r0, int64_t b0) {
     if (gelu)
         for (int64_t i = 0; i < group * I8_LANES; i += VL) vstore(tile + i, vgelu(vload(tile + i)));
@@ -264,7 +322,7 @@ static void _i8_csr_gemm_task_##IDX(void* context, int64_t t, int worker) {     
     const struct i8_csr_job* job = (const struct i8_csr_job*)context;                           \
     const ITYPE* columns = (const ITYPE*)job->columns;                                          \
     int64_t r_begin = job->task_rows[t], r_end = job->task_rows[t + 1];                         \
-    float tile[I8_ROW_GROUP * I8_LANES] __attribute__((aligned(32)));                           \
+    float tile[I8_ROW_GROUP * I8_LANES] __attribute__((aligned(64)));                           \
     for (int64_t b0 = 0; b0 < job->rows; b0 += I8_LANES) {                                      \
         const uint8_t* xt = job->xt + b0 * job->in;  /* [in, 32] */                             \
         int lanes = (int)(job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES);               \
@@ -292,15 +350,14 @@ static void _i8_csr_gemv_task_##IDX(void* context, int64_t t, int worker) {     
 
 #if defined(__AVX2__)
 #define I8_CSR_ROW(ITYPE)                                                                       \
-    __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),   \
-                      _mm256_setzero_si256()};                                                  \
+    qv acc[4] = {qv_zero(), qv_zero(), qv_zero(), qv_zero()};                                   \
     for (int64_t k = job->group_offsets[r] * 4; k < job->group_offsets[r + 1] * 4; k += 4) {    \
-        __m256i w = _mm256_set1_epi32(*(const int32_t*)(job->values + k));                      \
-        __m256i quads[4];                                                                       \
-        _i8_quads(_mm256_loadu_si256((const __m256i*)(xt + (int64_t)columns[k] * I8_LANES)),     \
-                  _mm256_loadu_si256((const __m256i*)(xt + (int64_t)columns[k + 1] * I8_LANES)), \
-                  _mm256_loadu_si256((const __m256i*)(xt + (int64_t)columns[k + 2] * I8_LANES)), \
-                  _mm256_loadu_si256((const __m256i*)(xt + (int64_t)columns[k + 3] * I8_LANES)), \
+        qv w = qv_set1(job->values + k);                                                        \
+        qv quads[4];                                                                            \
+        _i8_quads(qv_load(xt + (int64_t)columns[k] * I8_LANES),                                 \
+                  qv_load(xt + (int64_t)columns[k + 1] * I8_LANES),                             \
+                  qv_load(xt + (int64_t)columns[k + 2] * I8_LANES),                             \
+                  qv_load(xt + (int64_t)columns[k + 3] * I8_LANES),                             \
                   quads);                                                                       \
         for (int v = 0; v < 4; v++) acc[v] = _i8_dot4(acc[v], quads[v], w);                    \
     }                                                                                           \
@@ -376,26 +433,25 @@ static void _i8_dense_gemm_task(void* context, int64_t t, int worker) {
     int64_t r_begin = t * job->rows_per_task;
     int64_t r_end = r_begin + job->rows_per_task < job->out ? r_begin + job->rows_per_task : job->out;
     int64_t quads = job->in4 / 4;
-    float tile[I8_ROW_GROUP * I8_LANES] __attribute__((aligned(32)));
+    float tile[I8_ROW_GROUP * I8_LANES] __attribute__((aligned(64)));
     for (int64_t b0 = 0; b0 < job->rows; b0 += I8_LANES) {
-        const uint8_t* xq = job->x + b0 / I8_LANES * quads * 4 * I8_LANES;  /* [quads, 128] */
+        const uint8_t* xq = job->x + b0 / I8_LANES * quads * 4 * I8_LANES;  /* [quads, 4 * I8_LANES] */
         int lanes = (int)(job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES);
         int64_t filled = 0, group_start = r_begin;
         for (int64_t r0 = r_begin; r0 < r_end; r0 += I8_DENSE_ROWS) {
             int64_t n = r_end - r0 < I8_DENSE_ROWS ? r_end - r0 : I8_DENSE_ROWS;
 #if defined(__AVX2__)
-            __m256i acc[I8_DENSE_ROWS][4];
+            qv acc[I8_DENSE_ROWS][4];
             for (int i = 0; i < I8_DENSE_ROWS; i++)
-                for (int v = 0; v < 4; v++) acc[i][v] = _mm256_setzero_si256();
+                for (int v = 0; v < 4; v++) acc[i][v] = qv_zero();
             const int8_t* w0 = job->weight + r0 * job->in32;
             if (n == I8_DENSE_ROWS) {
-                /* 4 rows x 16 lanes at a time: 8 accumulators, 2 activation and 4 weight registers */
+                /* 4 rows x half the lanes at a time: 8 accumulators, 2 activation and 4 weight registers */
                 for (int h = 0; h < 4; h += 2)
                     for (int64_t k = 0; k < quads; k++) {
-                        __m256i a = _mm256_loadu_si256((const __m256i*)(xq + k * 128 + 32 * h));
-                        __m256i b = _mm256_loadu_si256((const __m256i*)(xq + k * 128 + 32 * h + 32));
+                        qv a = qv_load(xq + (k * 4 + h) * I8_LANES), b = qv_load(xq + (k * 4 + h + 1) * I8_LANES);
                         for (int i = 0; i < I8_DENSE_ROWS; i++) {
-                            __m256i w = _mm256_set1_epi32(*(const int32_t*)(w0 + i * job->in32 + 4 * k));
+                            qv w = qv_set1(w0 + i * job->in32 + 4 * k);
                             acc[i][h] = _i8_dot4(acc[i][h], a, w);
                             acc[i][h + 1] = _i8_dot4(acc[i][h + 1], b, w);
                         }
@@ -403,9 +459,8 @@ static void _i8_dense_gemm_task(void* context, int64_t t, int worker) {
             } else {
                 for (int i = 0; i < n; i++)
                     for (int64_t k = 0; k < quads; k++) {
-                        __m256i w = _mm256_set1_epi32(*(const int32_t*)(w0 + i * job->in32 + 4 * k));
-                        for (int v = 0; v < 4; v++)
-                            acc[i][v] = _i8_dot4(acc[i][v], _mm256_loadu_si256((const __m256i*)(xq + k * 128 + 32 * v)), w);
+                        qv w = qv_set1(w0 + i * job->in32 + 4 * k);
+                        for (int v = 0; v < 4; v++) acc[i][v] = _i8_dot4(acc[i][v], qv_load(xq + (k * 4 + v) * I8_LANES), w);
                     }
             }
 #endif
@@ -418,7 +473,7 @@ static void _i8_dense_gemm_task(void* context, int64_t t, int worker) {
                 const int8_t* w = job->weight + r * job->in32;
                 for (int l = 0; l < I8_LANES; l++) {
                     int32_t s = 0;
-                    for (int64_t k = 0; k < job->in4; k++) s += (int32_t)w[k] * xq[k / 4 * 128 + 4 * l + k % 4];
+                    for (int64_t k = 0; k < job->in4; k++) s += (int32_t)w[k] * xq[k / 4 * 4 * I8_LANES + 4 * l + k % 4];
                     tile[filled * I8_LANES + l] = (float)(s - job->compensation[r])
                         * (job->x_scales[b0 + l] * job->w_scales[r]) + bias;
                 }
@@ -453,7 +508,7 @@ static void _i8_dense_gemv_task(void* context, int64_t t, int worker) {
 #if defined(__AVX2__)
         __m256i a = _mm256_setzero_si256();
         for (; k < job->in32; k += 32)
-            a = _i8_dot4(a, _mm256_loadu_si256((const __m256i*)(job->x + k)), _mm256_loadu_si256((const __m256i*)(w + k)));
+            a = _i8_dot4_256(a, _mm256_loadu_si256((const __m256i*)(job->x + k)), _mm256_loadu_si256((const __m256i*)(w + k)));
         __m128i s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
         s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
         s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
@@ -482,6 +537,14 @@ _INT = ctypes.c_int
 @functools.cache
 def _library():
     return load_library("int8", SOURCE)
+
+
+@functools.cache
+def lanes() -> int:
+    """Rows per activation tile of the batched kernels: 64 on AVX-512 hosts, else 32."""
+    lanes_of = declare(_library(), "i8_lanes", [])
+    lanes_of.restype = ctypes.c_int
+    return int(lanes_of())
 
 
 @functools.cache

@@ -23,7 +23,6 @@ from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.int8 import ACTIVATION_QMAX, int8_linear_reference
 from sparse_rt.kernels.registry import Config, Kernel, register_kernel
 
-LANES = 32  # rows per activation tile
 ZERO_POINT = ACTIVATION_QMAX + 1
 # Cost of a row beyond its groups (set-up, epilogue, store), in groups, for the task split.
 ROW_OVERHEAD = 4
@@ -101,10 +100,11 @@ def csr_int8_linear(x: torch.Tensor, packed: CsrInt8Packed, gelu: bool = False) 
             pointer(scale), pointer(q), pointer(y),
         )
         return shaped_like(gelu_erf(y) if gelu else y, x)
-    tiles = -(-batch // LANES)
-    scales = torch.zeros(tiles * LANES, dtype=torch.float32)
-    inverses = torch.zeros(tiles * LANES, dtype=torch.float32)
-    xt = torch.empty(tiles * in_features * LANES, dtype=torch.uint8)
+    lanes = native.lanes()
+    tiles = -(-batch // lanes)
+    scales = torch.zeros(tiles * lanes, dtype=torch.float32)
+    inverses = torch.zeros(tiles * lanes, dtype=torch.float32)
+    xt = torch.empty(tiles * in_features * lanes, dtype=torch.uint8)
     native.quantize_tiles()(num_threads, batch, in_features, 0, 0, pointer(rows), pointer(scales), pointer(inverses),
                             pointer(xt))
     native.csr_gemm(packed.index)(

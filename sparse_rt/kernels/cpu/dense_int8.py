@@ -17,7 +17,7 @@ from sparse_rt.kernels.cpu import _int8_native as native
 from sparse_rt.kernels.cpu._launch import bias_of, check_activation, check_cpu, pointer, rows_of, shaped_like, threads
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import Int8DenseOptions, int8_dense_configs, parse_options
-from sparse_rt.kernels.cpu.csr_int8 import LANES, ZERO_POINT
+from sparse_rt.kernels.cpu.csr_int8 import ZERO_POINT
 from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.int8 import int8_linear_reference
 from sparse_rt.kernels.registry import Config, Kernel, register_kernel
@@ -68,10 +68,11 @@ def dense_int8_linear(x: torch.Tensor, packed: DenseInt8Packed, gelu: bool = Fal
                             pointer(packed.scales), pointer(packed.bias), packed.in32, out_features, pointer(scale),
                             pointer(q8), pointer(y))
         return shaped_like(gelu_erf(y) if gelu else y, x)
-    tiles = -(-batch // LANES)
-    scales = torch.zeros(tiles * LANES, dtype=torch.float32)
-    inverses = torch.zeros(tiles * LANES, dtype=torch.float32)
-    quads = torch.empty(tiles * packed.in4 * LANES, dtype=torch.uint8)
+    lanes = native.lanes()
+    tiles = -(-batch // lanes)
+    scales = torch.zeros(tiles * lanes, dtype=torch.float32)
+    inverses = torch.zeros(tiles * lanes, dtype=torch.float32)
+    quads = torch.empty(tiles * packed.in4 * lanes, dtype=torch.uint8)
     native.quantize_tiles()(num_threads, batch, in_features, packed.in4, 1, pointer(rows), pointer(scales),
                             pointer(inverses), pointer(quads))
     native.dense_gemm()(num_threads, packed.rows_per_task, pointer(packed.weight), pointer(packed.compensation),
