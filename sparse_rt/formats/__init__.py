@@ -6,6 +6,7 @@
 from sparse_rt.formats.base import FORMATS, WeightFormat, get_format, register_format
 from sparse_rt.formats.bitmask import BitmaskFormat
 from sparse_rt.formats.bsr import BsrFormat
+from sparse_rt.formats.bsr_int8 import BsrInt8Format
 from sparse_rt.formats.butterfly import ButterflyFormat, butterfly_apply
 from sparse_rt.formats.csr import CsrFormat
 from sparse_rt.formats.csr_int8 import CsrInt8Format
@@ -18,6 +19,7 @@ __all__ = [
     "FORMATS",
     "BitmaskFormat",
     "BsrFormat",
+    "BsrInt8Format",
     "ButterflyFormat",
     "CsrFormat",
     "CsrInt8Format",

@@ -1,7 +1,7 @@
 """Int8 candidates for a layer, and the output error they cost against fp32.
 
 With `convert(..., quantize="int8")` (or a model that arrived quantized) each layer's
-weight is also offered as int8 formats (int8 CSR, int8 dense). Before they are timed,
+weight is also offered as int8 formats (int8 CSR, int8 BSR with 1x4 blocks, int8 dense). Before they are timed,
 the int8 kernel runs once on the tuning input and its output is compared with the fp32
 product x @ W.T + b: the relative error max |y_int8 - y| / max |y|. Above `tolerance`
 the layer stays fp32 and the report says why; otherwise the int8 candidates race the
@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from sparse_rt.formats.base import WeightFormat
+from sparse_rt.formats.bsr_int8 import BsrInt8Format
 from sparse_rt.formats.csr_int8 import CsrInt8Format
 from sparse_rt.formats.dense_int8 import DenseInt8Format
 from sparse_rt.kernels.registry import kernels_for
@@ -26,8 +27,10 @@ QUANTIZE_MODES = (None, "int8")
 # Random Gaussian inputs give 1-2.5% with 7-bit activations; a layer with a few huge
 # weights or activation outliers exceeds 5% and stays fp32.
 DEFAULT_TOLERANCE = 0.05
-# Int8 CSR is a candidate up to this density (int8 dense always is).
+# Int8 CSR is a candidate up to this density (int8 dense always is); int8 BSR up to this
+# share of its 1x4 blocks holding a nonzero (about 0.34 for 90% unstructured).
 INT8_CSR_MAX_DENSITY = 0.5
+INT8_BSR_MAX_BLOCK_DENSITY = 0.5
 # Tokens the error is measured on, when the tuning input has fewer.
 ERROR_ROWS = 64
 
@@ -67,6 +70,9 @@ def int8_formats(weight: torch.Tensor) -> list[WeightFormat]:
     density = float((weight != 0).float().mean()) if weight.numel() else 0.0
     if density <= INT8_CSR_MAX_DENSITY:
         formats.append(CsrInt8Format.from_dense(weight))
+        bsr = BsrInt8Format.from_dense(weight)
+        if bsr.blocks <= INT8_BSR_MAX_BLOCK_DENSITY * weight.shape[0] * (-(-weight.shape[1] // 4)):
+            formats.append(bsr)
     return formats
 
 
@@ -113,8 +119,10 @@ def verdict(chosen: WeightFormat, staying: Precision) -> Precision:
     return staying
 
 
-# Without timing, int8 CSR below this density, int8 dense above (as the fp32 heuristic's rule).
+# Without timing, int8 CSR below this density, int8 dense above (as the fp32 heuristic's rule);
+# below it, int8 BSR where the 1x4 blocks are at least this full (a block-pruned weight).
 HEURISTIC_CSR_MAX_DENSITY = 0.3
+HEURISTIC_BSR_MIN_FILL = 0.75
 
 
 def heuristic_int8(weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device, tolerance: float,
@@ -125,7 +133,11 @@ def heuristic_int8(weight: torch.Tensor, bias: torch.Tensor | None, device: torc
         return fp32, staying
     density = float((weight != 0).float().mean()) if weight.numel() else 0.0
     by_name = {f.name: f for f in formats}
-    fmt = by_name.get("csr_int8") if density <= HEURISTIC_CSR_MAX_DENSITY else None
+    fmt = None
+    if density <= HEURISTIC_CSR_MAX_DENSITY:
+        csr, bsr = by_name.get("csr_int8"), by_name.get("bsr_int8")
+        blocks_full = csr is not None and bsr is not None and csr.nnz >= HEURISTIC_BSR_MIN_FILL * 4 * max(bsr.blocks, 1)
+        fmt = bsr if blocks_full else csr
     fmt = fmt or by_name["dense_int8"]
     kernel = kernels_for(fmt, device)[0]
     return (fmt, kernel.name, kernel.configs(fmt, device)[0]), verdict(fmt, staying)

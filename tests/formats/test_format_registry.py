@@ -8,6 +8,7 @@ from sparse_rt.formats import (
     FORMATS,
     BitmaskFormat,
     BsrFormat,
+    BsrInt8Format,
     ButterflyFormat,
     CsrFormat,
     CsrInt8Format,
@@ -41,6 +42,7 @@ def examples():
             10, 6, torch.rand(2, 10, generator=generator).argsort(dim=1).to(torch.int8), torch.randn(2, 5, 2, 2)
         ),
         CsrInt8Format.from_dense(weight),
+        BsrInt8Format.from_dense(weight),
         DenseInt8Format.from_dense(weight),
     ]
 
@@ -55,10 +57,11 @@ def test_every_format_is_registered_under_its_name():
         "butterfly": ButterflyFormat,
         "permuted": PermutedFormat,
         "csr_int8": CsrInt8Format,
+        "bsr_int8": BsrInt8Format,
         "dense_int8": DenseInt8Format,
     }
     assert get_format("nm") is NmFormat
-    with pytest.raises(ValueError, match=r"unknown weight format 'coo'; known: \['bitmask', 'bsr', 'butterfly', 'csr'"):
+    with pytest.raises(ValueError, match=r"unknown weight format 'coo'; known: \['bitmask', 'bsr', 'bsr_int8', 'butterfly', 'csr'"):
         get_format("coo")
 
 

@@ -5,11 +5,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparse_rt.formats import CsrInt8Format, DenseInt8Format, get_format
+from sparse_rt.formats import BsrInt8Format, CsrInt8Format, DenseInt8Format, get_format
 from sparse_rt.formats.int8 import quantize_per_channel
 from tests.helpers import masked_weight
 
-FORMATS = [CsrInt8Format, DenseInt8Format]
+FORMATS = [CsrInt8Format, BsrInt8Format, DenseInt8Format]
 
 
 def test_quantize_per_channel_by_hand():
@@ -44,6 +44,33 @@ def test_csr_int8_drops_entries_that_quantize_to_zero():
     assert csr.values.tolist() == [127, -64]
     assert csr.scales[1] == 0
     assert csr.nbytes == 3 * 4 + 2 * 1 + 2 * 1 + 2 * 4
+
+
+def test_bsr_int8_keeps_the_quads_holding_a_nonzero():
+    weight = torch.zeros(3, 6)
+    weight[0, 1], weight[0, 5], weight[2, 4] = 1.0, -0.5, 2.0  # quads (0, 0), (0, 1), (2, 1)
+    bsr = BsrInt8Format.from_dense(weight)
+    assert bsr.row_offsets.tolist() == [0, 2, 2, 3]
+    assert bsr.block_columns.tolist() == [0, 1, 1]
+    assert bsr.values.tolist() == [[0, 127, 0, 0], [0, -64, 0, 0], [127, 0, 0, 0]]
+    assert torch.equal(bsr.quantized(), torch.round(bsr.to_dense() / torch.tensor([1 / 127, 1, 2 / 127])[:, None]).to(torch.int8))
+    assert bsr.nbytes == 4 * 8 + 3 * 1 + 3 * 4 + 3 * 4
+
+
+def test_bsr_int8_validation_names_the_field():
+    bsr = BsrInt8Format.from_dense(torch.randn(4, 6))  # 6 inputs: the second block column holds 2
+    arrays = bsr.arrays()
+    padded = arrays["values"].clone()
+    padded[1, 3] = 5
+    with pytest.raises(ValueError, match="bsr_int8 format: expected 0 in the inputs past in_features=6"):
+        BsrInt8Format(shape=(4, 6), row_offsets=arrays["row_offsets"], block_columns=arrays["block_columns"],
+                      values=padded, scales=arrays["scales"])
+    with pytest.raises(ValueError, match=r"bsr_int8 format: expected values of shape \[\*, 4\], got \[8\]"):
+        BsrInt8Format(shape=(4, 6), row_offsets=arrays["row_offsets"], block_columns=arrays["block_columns"],
+                      values=arrays["values"].reshape(-1)[:8], scales=arrays["scales"])
+    with pytest.raises(ValueError, match=r"bsr_int8 format: expected block_columns in \[0, 2\), got 2"):
+        BsrInt8Format(shape=(4, 5), row_offsets=arrays["row_offsets"], block_columns=arrays["block_columns"] + 1,
+                      values=arrays["values"], scales=arrays["scales"])
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)

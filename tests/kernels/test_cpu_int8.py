@@ -1,4 +1,4 @@
-"""CPU int8 kernels (CSR and dense) against the dense int32 reference, every config.
+"""CPU int8 kernels (CSR, BSR 1x4 and dense) against the dense int32 reference, every config.
 
 The reference quantizes x per token exactly as the kernels do and multiplies in int64,
 so the kernels must agree to float rounding of the epilogue: any error in the integer
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparse_rt.formats import CsrInt8Format, DenseInt8Format
+from sparse_rt.formats import BsrInt8Format, CsrInt8Format, DenseInt8Format
 from sparse_rt.kernels.activation import bind_with_activation
 from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.int8 import int8_linear_reference, quantize_activations
@@ -24,7 +24,7 @@ from sparse_rt.kernels.registry import kernels_for
 from tests.helpers import assert_close, masked_weight
 
 CPU = torch.device("cpu")
-FORMATS = {"csr_int8": CsrInt8Format, "dense_int8": DenseInt8Format}
+FORMATS = {"csr_int8": CsrInt8Format, "bsr_int8": BsrInt8Format, "dense_int8": DenseInt8Format}
 # leading dims of x: 1-D, one token, a partial tile, more than one tile, 3-D
 X_SHAPES = [(), (1,), (3,), (33,), (70,), (2, 5)]
 
@@ -42,8 +42,15 @@ def _saturating() -> torch.Tensor:
     return weight
 
 
+def _one_by_four_blocks() -> torch.Tensor:
+    # pruned in aligned blocks of four inputs, 50 inputs: the last block column is partial
+    keep = torch.rand(41, 13, generator=torch.Generator().manual_seed(7)) < 0.3
+    return masked_weight(41, 50, 1.0, seed=7) * keep.repeat_interleave(4, dim=1)[:, :50]
+
+
 WEIGHTS = {
     "odd_with_empty_rows": _with_empty_rows,
+    "one_by_four_blocks": _one_by_four_blocks,
     "skewed_rows": lambda: masked_weight(64, 300, 1.0, seed=1) * (torch.arange(300)[None] < torch.arange(64)[:, None] * 5),
     "all_zero": lambda: torch.zeros(37, 53),
     "all_dense": lambda: masked_weight(48, 40, 1.0, seed=2),
@@ -133,13 +140,13 @@ def test_reference_quantizes_per_token_to_seven_bits():
 # The int8 kernels built for other instruction sets: run where the host can, else compile only.
 OTHER_ISA_SCRIPT = r"""
 import torch
-from sparse_rt.formats import CsrInt8Format, DenseInt8Format
+from sparse_rt.formats import BsrInt8Format, CsrInt8Format, DenseInt8Format
 from sparse_rt.kernels.int8 import int8_linear_reference
 from sparse_rt.kernels.registry import kernels_for
 
 torch.manual_seed(0)
 weight = torch.randn(70, 45) * (torch.rand(70, 45) < 0.3)
-for fmt in (CsrInt8Format.from_dense(weight), DenseInt8Format.from_dense(weight)):
+for fmt in (CsrInt8Format.from_dense(weight), BsrInt8Format.from_dense(weight), DenseInt8Format.from_dense(weight)):
     q = torch.round(fmt.to_dense() / torch.where(fmt.scales > 0, fmt.scales, 1.0)[:, None]).to(torch.int8)
     bias = torch.randn(70)
     for kernel in kernels_for(fmt, "cpu"):

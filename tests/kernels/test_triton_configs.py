@@ -22,6 +22,7 @@ from sparse_rt.formats import (
     NmFormat,
     PermutedFormat,
 )
+from sparse_rt.formats.bsr_int8 import BsrInt8Format
 from sparse_rt.formats.csr_int8 import CsrInt8Format
 from sparse_rt.formats.dense_int8 import DenseInt8Format
 from sparse_rt.kernels.triton import KERNELS
@@ -50,6 +51,7 @@ def _weights() -> dict:
         "dense": DenseFormat.from_dense(masked),
         "csr": CsrFormat.from_dense(masked),
         "csr_int8": CsrInt8Format.from_dense(masked),
+        "bsr_int8": BsrInt8Format.from_dense(masked),
         "dense_int8": DenseInt8Format.from_dense(masked),
         "bsr": BsrFormat.from_dense(masked, block_shape=(16, 16)),
         "nm": NmFormat.from_dense(two_of_four, n=2, m=4),

@@ -1,4 +1,4 @@
-"""Triton int8 kernels (CSR and dense) against the dense int32 reference (interpreter on CPU, compiled on CUDA)."""
+"""Triton int8 kernels (CSR, BSR 1x4 and dense) against the dense int32 reference (interpreter on CPU, compiled on CUDA)."""
 
 import os
 
@@ -9,13 +9,13 @@ if not torch.cuda.is_available():
 
 import pytest
 
-from sparse_rt.formats import CsrInt8Format, DenseInt8Format
+from sparse_rt.formats import BsrInt8Format, CsrInt8Format, DenseInt8Format
 from sparse_rt.kernels.int8 import int8_linear_reference, quantize_activations
 from sparse_rt.kernels.registry import get_kernel
 from sparse_rt.kernels.triton.int8 import quantize_rows
 from tests.helpers import assert_close, masked_weight
 
-FORMATS = {"csr_int8_triton": CsrInt8Format, "dense_int8_triton": DenseInt8Format}
+FORMATS = {"csr_int8_triton": CsrInt8Format, "bsr_int8_triton": BsrInt8Format, "dense_int8_triton": DenseInt8Format}
 X_SHAPES = [(1,), (2, 3)]  # the interpreter runs one program per row of W: few shapes
 
 

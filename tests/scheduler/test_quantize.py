@@ -36,8 +36,9 @@ def test_int8_is_no_candidate_unless_asked(tmp_path):
 def test_int8_wins_when_fastest_and_accurate(tmp_path):
     layer = LinearLayer("l", sparse_weight(), np.ones(64, np.float32))
     choice = tune_layer(layer, CPU, {8: 1.0}, TuningCache(tmp_path / "c"), int8_fastest, quantize="int8")
-    assert choice.weight.name in ("csr_int8", "dense_int8")
+    assert choice.weight.name in ("csr_int8", "bsr_int8", "dense_int8")
     assert any(label.startswith("csr_int8") for label in choice.timings)
+    assert any(label.startswith("bsr_int8") for label in choice.timings)  # 34% of its quads hold a nonzero
     verdict = Precision.from_json(choice.quantization)
     assert verdict.precision == "int8" and 0 < verdict.error < verdict.tolerance
 
@@ -69,6 +70,14 @@ def test_heuristic_picks_int8_by_density(density, expected):
     assert Precision.from_json(choice.quantization).precision == "int8"
     strict = make_chooser(CPU, [8], tune=False, quantize="int8", tolerance=1e-6)(LinearLayer("l", sparse_weight(), None))
     assert not strict.weight.name.endswith("_int8")
+
+
+def test_heuristic_picks_int8_bsr_for_weights_pruned_in_one_by_four_blocks():
+    rng = np.random.default_rng(3)
+    keep = (rng.random((64, 24)) < 0.15).repeat(4, axis=1)
+    weight = (rng.standard_normal((64, 96)) * keep).astype(np.float32)
+    choice = make_chooser(CPU, [8], tune=False, quantize="int8")(LinearLayer("l", weight, None))
+    assert choice.weight.name == "bsr_int8" and choice.kernel == "bsr_int8_cpu"
 
 
 def test_bad_quantize_options():

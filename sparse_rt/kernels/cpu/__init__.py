@@ -5,4 +5,4 @@ shared caller-helps thread pool (`_pool`); `heuristic.pick_cpu_kernel` chooses a
 them without timing.
 """
 
-from sparse_rt.kernels.cpu import bitmask, bsr, butterfly, csr, csr_int8, dense, dense_int8, nm, permuted  # noqa: F401
+from sparse_rt.kernels.cpu import bitmask, bsr, bsr_int8, butterfly, csr, csr_int8, dense, dense_int8, nm, permuted  # noqa: F401

@@ -1,4 +1,4 @@
-"""C kernels for int8 linear layers (int8 CSR and int8 dense weights).
+"""C kernels for int8 linear layers (int8 CSR, int8 BSR with 1x4 blocks and int8 dense weights).
 
 Arithmetic (the same on every instruction set, so results do not depend on the host):
 activations are quantized per token (row of x), symmetric, to 7 bits:
@@ -15,17 +15,17 @@ saturation (2 * 127 * 128 < 32768): activations are stored as u8 = q + 64 (zero 
 Layouts (batched kernels, rows cut into tiles of I8_LANES rows: 64 where the host has
 AVX-512, one 512-bit register of bytes, else 32; `lanes()` tells which):
   column tiles (CSR):  u8 [tiles, in, lanes]; tile t, column c holds its rows' bytes.
-  quad tiles (dense):  u8 [tiles, in4 / 4, 4 * lanes]; four consecutive columns of the
+  quad tiles (dense, BSR): u8 [tiles, in4 / 4, 4 * lanes]; four consecutive columns of the
                        tile's rows, each row's 4 bytes together, in `_i8_quads`' order.
 A group of 4 nonzeros of a CSR row gathers its 4 columns from the column tile and
-interleaves them into quads in registers; dense weights find them ready made. A quad
-of activations times 4 weight bytes is one `vpdpbusd` with AVX-512 VNNI or AVX-VNNI,
+interleaves them into quads in registers; dense weights and 1x4 blocks (BSR) find them
+ready made in the quad tiles. A quad of activations times 4 weight bytes is one `vpdpbusd` with AVX-512 VNNI or AVX-VNNI,
 else `vpmaddubsw` + `vpmaddwd` (by ones) + add; without AVX2 the same sums are plain C.
 With AVX-512 the registers are 512 bits wide: every shuffle that builds quads serves 64
 rows, not 32.
 
 Batch 1 runs gather/dot-product kernels over the token's q (int32 for CSR, u8 + 64
-padded to 32 columns for dense).
+padded to 32 columns for dense and BSR, whose blocks gather their quads as int32).
 """
 
 from __future__ import annotations
@@ -527,6 +527,116 @@ void i8_dense_gemv(int num_threads, int64_t rows_per_task, const int8_t* weight,
                                rows_per_task, 0};
     sr_parallel_for(num_threads, (out + rows_per_task - 1) / rows_per_task, _i8_dense_gemv_task, &job);
 }
+
+/* ---------------------------------------------------------------- int8 BSR, 1x4 blocks */
+
+/* block_offsets [out + 1], block_columns [blocks] (uint16 or int32, the block's input / 4),
+   values int8 [blocks * 4], compensation [out] = 64 * row sum, w_scales [out]. Batched: the
+   dense kernel's quad tiles (in4 = 4 * quads); one token: u8 q + 64 [in32]. */
+struct i8_bsr_job {
+    const int64_t *task_rows, *block_offsets;
+    const void* block_columns;
+    const int8_t* values;
+    const int32_t* compensation;
+    const float *w_scales, *bias, *x_scales;
+    const uint8_t* x;
+    float* y;
+    int64_t rows, quads, out;
+    int gelu;
+};
+
+#define DEFINE_I8_BSR(IDX, ITYPE)                                                               \
+static void _i8_bsr_gemm_task_##IDX(void* context, int64_t t, int worker) {                     \
+    const struct i8_bsr_job* job = (const struct i8_bsr_job*)context;                           \
+    const ITYPE* columns = (const ITYPE*)job->block_columns;                                    \
+    int64_t r_begin = job->task_rows[t], r_end = job->task_rows[t + 1];                         \
+    float tile[I8_ROW_GROUP * I8_LANES] __attribute__((aligned(64)));                           \
+    for (int64_t b0 = 0; b0 < job->rows; b0 += I8_LANES) {                                      \
+        const uint8_t* xq = job->x + b0 / I8_LANES * job->quads * 4 * I8_LANES;                 \
+        int lanes = (int)(job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES);               \
+        for (int64_t r = r_begin; r < r_end; r++) {                                             \
+            int64_t g = (r - r_begin) % I8_ROW_GROUP;                                           \
+            float bias = job->bias ? job->bias[r] : 0.0f;                                       \
+            I8_BSR_ROW(ITYPE)                                                                   \
+            if (g == I8_ROW_GROUP - 1 || r == r_end - 1)                                        \
+                _i8_store(tile, g + 1, lanes, job->gelu, job->y, job->out, r - g, b0);          \
+        }                                                                                       \
+    }                                                                                           \
+}                                                                                               \
+static void _i8_bsr_gemv_task_##IDX(void* context, int64_t t, int worker) {                     \
+    const struct i8_bsr_job* job = (const struct i8_bsr_job*)context;                           \
+    const ITYPE* columns = (const ITYPE*)job->block_columns;                                    \
+    const uint8_t* x = job->x;                                                                  \
+    for (int64_t r = job->task_rows[t]; r < job->task_rows[t + 1]; r++) {                       \
+        int64_t k = job->block_offsets[r], end = job->block_offsets[r + 1];                     \
+        int32_t acc = 0;                                                                        \
+        I8_BSR_GEMV(ITYPE)                                                                      \
+        for (; k < end; k++) {                                                                  \
+            const uint8_t* a = x + 4 * (int64_t)columns[k];                                     \
+            const int8_t* w = job->values + 4 * k;                                              \
+            acc += w[0] * a[0] + w[1] * a[1] + w[2] * a[2] + w[3] * a[3];                       \
+        }                                                                                       \
+        job->y[r] = (float)(acc - job->compensation[r]) * (job->x_scales[0] * job->w_scales[r]) \
+                    + (job->bias ? job->bias[r] : 0.0f);                                        \
+    }                                                                                           \
+}                                                                                               \
+void i8_bsr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
+                       const int64_t* block_offsets, const ITYPE* block_columns,                \
+                       const int8_t* values, const int32_t* compensation, const float* w_scales, \
+                       const float* bias, int64_t rows, int64_t quads, int64_t out,             \
+                       const float* x_scales, const uint8_t* xq, float* y, int gelu) {          \
+    struct i8_bsr_job job = {task_rows, block_offsets, block_columns, values, compensation,     \
+                             w_scales, bias, x_scales, xq, y, rows, quads, out, gelu};          \
+    sr_parallel_for(num_threads, tasks, _i8_bsr_gemm_task_##IDX, &job);                         \
+}                                                                                               \
+void i8_bsr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
+                       const int64_t* block_offsets, const ITYPE* block_columns,                \
+                       const int8_t* values, const int32_t* compensation, const float* w_scales, \
+                       const float* bias, int64_t out, const float* x_scale, const uint8_t* x,  \
+                       float* y) {                                                              \
+    struct i8_bsr_job job = {task_rows, block_offsets, block_columns, values, compensation,     \
+                             w_scales, bias, x_scale, x, y, 1, 0, out, 0};                      \
+    sr_parallel_for(num_threads, tasks, _i8_bsr_gemv_task_##IDX, &job);                         \
+}
+
+#if defined(__AVX2__)
+/* A block times the quad of its four inputs, as it stands in the quad tile: no shuffles. */
+#define I8_BSR_ROW(ITYPE)                                                                       \
+    qv acc[4] = {qv_zero(), qv_zero(), qv_zero(), qv_zero()};                                   \
+    for (int64_t k = job->block_offsets[r]; k < job->block_offsets[r + 1]; k++) {               \
+        qv w = qv_set1(job->values + 4 * k);                                                    \
+        const uint8_t* a = xq + (int64_t)columns[k] * 4 * I8_LANES;                             \
+        for (int v = 0; v < 4; v++) acc[v] = _i8_dot4(acc[v], qv_load(a + v * I8_LANES), w);   \
+    }                                                                                           \
+    _i8_finish(acc, job->compensation[r], job->w_scales[r], job->x_scales + b0, bias, tile + g * I8_LANES);
+/* eight blocks at a time: their input quads gathered as int32, one 4-wide dot product each */
+#define I8_BSR_GEMV(ITYPE)                                                                      \
+    __m256i acc8 = _mm256_setzero_si256();                                                      \
+    for (; k + 8 <= end; k += 8) {                                                              \
+        __m256i quads = _mm256_i32gather_epi32((const int*)x, I8_LOAD_INDEX_##ITYPE(columns + k), 4); \
+        acc8 = _i8_dot4_256(acc8, quads, _mm256_loadu_si256((const __m256i*)(job->values + 4 * k))); \
+    }                                                                                           \
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc8), _mm256_extracti128_si256(acc8, 1));  \
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));                                           \
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));                                           \
+    acc = _mm_cvtsi128_si32(s);
+#else
+#define I8_BSR_ROW(ITYPE)                                                                       \
+    int32_t acc[I8_LANES] = {0};                                                                \
+    for (int64_t k = job->block_offsets[r]; k < job->block_offsets[r + 1]; k++) {               \
+        const uint8_t* a = xq + (int64_t)columns[k] * 4 * I8_LANES;                             \
+        const int8_t* w = job->values + 4 * k;                                                  \
+        for (int l = 0; l < I8_LANES; l++)                                                      \
+            acc[l] += w[0] * a[4 * l] + w[1] * a[4 * l + 1] + w[2] * a[4 * l + 2] + w[3] * a[4 * l + 3]; \
+    }                                                                                           \
+    for (int l = 0; l < I8_LANES; l++)                                                          \
+        tile[g * I8_LANES + l] = (float)(acc[l] - job->compensation[r])                         \
+            * (job->x_scales[b0 + l] * job->w_scales[r]) + bias;
+#define I8_BSR_GEMV(ITYPE)
+#endif
+
+DEFINE_I8_BSR(u16, uint16_t)
+DEFINE_I8_BSR(i32, int32_t)
 """
 
 _P = ctypes.c_void_p
@@ -572,6 +682,20 @@ def csr_gemv(index: str):
     """`i8_csr_gemv_<index>`: (threads, tasks, task_rows, group_offsets, columns, values,
     w_scales, bias or None, in, out, x_scale [1], q int32 [in], y)."""
     return declare(_library(), f"i8_csr_gemv_{index}", [_INT, _I, _P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P])
+
+
+@functools.cache
+def bsr_gemm(index: str):
+    """`i8_bsr_gemm_<index>`: (threads, tasks, task_rows, block_offsets, block_columns, values,
+    compensation, w_scales, bias or None, rows, quads, out, x_scales, quad tiles, y, gelu)."""
+    return declare(_library(), f"i8_bsr_gemm_{index}", [_INT, _I, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _INT])
+
+
+@functools.cache
+def bsr_gemv(index: str):
+    """`i8_bsr_gemv_<index>`: (threads, tasks, task_rows, block_offsets, block_columns, values,
+    compensation, w_scales, bias or None, out, x_scale [1], x u8 [in32], y)."""
+    return declare(_library(), f"i8_bsr_gemv_{index}", [_INT, _I, _P, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P])
 
 
 @functools.cache

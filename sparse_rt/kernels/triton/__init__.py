@@ -50,5 +50,6 @@ KERNELS = [
         Kernel("permuted_triton", "permuted", "triton", bind_permuted, configs.permuted_configs, _on_device)
     ),
     register_kernel(Kernel("csr_int8_triton", "csr_int8", "triton", bind_int8, int8_configs, _on_device)),
+    register_kernel(Kernel("bsr_int8_triton", "bsr_int8", "triton", bind_int8, int8_configs, _on_device)),
     register_kernel(Kernel("dense_int8_triton", "dense_int8", "triton", bind_int8, int8_configs, _on_device)),
 ]

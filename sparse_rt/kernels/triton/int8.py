@@ -1,8 +1,10 @@
-"""Int8 CSR and int8 dense linear on Triton: y = x @ W.T + b with W in CsrInt8Format / DenseInt8Format.
+"""Int8 CSR, BSR (1x4) and dense linear on Triton: y = x @ W.T + b with W in CsrInt8Format,
+BsrInt8Format or DenseInt8Format.
 
 `quantize_rows` quantizes x per token into a transposed int8 [in, batch] tensor and its
 scales (one program per token); the CSR kernel then runs one row of W against a batch
-tile per program, the dense kernel int8 `tl.dot` tiles, both accumulating in int32 and
+tile per program (a 1x4 block is four consecutive entries of its row there), the dense
+kernel int8 `tl.dot` tiles, both accumulating in int32 and
 dequantizing in the epilogue. The arithmetic, and the reference these are tested
 against, is `sparse_rt.kernels.int8`. GELU, where fused, runs after the kernel.
 """
@@ -69,11 +71,26 @@ class Int8Packed:
     bias: torch.Tensor | None
 
 
+def _csr_arrays(row_offsets: torch.Tensor, column_indices: torch.Tensor, values: torch.Tensor) -> dict[str, torch.Tensor]:
+    lengths = row_offsets.diff()
+    return {"row_order": torch.argsort(lengths, descending=True, stable=True).to(torch.int32),
+            "row_offsets": row_offsets, "column_indices": column_indices, "values": values}
+
+
+def _bsr_as_csr(weight) -> dict[str, torch.Tensor]:
+    """A 1x4-block weight as the CSR kernel's arrays: each block four consecutive entries (the
+    inputs past in_features of a last partial block hold 0 and read the last input)."""
+    in_features = weight.shape[1]
+    columns = weight.block_columns.to(torch.int64)[:, None] * 4 + torch.arange(4)
+    columns = columns.clamp(max=in_features - 1).reshape(-1).to(torch.int32)
+    return _csr_arrays(weight.row_offsets.to(torch.int64) * 4, columns, weight.values.reshape(-1))
+
+
 def pack_int8(weight, bias: torch.Tensor | None, device: torch.device) -> Int8Packed:
     if weight.name == "csr_int8":
-        lengths = weight.row_offsets.diff()
-        arrays = {"row_order": torch.argsort(lengths, descending=True, stable=True).to(torch.int32),
-                  "row_offsets": weight.row_offsets, "column_indices": weight.column_indices, "values": weight.values}
+        arrays = _csr_arrays(weight.row_offsets, weight.column_indices, weight.values)
+    elif weight.name == "bsr_int8":
+        arrays = _bsr_as_csr(weight)
     else:
         arrays = {"weight": weight.weight}
     return Int8Packed(
@@ -113,7 +130,7 @@ def int8_linear(x: torch.Tensor, packed: Int8Packed, options: Int8Options) -> to
 
 
 def bind_int8(weight, bias: torch.Tensor | None, config: Config, device: torch.device):
-    """Kernel.bind for csr_int8 and dense_int8: pack once, return x -> int8_linear(x)."""
+    """Kernel.bind for csr_int8, bsr_int8 and dense_int8: pack once, return x -> int8_linear(x)."""
     options = parse_options(Int8Options, config)
     packed = pack_int8(weight, bias, torch.device(device))
     return lambda x: int8_linear(x, packed, options)
