@@ -12,6 +12,8 @@ the runtime, never an accepted outcome.
     graphs    random graphs of supported ops (sparse linear layers among them), random
               shapes: sparse_rt (converted, lowered) equals onnxruntime; bad feeds get
               a clean error
+    int8      every CPU int8 kernel (CSR, BSR 1x4, dense) the same way, against the int32
+              reference of `sparse_rt.kernels.int8`, tokens with NaN and Inf among the inputs
     files     a saved sparse model truncated, with bytes flipped, or with its nodes,
               attributes and arrays mutated: loading and running either works or
               raises a clean error
@@ -215,7 +217,7 @@ _FIELD_VALUES = {
 @dataclass
 class KernelCase:
     fmt: Any
-    weight: torch.Tensor
+    weight: torch.Tensor | None  # dense (float) or, for int8 formats, the int8 values
     kernel: str
     config: dict
     bias: torch.Tensor | None
@@ -235,10 +237,19 @@ def kernel_cases(draw) -> KernelCase:
     else:  # any config the options accept, not only the tuning space's
         options = _OPTIONS[kernel.name]
         config = {f.name: draw(_FIELD_VALUES[f.name]) for f in fields(options)}
+    case = draw(kernel_cases_for(fmt, kernel.name, config))
+    case.weight = weight
+    return case
+
+
+@st.composite
+def kernel_cases_for(draw, fmt, kernel: str, config: dict) -> KernelCase:
+    """Bias, activation, threads and an input (odd shapes, or one the kernel must refuse) for
+    `kernel` over `fmt`; the case's weight is left for the caller (None)."""
     out_features, in_features = fmt.shape
     bias = torch.randn(out_features) if draw(st.booleans()) else None
     activation = draw(st.sampled_from([None, "gelu"]))
-    leading = draw(st.sampled_from([(), (0,), (1,), (2,), (3,), (7,), (17,), (33,), (2, 3), (1, 1, 5)]))
+    leading = draw(st.sampled_from([(), (0,), (1,), (2,), (3,), (7,), (17,), (33,), (70,), (2, 3), (1, 1, 5)]))
     x = torch.randn(*leading, in_features, generator=torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1))))
     bad = draw(st.sampled_from(["none"] * 6 + ["transposed", "float64", "int32", "width", "scalar", "strided"]))
     if bad == "transposed" and x.dim() == 2:
@@ -254,10 +265,21 @@ def kernel_cases(draw) -> KernelCase:
     elif bad == "strided":
         x = torch.randn(*leading, 2 * in_features)[..., ::2]
     threads = draw(st.sampled_from([1, 2, 3]))
-    return KernelCase(fmt, weight, kernel.name, config, bias, activation, x, threads)
+    return KernelCase(fmt, None, kernel, config, bias, activation, x, threads)
 
 
-def check_kernel(case: KernelCase) -> None:
+def dense_reference(case: KernelCase) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x -> the float64 product with the case's dense weight, bias added, GELU'd where fused."""
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        y = x.double() @ case.weight.double().T
+        if case.bias is not None:
+            y = y + case.bias.double()
+        return torch.nn.functional.gelu(y) if case.activation == "gelu" else y
+    return reference
+
+
+def check_kernel(case: KernelCase, reference: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 rtol: float = 2e-4) -> None:
     from sparse_rt.kernels.activation import bind_with_activation
     from sparse_rt.kernels.registry import get_kernel
 
@@ -281,13 +303,50 @@ def check_kernel(case: KernelCase) -> None:
     finally:
         torch.set_num_threads(previous)
     assert takes, f"{case.kernel} took an input it should refuse: {x.dtype} {list(x.shape)}"
-    reference = x.double() @ case.weight.double().T
-    if case.bias is not None:
-        reference = reference + case.bias.double()
-    if case.activation == "gelu":
-        reference = torch.nn.functional.gelu(reference)
+    expected = (reference or dense_reference(case))(x)
     assert y.dtype == torch.float32
-    assert_close(y.detach().numpy(), reference.numpy(), f"{case.kernel} {case.config}")
+    assert_close(y.detach().numpy(), expected.numpy(), f"{case.kernel} {case.config}", rtol=rtol)
+
+
+# -- int8 kernels ---------------------------------------------------------------------------
+
+_INT8_OPTIONS = {
+    "csr_int8_cpu": cpu_configs.Int8CsrOptions,
+    "bsr_int8_cpu": cpu_configs.Int8CsrOptions,
+    "dense_int8_cpu": cpu_configs.Int8DenseOptions,
+}
+
+
+@st.composite
+def int8_kernel_cases(draw) -> KernelCase:
+    """A KernelCase of an int8 format (its `weight` the int8 values q [out, in])."""
+    from sparse_rt.formats import BsrInt8Format, CsrInt8Format, DenseInt8Format
+
+    weight = draw(masked_weights())
+    if draw(st.booleans()):  # pruned in 1x4 blocks, as BSR int8 stores them exactly
+        weight = _block_weight(weight, (1, 4), draw(st.integers(0, 2**31 - 1)))
+    cls = draw(st.sampled_from([CsrInt8Format, BsrInt8Format, DenseInt8Format]))
+    fmt = cls.from_dense(weight)
+    kernel = draw(st.sampled_from(kernels_for(fmt, "cpu")))
+    if draw(st.booleans()):
+        config = draw(st.sampled_from(kernel.configs(fmt, torch.device("cpu"))))
+    else:
+        config = {f.name: draw(_FIELD_VALUES[f.name]) for f in fields(_INT8_OPTIONS[kernel.name])}
+    case = draw(kernel_cases_for(fmt, kernel.name, config))
+    case.weight = torch.round(fmt.to_dense() / torch.where(fmt.scales > 0, fmt.scales, 1.0)[:, None]).to(torch.int8)
+    if case.x.dtype == torch.float32 and case.x.numel() > 1 and draw(st.booleans()):
+        case.x = case.x.clone()
+        case.x.view(-1)[draw(st.integers(0, case.x.numel() - 1))] = draw(st.sampled_from([float("nan"), float("inf")]))
+    return case
+
+
+def check_int8_kernel(case: KernelCase) -> None:
+    from sparse_rt.kernels.int8 import int8_linear_reference
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        y = int8_linear_reference(x, case.weight, case.fmt.scales, case.bias).double()
+        return torch.nn.functional.gelu(y) if case.activation == "gelu" else y
+    check_kernel(case, reference, rtol=1e-5)
 
 
 # -- graphs ---------------------------------------------------------------------------------
@@ -726,6 +785,7 @@ def check_file(case: FileCase) -> None:
 PROPERTIES: dict[str, tuple[Callable[[], st.SearchStrategy], Callable[[Any], None]]] = {
     "formats": (format_cases, check_format),
     "kernels": (kernel_cases, check_kernel),
+    "int8": (int8_kernel_cases, check_int8_kernel),
     "graphs": (graph_cases, check_graph),
     "files": (file_cases, check_file),
 }

@@ -13,10 +13,12 @@ from tests.fuzz.cases import (
     check_file,
     check_format,
     check_graph,
+    check_int8_kernel,
     check_kernel,
     file_cases,
     format_cases,
     graph_cases,
+    int8_kernel_cases,
     kernel_cases,
 )
 
@@ -35,6 +37,12 @@ def test_formats_round_trip(case):
 @given(kernel_cases())
 def test_kernels_match_the_dense_reference(case):
     check_kernel(case)
+
+
+@settings(BOUNDED, max_examples=100)
+@given(int8_kernel_cases())
+def test_int8_kernels_match_the_int32_reference(case):
+    check_int8_kernel(case)
 
 
 @settings(BOUNDED, max_examples=40)
