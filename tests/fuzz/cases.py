@@ -336,7 +336,8 @@ def int8_kernel_cases(draw) -> KernelCase:
     case.weight = torch.round(fmt.to_dense() / torch.where(fmt.scales > 0, fmt.scales, 1.0)[:, None]).to(torch.int8)
     if case.x.dtype == torch.float32 and case.x.numel() > 1 and draw(st.booleans()):
         case.x = case.x.clone()
-        case.x.view(-1)[draw(st.integers(0, case.x.numel() - 1))] = draw(st.sampled_from([float("nan"), float("inf")]))
+        where = np.unravel_index(draw(st.integers(0, case.x.numel() - 1)), tuple(case.x.shape))
+        case.x[tuple(int(i) for i in where)] = draw(st.sampled_from([float("nan"), float("inf")]))
     return case
 
 
