@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from sparse_rt.formats.base import WeightFormat
-from sparse_rt.formats.bsr_int8 import BsrInt8Format
+from sparse_rt.formats.bsr_int8 import BsrInt8Format, quads_of
 from sparse_rt.formats.csr_int8 import CsrInt8Format
 from sparse_rt.formats.dense_int8 import DenseInt8Format
 from sparse_rt.kernels.registry import kernels_for
@@ -71,7 +71,7 @@ def int8_formats(weight: torch.Tensor) -> list[WeightFormat]:
     if density <= INT8_CSR_MAX_DENSITY:
         formats.append(CsrInt8Format.from_dense(weight))
         bsr = BsrInt8Format.from_dense(weight)
-        if bsr.blocks <= INT8_BSR_MAX_BLOCK_DENSITY * weight.shape[0] * (-(-weight.shape[1] // 4)):
+        if bsr.blocks <= INT8_BSR_MAX_BLOCK_DENSITY * weight.shape[0] * quads_of(weight.shape[1]):
             formats.append(bsr)
     return formats
 

@@ -33,6 +33,9 @@ from __future__ import annotations
 import ctypes
 import functools
 
+import torch
+
+from sparse_rt.kernels.cpu._launch import pointer
 from sparse_rt.kernels.cpu._native import declare, load_library
 from sparse_rt.kernels.cpu.gelu import GELU_SOURCE
 
@@ -241,6 +244,14 @@ static inline __m256i _i8_dot4_256(__m256i acc, __m256i u8, __m256i s8) {
 }
 #endif
 
+/* the sum of the 8 int32 lanes */
+static inline int32_t _i8_sum256(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
 #if defined(I8_WIDE)
 #if defined(__AVX512VNNI__)
 static inline qv _i8_dot4(qv acc, qv u8, qv s8) { return _mm512_dpbusd_epi32(acc, u8, s8); }
@@ -299,13 +310,14 @@ static void _i8_store(float* tile, int64_t group, int lanes, int gelu, float* y,
         for (int64_t g = 0; g < group; g++) y[(b0 + l) * out + r0 + g] = tile[g * I8_LANES + l];
 }
 
-/* ---------------------------------------------------------------- int8 CSR */
+/* ---------------------------------------------------------------- sparse int8 (CSR, BSR) */
 
-/* Rows padded to groups of 4 nonzeros (padding: weight 0, a valid column).
-   group_offsets [out + 1] (in groups), columns [groups * 4] (uint16 or int32), values int8
-   [groups * 4], compensation [out] = 64 * row sum of values, w_scales [out]. */
-struct i8_csr_job {
-    const int64_t *task_rows, *group_offsets;
+/* A sparse int8 weight: offsets [out + 1] (of a row's CSR groups or BSR blocks), columns
+   (uint16 or int32), values int8, compensation [out] = 64 * row sum of values, w_scales
+   [out]. xt: the activation tiles, `in` bytes per row of a tile (BSR: 4 * quads), or
+   one token's u8 q + 64 (BSR GEMV); q: one token's int32 q (CSR GEMV). */
+struct i8_sparse_job {
+    const int64_t *task_rows, *offsets;
     const void* columns;
     const int8_t* values;
     const int32_t* compensation;
@@ -317,30 +329,39 @@ struct i8_csr_job {
     int gelu;
 };
 
-#define DEFINE_I8_CSR(IDX, ITYPE)                                                               \
-static void _i8_csr_gemm_task_##IDX(void* context, int64_t t, int worker) {                     \
-    const struct i8_csr_job* job = (const struct i8_csr_job*)context;                           \
+/* The batched task `_i8_<NAME>_gemm_task_<IDX>`: every tile of I8_LANES rows against the
+   task's output rows, ROW(ITYPE) computing row r's tile into the group buffer. */
+#define DEFINE_I8_SPARSE_GEMM_TASK(NAME, ROW, IDX, ITYPE)                                       \
+static void _i8_##NAME##_gemm_task_##IDX(void* context, int64_t t, int worker) {                \
+    const struct i8_sparse_job* job = (const struct i8_sparse_job*)context;                     \
     const ITYPE* columns = (const ITYPE*)job->columns;                                          \
     int64_t r_begin = job->task_rows[t], r_end = job->task_rows[t + 1];                         \
     float tile[I8_ROW_GROUP * I8_LANES] __attribute__((aligned(64)));                           \
     for (int64_t b0 = 0; b0 < job->rows; b0 += I8_LANES) {                                      \
-        const uint8_t* xt = job->xt + b0 * job->in;  /* [in, 32] */                             \
+        const uint8_t* xt = job->xt + b0 * job->in;  /* this tile */                            \
         int lanes = (int)(job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES);               \
         for (int64_t r = r_begin; r < r_end; r++) {                                             \
             int64_t g = (r - r_begin) % I8_ROW_GROUP;                                           \
             float bias = job->bias ? job->bias[r] : 0.0f;                                       \
-            I8_CSR_ROW(ITYPE)                                                                   \
+            ROW(ITYPE)                                                                          \
             if (g == I8_ROW_GROUP - 1 || r == r_end - 1)                                        \
                 _i8_store(tile, g + 1, lanes, job->gelu, job->y, job->out, r - g, b0);          \
         }                                                                                       \
     }                                                                                           \
-}                                                                                               \
+}
+
+/* ---------------------------------------------------------------- int8 CSR */
+
+/* Rows padded to groups of 4 nonzeros (padding: weight 0, a valid column); offsets count
+   groups, columns and values [groups * 4]. */
+#define DEFINE_I8_CSR(IDX, ITYPE)                                                               \
+DEFINE_I8_SPARSE_GEMM_TASK(csr, I8_CSR_ROW, IDX, ITYPE)                                         \
 static void _i8_csr_gemv_task_##IDX(void* context, int64_t t, int worker) {                     \
-    const struct i8_csr_job* job = (const struct i8_csr_job*)context;                           \
+    const struct i8_sparse_job* job = (const struct i8_sparse_job*)context;                     \
     const ITYPE* columns = (const ITYPE*)job->columns;                                          \
     const int32_t* q = job->q;                                                                  \
     for (int64_t r = job->task_rows[t]; r < job->task_rows[t + 1]; r++) {                       \
-        int64_t k = job->group_offsets[r] * 4, end = job->group_offsets[r + 1] * 4;             \
+        int64_t k = job->offsets[r] * 4, end = job->offsets[r + 1] * 4;                         \
         int32_t acc = 0;                                                                        \
         I8_CSR_GEMV(ITYPE)                                                                      \
         for (; k < end; k++) acc += (int32_t)job->values[k] * q[columns[k]];                    \
@@ -351,7 +372,7 @@ static void _i8_csr_gemv_task_##IDX(void* context, int64_t t, int worker) {     
 #if defined(__AVX2__)
 #define I8_CSR_ROW(ITYPE)                                                                       \
     qv acc[4] = {qv_zero(), qv_zero(), qv_zero(), qv_zero()};                                   \
-    for (int64_t k = job->group_offsets[r] * 4; k < job->group_offsets[r + 1] * 4; k += 4) {    \
+    for (int64_t k = job->offsets[r] * 4; k < job->offsets[r + 1] * 4; k += 4) {                \
         qv w = qv_set1(job->values + k);                                                        \
         qv quads[4];                                                                            \
         _i8_quads(qv_load(xt + (int64_t)columns[k] * I8_LANES),                                 \
@@ -369,16 +390,13 @@ static void _i8_csr_gemv_task_##IDX(void* context, int64_t t, int worker) {     
         __m256i w = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(job->values + k)));   \
         acc8 = _mm256_add_epi32(acc8, _mm256_mullo_epi32(_mm256_i32gather_epi32(q, idx, 4), w)); \
     }                                                                                           \
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc8), _mm256_extracti128_si256(acc8, 1));  \
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));                                           \
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));                                           \
-    acc = _mm_cvtsi128_si32(s);
+    acc = _i8_sum256(acc8);
 #define I8_LOAD_INDEX_uint16_t(p) _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p)))
 #define I8_LOAD_INDEX_int32_t(p) _mm256_loadu_si256((const __m256i*)(p))
 #else
 #define I8_CSR_ROW(ITYPE)                                                                       \
     int32_t acc[I8_LANES] = {0};                                                                \
-    for (int64_t k = job->group_offsets[r] * 4; k < job->group_offsets[r + 1] * 4; k++) {       \
+    for (int64_t k = job->offsets[r] * 4; k < job->offsets[r + 1] * 4; k++) {                   \
         const uint8_t* column = xt + (int64_t)columns[k] * I8_LANES;                            \
         int32_t w = job->values[k];                                                             \
         for (int l = 0; l < I8_LANES; l++) acc[l] += w * (int32_t)column[l];                    \
@@ -398,7 +416,7 @@ void i8_csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,
                        const int32_t* compensation, const float* w_scales, const float* bias,   \
                        int64_t rows, int64_t in, int64_t out, const float* x_scales,            \
                        const uint8_t* xt, float* y, int gelu) {                                 \
-    struct i8_csr_job job = {task_rows, group_offsets, columns, values, compensation, w_scales,  \
+    struct i8_sparse_job job = {task_rows, group_offsets, columns, values, compensation, w_scales, \
                              bias, x_scales, xt, NULL, y, rows, in, out, gelu};                 \
     sr_parallel_for(num_threads, tasks, _i8_csr_gemm_task_##IDX, &job);                         \
 }                                                                                               \
@@ -406,7 +424,7 @@ void i8_csr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,
                        const int64_t* group_offsets, const ITYPE* columns, const int8_t* values, \
                        const float* w_scales, const float* bias, int64_t in, int64_t out,       \
                        const float* x_scale, const int32_t* q, float* y) {                      \
-    struct i8_csr_job job = {task_rows, group_offsets, columns, values, NULL, w_scales, bias,    \
+    struct i8_sparse_job job = {task_rows, group_offsets, columns, values, NULL, w_scales, bias, \
                              x_scale, NULL, q, y, 1, in, out, 0};                               \
     sr_parallel_for(num_threads, tasks, _i8_csr_gemv_task_##IDX, &job);                         \
 }
@@ -509,10 +527,7 @@ static void _i8_dense_gemv_task(void* context, int64_t t, int worker) {
         __m256i a = _mm256_setzero_si256();
         for (; k < job->in32; k += 32)
             a = _i8_dot4_256(a, _mm256_loadu_si256((const __m256i*)(job->x + k)), _mm256_loadu_si256((const __m256i*)(w + k)));
-        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-        acc = _mm_cvtsi128_si32(s);
+        acc = _i8_sum256(a);
 #endif
         for (; k < job->in32; k++) acc += (int32_t)w[k] * job->x[k];
         job->y[r] = (float)(acc - job->compensation[r]) * (job->x_scales[0] * job->w_scales[r])
@@ -530,45 +545,17 @@ void i8_dense_gemv(int num_threads, int64_t rows_per_task, const int8_t* weight,
 
 /* ---------------------------------------------------------------- int8 BSR, 1x4 blocks */
 
-/* block_offsets [out + 1], block_columns [blocks] (uint16 or int32, the block's input / 4),
-   values int8 [blocks * 4], compensation [out] = 64 * row sum, w_scales [out]. Batched: the
-   dense kernel's quad tiles (in4 = 4 * quads); one token: u8 q + 64 [in32]. */
-struct i8_bsr_job {
-    const int64_t *task_rows, *block_offsets;
-    const void* block_columns;
-    const int8_t* values;
-    const int32_t* compensation;
-    const float *w_scales, *bias, *x_scales;
-    const uint8_t* x;
-    float* y;
-    int64_t rows, quads, out;
-    int gelu;
-};
-
+/* Offsets count blocks, columns [blocks] hold the block's first input / 4, values int8
+   [blocks * 4]. Batched: the dense kernel's quad tiles (in = 4 * quads bytes a row); one
+   token: u8 q + 64 [in32]. */
 #define DEFINE_I8_BSR(IDX, ITYPE)                                                               \
-static void _i8_bsr_gemm_task_##IDX(void* context, int64_t t, int worker) {                     \
-    const struct i8_bsr_job* job = (const struct i8_bsr_job*)context;                           \
-    const ITYPE* columns = (const ITYPE*)job->block_columns;                                    \
-    int64_t r_begin = job->task_rows[t], r_end = job->task_rows[t + 1];                         \
-    float tile[I8_ROW_GROUP * I8_LANES] __attribute__((aligned(64)));                           \
-    for (int64_t b0 = 0; b0 < job->rows; b0 += I8_LANES) {                                      \
-        const uint8_t* xq = job->x + b0 / I8_LANES * job->quads * 4 * I8_LANES;                 \
-        int lanes = (int)(job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES);               \
-        for (int64_t r = r_begin; r < r_end; r++) {                                             \
-            int64_t g = (r - r_begin) % I8_ROW_GROUP;                                           \
-            float bias = job->bias ? job->bias[r] : 0.0f;                                       \
-            I8_BSR_ROW(ITYPE)                                                                   \
-            if (g == I8_ROW_GROUP - 1 || r == r_end - 1)                                        \
-                _i8_store(tile, g + 1, lanes, job->gelu, job->y, job->out, r - g, b0);          \
-        }                                                                                       \
-    }                                                                                           \
-}                                                                                               \
+DEFINE_I8_SPARSE_GEMM_TASK(bsr, I8_BSR_ROW, IDX, ITYPE)                                         \
 static void _i8_bsr_gemv_task_##IDX(void* context, int64_t t, int worker) {                     \
-    const struct i8_bsr_job* job = (const struct i8_bsr_job*)context;                           \
-    const ITYPE* columns = (const ITYPE*)job->block_columns;                                    \
-    const uint8_t* x = job->x;                                                                  \
+    const struct i8_sparse_job* job = (const struct i8_sparse_job*)context;                     \
+    const ITYPE* columns = (const ITYPE*)job->columns;                                          \
+    const uint8_t* x = job->xt;                                                                 \
     for (int64_t r = job->task_rows[t]; r < job->task_rows[t + 1]; r++) {                       \
-        int64_t k = job->block_offsets[r], end = job->block_offsets[r + 1];                     \
+        int64_t k = job->offsets[r], end = job->offsets[r + 1];                                 \
         int32_t acc = 0;                                                                        \
         I8_BSR_GEMV(ITYPE)                                                                      \
         for (; k < end; k++) {                                                                  \
@@ -585,8 +572,8 @@ void i8_bsr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,
                        const int8_t* values, const int32_t* compensation, const float* w_scales, \
                        const float* bias, int64_t rows, int64_t quads, int64_t out,             \
                        const float* x_scales, const uint8_t* xq, float* y, int gelu) {          \
-    struct i8_bsr_job job = {task_rows, block_offsets, block_columns, values, compensation,     \
-                             w_scales, bias, x_scales, xq, y, rows, quads, out, gelu};          \
+    struct i8_sparse_job job = {task_rows, block_offsets, block_columns, values, compensation,  \
+                                w_scales, bias, x_scales, xq, NULL, y, rows, 4 * quads, out, gelu}; \
     sr_parallel_for(num_threads, tasks, _i8_bsr_gemm_task_##IDX, &job);                         \
 }                                                                                               \
 void i8_bsr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
@@ -594,8 +581,8 @@ void i8_bsr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,
                        const int8_t* values, const int32_t* compensation, const float* w_scales, \
                        const float* bias, int64_t out, const float* x_scale, const uint8_t* x,  \
                        float* y) {                                                              \
-    struct i8_bsr_job job = {task_rows, block_offsets, block_columns, values, compensation,     \
-                             w_scales, bias, x_scale, x, y, 1, 0, out, 0};                      \
+    struct i8_sparse_job job = {task_rows, block_offsets, block_columns, values, compensation,  \
+                                w_scales, bias, x_scale, x, NULL, y, 1, 0, out, 0};             \
     sr_parallel_for(num_threads, tasks, _i8_bsr_gemv_task_##IDX, &job);                         \
 }
 
@@ -603,9 +590,9 @@ void i8_bsr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,
 /* A block times the quad of its four inputs, as it stands in the quad tile: no shuffles. */
 #define I8_BSR_ROW(ITYPE)                                                                       \
     qv acc[4] = {qv_zero(), qv_zero(), qv_zero(), qv_zero()};                                   \
-    for (int64_t k = job->block_offsets[r]; k < job->block_offsets[r + 1]; k++) {               \
+    for (int64_t k = job->offsets[r]; k < job->offsets[r + 1]; k++) {                           \
         qv w = qv_set1(job->values + 4 * k);                                                    \
-        const uint8_t* a = xq + (int64_t)columns[k] * 4 * I8_LANES;                             \
+        const uint8_t* a = xt + (int64_t)columns[k] * 4 * I8_LANES;                             \
         for (int v = 0; v < 4; v++) acc[v] = _i8_dot4(acc[v], qv_load(a + v * I8_LANES), w);   \
     }                                                                                           \
     _i8_finish(acc, job->compensation[r], job->w_scales[r], job->x_scales + b0, bias, tile + g * I8_LANES);
@@ -616,15 +603,12 @@ void i8_bsr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,
         __m256i quads = _mm256_i32gather_epi32((const int*)x, I8_LOAD_INDEX_##ITYPE(columns + k), 4); \
         acc8 = _i8_dot4_256(acc8, quads, _mm256_loadu_si256((const __m256i*)(job->values + 4 * k))); \
     }                                                                                           \
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc8), _mm256_extracti128_si256(acc8, 1));  \
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));                                           \
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));                                           \
-    acc = _mm_cvtsi128_si32(s);
+    acc = _i8_sum256(acc8);
 #else
 #define I8_BSR_ROW(ITYPE)                                                                       \
     int32_t acc[I8_LANES] = {0};                                                                \
-    for (int64_t k = job->block_offsets[r]; k < job->block_offsets[r + 1]; k++) {               \
-        const uint8_t* a = xq + (int64_t)columns[k] * 4 * I8_LANES;                             \
+    for (int64_t k = job->offsets[r]; k < job->offsets[r + 1]; k++) {                           \
+        const uint8_t* a = xt + (int64_t)columns[k] * 4 * I8_LANES;                             \
         const int8_t* w = job->values + 4 * k;                                                  \
         for (int l = 0; l < I8_LANES; l++)                                                      \
             acc[l] += w[0] * a[4 * l] + w[1] * a[4 * l + 1] + w[2] * a[4 * l + 2] + w[3] * a[4 * l + 3]; \
@@ -662,6 +646,29 @@ def quantize_tiles():
     """`i8_quantize_tiles`: (threads, rows, in, in4, quads, x, scales [tiles * 32],
     inverses [tiles * 32], out tiles)."""
     return declare(_library(), "i8_quantize_tiles", [_INT, _I, _I, _I, _INT, _P, _P, _P, _P])
+
+
+def quantized_tiles(rows: torch.Tensor, num_threads: int, in4: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """rows float32 [batch, in] -> (scales float32 [tiles * lanes], u8 tiles): column tiles
+    [tiles, in, lanes], or with in4 (a multiple of 4, at least in) quad tiles
+    [tiles, in4 / 4, 4 * lanes]."""
+    batch, in_features = rows.shape
+    height = lanes()
+    tiles = -(-batch // height)
+    scales = torch.zeros(tiles * height, dtype=torch.float32)
+    inverses = torch.zeros(tiles * height, dtype=torch.float32)
+    out = torch.empty(tiles * (in4 or in_features) * height, dtype=torch.uint8)
+    quantize_tiles()(num_threads, batch, in_features, in4, int(in4 > 0), pointer(rows), pointer(scales),
+                     pointer(inverses), pointer(out))
+    return scales, out
+
+
+def quantized_token(row: torch.Tensor, in32: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token float32 [1, in] -> (scale float32 [1], u8 q + 64 [in32], 64 past in)."""
+    scale = torch.empty(1, dtype=torch.float32)
+    q8 = torch.empty(in32, dtype=torch.uint8)
+    quantize_row()(row.shape[1], in32, pointer(row), pointer(scale), None, pointer(q8))
+    return scale, q8
 
 
 @functools.cache

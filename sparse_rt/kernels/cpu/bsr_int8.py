@@ -51,9 +51,9 @@ def pack_bsr_int8(weight, bias: torch.Tensor | None, options: Int8CsrOptions) ->
     out_features, in_features = weight.shape
     quads = quads_of(in_features)
     index_dtype = torch.int32 if quads > 65536 else torch.uint16
-    compensation = weight.values.to(torch.int64).sum(dim=1)
+    block_sums = weight.values.to(torch.int64).sum(dim=1)
     rows = torch.repeat_interleave(torch.arange(out_features), weight.row_offsets.diff().long())
-    row_sums = torch.zeros(out_features, dtype=torch.int64).index_add_(0, rows, compensation)
+    row_sums = torch.zeros(out_features, dtype=torch.int64).index_add_(0, rows, block_sums)
     return BsrInt8Packed(
         shape=(out_features, in_features),
         quads=quads,
@@ -78,25 +78,15 @@ def bsr_int8_linear(x: torch.Tensor, packed: BsrInt8Packed, gelu: bool = False) 
         return shaped_like(y, x)
     num_threads = threads()
     split = packed.tasks(num_threads)
-    in4 = packed.quads * BLOCK
     if batch == 1:
-        in32 = -(-in_features // 32) * 32
-        scale = torch.empty(1, dtype=torch.float32)
-        q8 = torch.empty(in32, dtype=torch.uint8)
-        native.quantize_row()(in_features, in32, pointer(rows), pointer(scale), None, pointer(q8))
+        scale, q8 = native.quantized_token(rows, -(-in_features // 32) * 32)
         native.bsr_gemv(packed.index)(
             num_threads, split.shape[0] - 1, pointer(split), pointer(packed.block_offsets),
             pointer(packed.block_columns), pointer(packed.values), pointer(packed.compensation),
             pointer(packed.scales), pointer(packed.bias), out_features, pointer(scale), pointer(q8), pointer(y),
         )
         return shaped_like(gelu_erf(y) if gelu else y, x)
-    lanes = native.lanes()
-    tiles = -(-batch // lanes)
-    scales = torch.zeros(tiles * lanes, dtype=torch.float32)
-    inverses = torch.zeros(tiles * lanes, dtype=torch.float32)
-    quads = torch.empty(tiles * in4 * lanes, dtype=torch.uint8)
-    native.quantize_tiles()(num_threads, batch, in_features, in4, 1, pointer(rows), pointer(scales),
-                            pointer(inverses), pointer(quads))
+    scales, quads = native.quantized_tiles(rows, num_threads, packed.quads * BLOCK)
     native.bsr_gemm(packed.index)(
         num_threads, split.shape[0] - 1, pointer(split), pointer(packed.block_offsets), pointer(packed.block_columns),
         pointer(packed.values), pointer(packed.compensation), pointer(packed.scales), pointer(packed.bias), batch,

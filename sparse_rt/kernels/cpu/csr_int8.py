@@ -100,13 +100,7 @@ def csr_int8_linear(x: torch.Tensor, packed: CsrInt8Packed, gelu: bool = False) 
             pointer(scale), pointer(q), pointer(y),
         )
         return shaped_like(gelu_erf(y) if gelu else y, x)
-    lanes = native.lanes()
-    tiles = -(-batch // lanes)
-    scales = torch.zeros(tiles * lanes, dtype=torch.float32)
-    inverses = torch.zeros(tiles * lanes, dtype=torch.float32)
-    xt = torch.empty(tiles * in_features * lanes, dtype=torch.uint8)
-    native.quantize_tiles()(num_threads, batch, in_features, 0, 0, pointer(rows), pointer(scales), pointer(inverses),
-                            pointer(xt))
+    scales, xt = native.quantized_tiles(rows, num_threads)
     native.csr_gemm(packed.index)(
         num_threads, split.shape[0] - 1, pointer(split), pointer(packed.group_offsets), pointer(packed.columns),
         pointer(packed.values), pointer(packed.compensation), pointer(packed.scales), pointer(packed.bias), batch,

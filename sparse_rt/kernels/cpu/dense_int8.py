@@ -61,20 +61,12 @@ def dense_int8_linear(x: torch.Tensor, packed: DenseInt8Packed, gelu: bool = Fal
         return shaped_like(y, x)
     num_threads = threads()
     if batch == 1:
-        scale = torch.empty(1, dtype=torch.float32)
-        q8 = torch.empty(packed.in32, dtype=torch.uint8)
-        native.quantize_row()(in_features, packed.in32, pointer(rows), pointer(scale), None, pointer(q8))
+        scale, q8 = native.quantized_token(rows, packed.in32)
         native.dense_gemv()(num_threads, packed.rows_per_task, pointer(packed.weight), pointer(packed.compensation),
                             pointer(packed.scales), pointer(packed.bias), packed.in32, out_features, pointer(scale),
                             pointer(q8), pointer(y))
         return shaped_like(gelu_erf(y) if gelu else y, x)
-    lanes = native.lanes()
-    tiles = -(-batch // lanes)
-    scales = torch.zeros(tiles * lanes, dtype=torch.float32)
-    inverses = torch.zeros(tiles * lanes, dtype=torch.float32)
-    quads = torch.empty(tiles * packed.in4 * lanes, dtype=torch.uint8)
-    native.quantize_tiles()(num_threads, batch, in_features, packed.in4, 1, pointer(rows), pointer(scales),
-                            pointer(inverses), pointer(quads))
+    scales, quads = native.quantized_tiles(rows, num_threads, packed.in4)
     native.dense_gemm()(num_threads, packed.rows_per_task, pointer(packed.weight), pointer(packed.compensation),
                         pointer(packed.scales), pointer(packed.bias), batch, packed.in4, packed.in32, out_features,
                         pointer(scales), pointer(quads), pointer(y), int(gelu))
