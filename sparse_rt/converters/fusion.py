@@ -451,7 +451,8 @@ def fuse_linear_activation(graph: Graph) -> int:
 def chain_csr_layers(graph: Graph) -> int:
     """Mark each SparseLinear run by the CSR CPU kernel whose output only another such layer
     reads (as its x) with output_layout "batch_tiles", its batch tile width set to the reader's
-    (graph.nodes in topological order)."""
+    (graph.nodes in topological order). The config the tuner chose stays in `tuned_config`,
+    for `explain` to find its measurements."""
     from sparse_rt.ops.sparse_linear import TILED_KERNEL, dispatch_of
 
     consumers = graph.consumers()
@@ -468,6 +469,7 @@ def chain_csr_layers(graph: Graph) -> int:
         users = consumers.get(writer.outputs[0], [])
         if len(users) != 1 or not tiled(users[0]) or users[0].inputs[0] != writer.outputs[0]:
             continue
+        writer.attributes.setdefault("tuned_config", writer.attributes["config"])
         config = json.loads(writer.attributes["config"])
         config["batch_vectors"] = json.loads(users[0].attributes["config"])["batch_vectors"]
         writer.attributes["config"] = json.dumps(config, sort_keys=True)

@@ -30,8 +30,8 @@ from sparse_rt.kernels.activation import bind_with_activation
 from sparse_rt.kernels.registry import BoundLinear, Config, Kernel, kernels_for
 from sparse_rt.ops.registry import BindContext, register_op
 
-_RESERVED = ("format", "arrays", "kernel", "config", "timings", "activation", "dispatch", "output_layout",
-             "tuned_rows", "quantization")
+_RESERVED = ("format", "arrays", "kernel", "config", "tuned_config", "timings", "activation", "dispatch",
+             "output_layout", "tuned_rows", "quantization")
 # The kernel that can leave its output in batch tiles, and read them.
 TILED_KERNEL = "csr_cpu_rowwise"
 

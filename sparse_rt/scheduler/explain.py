@@ -56,8 +56,7 @@ def layer_reports(graph: Graph) -> list[LayerReport]:
         dense = weight.to_dense()
         timings = {label: {int(b): t for b, t in per_batch.items()}
                    for label, per_batch in json.loads(node.attributes.get("timings", "{}")).items()}
-        config = json.loads(node.attributes.get("config", "{}") or "{}")
-        chosen = _chosen_label(timings, weight, node, config)
+        chosen = _chosen_label(timings, weight, node)
         quantization = node.attributes.get("quantization")
         dispatch = tuple((rows, kernel, Candidate(weight, kernel, cfg).label) for rows, kernel, cfg in dispatch_of(node))
         reports.append(LayerReport(
@@ -74,18 +73,11 @@ def _matches(label: str, weight, kernel: str, config: dict) -> bool:
     return label == Candidate(weight, kernel, config).label
 
 
-def _chosen_label(timings: dict[str, dict[int, float]], weight, node, config: dict) -> str | None:
-    """The timed candidate the node runs. A CSR layer chained to its reader
-    (`chain_csr_layers`) took the reader's batch_vectors after tuning: its candidate is the
-    fastest timed one that differs from its config in batch_vectors alone."""
-    kernel = node.attributes["kernel"]
-    exact = next((label for label in timings if _matches(label, weight, kernel, config)), None)
-    if exact is not None or node.attributes.get("output_layout") != "batch_tiles":
-        return exact
-    tuned = [int(rows) for rows in node.attributes.get("tuned_rows", ())]
-    alike = [label for label in timings for vectors in range(1, 5)
-             if _matches(label, weight, kernel, {**config, "batch_vectors": vectors})]
-    return min(alike, key=lambda label: sum(timings[label].get(rows, float("inf")) for rows in tuned), default=None)
+def _chosen_label(timings: dict[str, dict[int, float]], weight, node) -> str | None:
+    """The timed candidate the tuner chose: the node's config as tuned (`tuned_config`, where
+    `chain_csr_layers` gave a CSR layer its reader's batch_vectors afterwards)."""
+    config = json.loads(node.attributes.get("tuned_config") or node.attributes.get("config") or "{}")
+    return next((label for label in timings if _matches(label, weight, node.attributes["kernel"], config)), None)
 
 
 def format_report(reports: list[LayerReport], batch: int | None = None) -> str:

@@ -151,6 +151,8 @@ def test_conversion_chains_csr_layers_read_by_one_csr_layer():
     assert chain_csr_layers(graph) == 2
     assert [n.attributes.get("output_layout") for n in graph.nodes] == ["batch_tiles", "batch_tiles", None]
     assert '"batch_vectors": 1' in graph.nodes[1].attributes["config"]  # the reader's tile width
+    assert '"batch_vectors": 2' in graph.nodes[1].attributes["tuned_config"]  # as chosen, for explain
+    assert "tuned_config" not in graph.nodes[2].attributes
     for rows in (1, 6, 33):
         x = torch.randn(rows, 12)
         (y,) = sparse_rt.InferenceSession(graph).run(None, {graph.inputs[0].name: x.numpy()})

@@ -204,7 +204,7 @@ static void _i8_tile_task(void* context, int64_t task, int worker) {
     }
 }
 
-/* scales, inverses: [tiles * 32] (past `rows`: 0); out: the tiles */
+/* scales, inverses: [tiles * I8_LANES] (past `rows`: 0); out: the tiles */
 void i8_quantize_tiles(int num_threads, int64_t rows, int64_t in, int64_t in4, int quads, const float* x,
                        float* scales, float* inverses, uint8_t* out) {
     int64_t tiles = (rows + I8_LANES - 1) / I8_LANES;
@@ -643,8 +643,8 @@ def lanes() -> int:
 
 @functools.cache
 def quantize_tiles():
-    """`i8_quantize_tiles`: (threads, rows, in, in4, quads, x, scales [tiles * 32],
-    inverses [tiles * 32], out tiles)."""
+    """`i8_quantize_tiles`: (threads, rows, in, in4, quads, x, scales [tiles * lanes()],
+    inverses [tiles * lanes()], out tiles)."""
     return declare(_library(), "i8_quantize_tiles", [_INT, _I, _I, _I, _INT, _P, _P, _P, _P])
 
 
