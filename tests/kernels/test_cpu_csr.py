@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sparse_rt.formats import CsrFormat
-from sparse_rt.kernels.cpu.csr import csr_linear_reference
+from sparse_rt.kernels.cpu.configs import simd_width
+from sparse_rt.kernels.cpu.csr import csr_linear_reference, splits_by_inputs
 from sparse_rt.kernels.registry import kernels_for
 from tests.helpers import assert_close, masked_weight
 
@@ -120,3 +121,33 @@ def test_csr_rejects_bad_input():
         kernel.bind(fmt, None, {"tasks_per_thread": 4, "unroll": 3, "batch_vectors": 1}, torch.device("cpu"))
     with pytest.raises(ValueError, match="bias: expected shape"):
         kernel.bind(fmt, torch.randn(31), kernel.configs(fmt, torch.device("cpu"))[0], torch.device("cpu"))
+
+
+@pytest.mark.parametrize("num_threads", [1, 2, 3])
+@pytest.mark.parametrize("name", sorted(WEIGHTS))
+def test_csr_batched_split_by_inputs_or_outputs(name, num_threads):
+    """Both task splits of the batched kernel (by output rows; by tiles of input rows, each
+    transposed by its task), with a partial last tile and GELU, at 1-3 threads."""
+    weight = WEIGHTS[name]()
+    fmt = CsrFormat.from_dense(weight)
+    (kernel,) = kernels_for(fmt, "cpu")
+    bias = torch.randn(weight.shape[0])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        splits = set()
+        for config in kernel.configs(fmt, torch.device("cpu"))[:1]:
+            for batch_vectors in (1, 2, 4):
+                config = {**config, "batch_vectors": batch_vectors}
+                width = batch_vectors * simd_width()
+                for gelu in (False, True):
+                    bound = kernel.bind(fmt, bias, config, torch.device("cpu"), activation="gelu" if gelu else None)
+                    for batch in (2, width + 3, 3 * width - 1, 5 * width + 1):
+                        splits.add(splits_by_inputs(batch, width, num_threads))
+                        x = torch.randn(batch, weight.shape[1])
+                        expected = x @ weight.T + bias
+                        expected = torch.nn.functional.gelu(expected) if gelu else expected
+                        assert_close(bound(x), expected, rtol=1e-5)
+        assert splits == ({True} if num_threads == 1 else {True, False})
+    finally:
+        torch.set_num_threads(previous)

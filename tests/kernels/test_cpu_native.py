@@ -142,7 +142,7 @@ for fmt in weights:
     bias = torch.randn(dense.shape[0])
     for kernel in kernels_for(fmt, "cpu"):
         bound = kernel.bind(fmt, bias, kernel.configs(fmt, torch.device("cpu"))[0], torch.device("cpu"))
-        for batch in (1, 5, 20):
+        for batch in (1, 5, 20, 70):
             x = torch.randn(batch, dense.shape[1])
             expected = x @ dense.T + bias
             error = float((bound(x) - expected).abs().max() / expected.abs().max())

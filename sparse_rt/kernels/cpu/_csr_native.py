@@ -26,8 +26,12 @@ scratch keeps the rows a nonzero run gathers width * 4 bytes apart: with one
 [in, rows] transpose they were rows * 4 bytes apart, a multiple of 4 KiB at batch
 1024, and all fell into one L1 set (3x slower at 1024 rows).
 
-Both split the output rows into tasks whose boundaries (`task_rows`, [tasks + 1])
-balance nonzeros; the tasks run through `_pool.sr_parallel_for`.
+The batch-1 kernels and `csr_gemm` split the output rows into tasks whose boundaries
+(`task_rows`, [tasks + 1]) balance nonzeros; the tasks run through `_pool.sr_parallel_for`.
+`csr_gemm_blocks` splits the input rows instead: each task transposes its own tile of x
+into its worker's scratch (in L1/L2 right after) and runs every output row against it.
+Where rows are short and there are many input rows (1x1 convolutions: 64-512 inputs,
+784-3136 pixels) it spares the separate transposition pass over all of x.
 """
 
 from __future__ import annotations
@@ -40,10 +44,10 @@ from sparse_rt.kernels.cpu.gelu import GELU_SOURCE
 
 SOURCE = GELU_SOURCE + r"""
 /* Accumulator sets per batch-tile width (NV registers): UK nonzeros in flight per step. */
-#define CSR_UK1 4
-#define CSR_UK2 2
-#define CSR_UK3 2
-#define CSR_UK4 1
+#define CSR_UK1 8
+#define CSR_UK2 4
+#define CSR_UK3 4
+#define CSR_UK4 2
 
 /* Batched outputs are computed ROW_GROUP rows at a time into a [ROW_GROUP, tile] buffer and
    written with 8x8 transposes as runs of consecutive outputs of y [rows, out]: one float per
@@ -108,12 +112,12 @@ void csr_gemv_##IDX##_u##UNROLL(int num_threads, int64_t tasks, const int64_t* t
 /* Rows r0..r1 against batch lanes b0 .. b0 + NV*VL of xT; UK nonzeros per step, each into its
    own accumulators (hides the FMA latency). */
 #define DEFINE_CSR_ROWS(IDX, ITYPE, NV, UK)                                                   \
-static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, int64_t r0, int64_t r1,  \
-                                          int64_t b0, int lanes) {                            \
+static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, const float* xt,          \
+                                          int64_t r0, int64_t r1, int64_t b0, int lanes) {    \
+    /* xt: the tile of input rows b0 .. b0 + NV * VL, [in, NV * VL] */                       \
     const int64_t* row_offsets = job->row_offsets;                                           \
     const ITYPE* column_indices = (const ITYPE*)job->column_indices;                         \
     const float *values = job->values, *bias = job->bias;                                    \
-    const float* xt = job->xt + b0 * job->in; /* this tile: [in, NV * VL] */                 \
     const int64_t ldt = NV * VL;                                                             \
     float tile[ROW_GROUP * NV * VL];                                                         \
     for (int64_t r = r0; r < r1; r++) {                                                      \
@@ -133,11 +137,14 @@ static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, int64_t r0,
                     acc[u][j] = vfma(v, vload(column + j * VL), acc[u][j]);                  \
             }                                                                                \
         }                                                                                    \
-        for (; k < end; k++) {                                                               \
-            vf v = vset1(values[k]);                                                         \
-            const float* column = xt + (int64_t)column_indices[k] * ldt;                     \
+        /* the last < UK nonzeros, each into its own accumulators as above */                \
+        _Pragma("GCC unroll 8")                                                              \
+        for (int u = 0; u < UK - 1; u++) {                                                   \
+            if (k + u >= end) break;                                                         \
+            vf v = vset1(values[k + u]);                                                     \
+            const float* column = xt + (int64_t)column_indices[k + u] * ldt;                 \
             _Pragma("GCC unroll 4")                                                          \
-            for (int j = 0; j < NV; j++) acc[0][j] = vfma(v, vload(column + j * VL), acc[0][j]); \
+            for (int j = 0; j < NV; j++) acc[u][j] = vfma(v, vload(column + j * VL), acc[u][j]); \
         }                                                                                    \
         int64_t g = (r - r0) % ROW_GROUP;                                                    \
         vf b = vset1(bias ? bias[r] : 0.0f);                                                 \
@@ -158,19 +165,35 @@ static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, int64_t r0,
 #define DEFINE_CSR_GEMM(IDX, ITYPE)                                                          \
 DEFINE_CSR_ROWS(IDX, ITYPE, 1, CSR_UK1) DEFINE_CSR_ROWS(IDX, ITYPE, 2, CSR_UK2)            \
 DEFINE_CSR_ROWS(IDX, ITYPE, 3, CSR_UK3) DEFINE_CSR_ROWS(IDX, ITYPE, 4, CSR_UK4)            \
+static inline void _csr_tile_##IDX(const struct csr_job* job, const float* xt, int64_t nv,   \
+                                   int64_t r0, int64_t r1, int64_t b0, int lanes) {          \
+    switch (nv) {                                                                            \
+    case 1: _csr_rows_##IDX##_1(job, xt, r0, r1, b0, lanes); break;                          \
+    case 2: _csr_rows_##IDX##_2(job, xt, r0, r1, b0, lanes); break;                          \
+    case 3: _csr_rows_##IDX##_3(job, xt, r0, r1, b0, lanes); break;                          \
+    default: _csr_rows_##IDX##_4(job, xt, r0, r1, b0, lanes); break;                         \
+    }                                                                                        \
+}                                                                                            \
 static void _csr_gemm_task_##IDX(void* context, int64_t t, int worker) {                     \
     const struct csr_job* job = (const struct csr_job*)context;                              \
     int64_t r0 = job->task_rows[t], r1 = job->task_rows[t + 1], ldt = job->ldt;              \
     for (int64_t b0 = 0; b0 < ldt; b0 += job->batch_vectors * VL) {                          \
         int64_t nv = (ldt - b0) / VL < job->batch_vectors ? (ldt - b0) / VL : job->batch_vectors; \
         int lanes = (int)(job->rows - b0 < nv * VL ? job->rows - b0 : nv * VL);              \
-        switch (nv) {                                                                        \
-        case 1: _csr_rows_##IDX##_1(job, r0, r1, b0, lanes); break;                          \
-        case 2: _csr_rows_##IDX##_2(job, r0, r1, b0, lanes); break;                          \
-        case 3: _csr_rows_##IDX##_3(job, r0, r1, b0, lanes); break;                          \
-        default: _csr_rows_##IDX##_4(job, r0, r1, b0, lanes); break;                         \
-        }                                                                                    \
+        _csr_tile_##IDX(job, job->xt + b0 * job->in, nv, r0, r1, b0, lanes);                 \
     }                                                                                        \
+}                                                                                            \
+/* Task t of the input-row split: input rows b0 = t * width .. b0 + width, transposed into   \
+   the worker's own tile, against every output row. */                                       \
+static void _csr_gemm_block_task_##IDX(void* context, int64_t t, int worker) {               \
+    const struct csr_job* job = (const struct csr_job*)context;                              \
+    int64_t width = job->batch_vectors * VL, b0 = t * width;                                 \
+    int64_t nv = (job->ldt - b0) / VL < job->batch_vectors ? (job->ldt - b0) / VL : job->batch_vectors; \
+    int lanes = (int)(job->rows - b0 < nv * VL ? job->rows - b0 : nv * VL);                  \
+    float* tile = (float*)job->xt + worker * job->in * width;                                \
+    struct transpose_job part = {lanes, nv * VL, job->in, job->in, nv * VL, job->x + b0 * job->in, tile}; \
+    _transpose_columns(&part, 0, job->in);                                                   \
+    _csr_tile_##IDX(job, tile, nv, 0, job->out, b0, lanes);                                  \
 }                                                                                            \
 void csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
                     const int64_t* row_offsets, const ITYPE* column_indices,                 \
@@ -186,6 +209,17 @@ void csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,   
     struct csr_job job = {task_rows, row_offsets, column_indices, values, bias, x, xt, y,    \
                           rows, out, ldt, batch_vectors, in, gelu, y_tiles};                 \
     sr_parallel_for(num_threads, tasks, _csr_gemm_task_##IDX, &job);                         \
+}                                                                                            \
+/* The same product split by input rows: tasks of batch_vectors * VL rows of x [rows, in],    \
+   each transposed by its task into the worker's tile of scratch [threads * in * width]. */  \
+void csr_gemm_blocks_##IDX(int num_threads, const int64_t* row_offsets, const ITYPE* column_indices, \
+                           const float* values, const float* bias, int64_t rows, int64_t in, \
+                           int64_t out, const float* x, float* y, float* scratch,            \
+                           int64_t batch_vectors, int64_t gelu) {                            \
+    int64_t ldt = (rows + VL - 1) / VL * VL, width = batch_vectors * VL;                     \
+    struct csr_job job = {NULL, row_offsets, column_indices, values, bias, x, scratch, y,    \
+                          rows, out, ldt, batch_vectors, in, gelu, 0};                       \
+    sr_parallel_for(num_threads, (ldt + width - 1) / width, _csr_gemm_block_task_##IDX, &job); \
 }
 
 /* vlookup_<index>(x, p): the VL floats x[p[0]], ..., x[p[VL - 1]] by scalar loads. The int8 /
@@ -360,6 +394,15 @@ def csr_slices_chain():
     column_indices, values, slice_bias, gelu)."""
     library = load_library("csr", SOURCE)
     return declare(library, "csr_slices_chain", [_I, _P, _P, _P, _I, _P])
+
+
+@functools.cache
+def csr_gemm_blocks(index: str):
+    """`csr_gemm_blocks_<index>`: (threads, row_offsets, column_indices, values, bias or None,
+    rows, in, out, x [rows, in], y [rows, out], scratch [threads * in * width], batch_vectors,
+    gelu): y = x @ W.T + b (GELU'd with gelu), tasks of width = batch_vectors * VL input rows."""
+    library = load_library("csr", SOURCE)
+    return declare(library, f"csr_gemm_blocks_{index}", [ctypes.c_int, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I])
 
 
 @functools.cache
