@@ -93,10 +93,14 @@ def test_a_gelu_with_another_reader_stays():
     assert fuse_linear_activation(graph) == 0
 
 
+@pytest.mark.parametrize("num_threads", [1, 2, 3])
 @pytest.mark.parametrize("batch_vectors", [1, 2, 4])
 @pytest.mark.parametrize("rows", [2, 5, 17, 40, 100])
-def test_csr_layers_chained_through_batch_tiles_match_unchained(batch_vectors, rows):
+def test_csr_layers_chained_through_batch_tiles_match_unchained(batch_vectors, rows, num_threads, monkeypatch):
+    """Every split of the batched kernel (by output rows, by input tiles) reading and writing tiles."""
     from sparse_rt.kernels.cpu.csr import BatchTiles
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: num_threads)
 
     config = {"tasks_per_thread": 2, "unroll": 1, "batch_vectors": batch_vectors}
     shapes = [(48, 24), (40, 48), (8, 40)]  # 24 -> 48 -> 40 -> 8

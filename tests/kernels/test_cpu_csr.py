@@ -5,7 +5,8 @@ import torch
 
 from sparse_rt.formats import CsrFormat
 from sparse_rt.kernels.cpu.configs import simd_width
-from sparse_rt.kernels.cpu.csr import csr_linear_reference, splits_by_inputs
+from sparse_rt.kernels.cpu._launch import splits_by_inputs
+from sparse_rt.kernels.cpu.csr import csr_linear_reference
 from sparse_rt.kernels.registry import kernels_for
 from tests.helpers import assert_close, masked_weight
 

@@ -18,6 +18,8 @@ import torch
 
 from sparse_rt.formats import BsrInt8Format, CsrInt8Format, DenseInt8Format
 from sparse_rt.kernels.activation import bind_with_activation
+from sparse_rt.kernels.cpu._int8_native import lanes
+from sparse_rt.kernels.cpu._launch import splits_by_inputs
 from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.int8 import int8_linear_reference, quantize_activations
 from sparse_rt.kernels.registry import kernels_for
@@ -88,6 +90,26 @@ def test_every_config_matches_the_int32_reference(format_name, name):
                 y = bound(x)
                 assert y.shape == (*lead, weight.shape[0]) and y.dtype == torch.float32
                 assert_close(y, expected, rtol=2e-6)
+
+
+@pytest.mark.parametrize("num_threads", [1, 2, 3])
+@pytest.mark.parametrize("format_name", ["bsr_int8", "csr_int8"])
+def test_sparse_batched_split_by_tiles_or_outputs(format_name, num_threads, monkeypatch):
+    """Both task splits of the batched sparse kernels (by output rows; by activation tile)."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: num_threads)
+    height = lanes()
+    splits = set()
+    for name in ("odd_with_empty_rows", "one_by_four_blocks", "all_zero"):
+        weight = WEIGHTS[name]()
+        fmt = FORMATS[format_name].from_dense(weight)
+        bias = torch.randn(weight.shape[0])
+        (kernel,) = kernels_for(fmt, CPU)
+        bound = kernel.bind(fmt, bias, kernel.configs(fmt, CPU)[0], CPU)
+        for batch in (2, height + 3, 3 * height - 1, 5 * height + 1):
+            splits.add(splits_by_inputs(batch, height, num_threads))
+            x = torch.randn(batch, weight.shape[1])
+            assert_close(bound(x), _reference(fmt, x, bias), rtol=2e-6)
+    assert splits == ({True} if num_threads == 1 else {True, False})
 
 
 @pytest.mark.parametrize("format_name", sorted(FORMATS))

@@ -183,16 +183,21 @@ static void _csr_gemm_task_##IDX(void* context, int64_t t, int worker) {        
         _csr_tile_##IDX(job, job->xt + b0 * job->in, nv, r0, r1, b0, lanes);                 \
     }                                                                                        \
 }                                                                                            \
-/* Task t of the input-row split: input rows b0 = t * width .. b0 + width, transposed into   \
-   the worker's own tile, against every output row. */                                       \
+/* Task t of the input-row split: input rows b0 = t * width .. b0 + width (transposed into   \
+   the worker's own tile of xt, unless x is already batch tiles: xt NULL) against every      \
+   output row. */                                                                            \
 static void _csr_gemm_block_task_##IDX(void* context, int64_t t, int worker) {               \
     const struct csr_job* job = (const struct csr_job*)context;                              \
     int64_t width = job->batch_vectors * VL, b0 = t * width;                                 \
     int64_t nv = (job->ldt - b0) / VL < job->batch_vectors ? (job->ldt - b0) / VL : job->batch_vectors; \
     int lanes = (int)(job->rows - b0 < nv * VL ? job->rows - b0 : nv * VL);                  \
-    float* tile = (float*)job->xt + worker * job->in * width;                                \
-    struct transpose_job part = {lanes, nv * VL, job->in, job->in, nv * VL, job->x + b0 * job->in, tile}; \
-    _transpose_columns(&part, 0, job->in);                                                   \
+    const float* tile = job->x + b0 * job->in;                                               \
+    if (job->xt) {                                                                           \
+        float* own = (float*)job->xt + worker * job->in * width;                             \
+        struct transpose_job part = {lanes, nv * VL, job->in, job->in, nv * VL, tile, own};  \
+        _transpose_columns(&part, 0, job->in);                                               \
+        tile = own;                                                                          \
+    }                                                                                        \
     _csr_tile_##IDX(job, tile, nv, 0, job->out, b0, lanes);                                  \
 }                                                                                            \
 void csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
@@ -211,14 +216,15 @@ void csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,   
     sr_parallel_for(num_threads, tasks, _csr_gemm_task_##IDX, &job);                         \
 }                                                                                            \
 /* The same product split by input rows: tasks of batch_vectors * VL rows of x [rows, in],    \
-   each transposed by its task into the worker's tile of scratch [threads * in * width]. */  \
+   each transposed by its task into the worker's tile of scratch [threads * in * width] (or,   \
+   x_tiles, read where it stands in x's batch tiles; scratch unused). */                     \
 void csr_gemm_blocks_##IDX(int num_threads, const int64_t* row_offsets, const ITYPE* column_indices, \
                            const float* values, const float* bias, int64_t rows, int64_t in, \
                            int64_t out, const float* x, float* y, float* scratch,            \
-                           int64_t batch_vectors, int64_t gelu) {                            \
+                           int64_t batch_vectors, int64_t gelu, int64_t x_tiles, int64_t y_tiles) { \
     int64_t ldt = (rows + VL - 1) / VL * VL, width = batch_vectors * VL;                     \
-    struct csr_job job = {NULL, row_offsets, column_indices, values, bias, x, scratch, y,    \
-                          rows, out, ldt, batch_vectors, in, gelu, 0};                       \
+    struct csr_job job = {NULL, row_offsets, column_indices, values, bias, x,                \
+                          x_tiles ? NULL : scratch, y, rows, out, ldt, batch_vectors, in, gelu, y_tiles}; \
     sr_parallel_for(num_threads, (ldt + width - 1) / width, _csr_gemm_block_task_##IDX, &job); \
 }
 
@@ -399,10 +405,12 @@ def csr_slices_chain():
 @functools.cache
 def csr_gemm_blocks(index: str):
     """`csr_gemm_blocks_<index>`: (threads, row_offsets, column_indices, values, bias or None,
-    rows, in, out, x [rows, in], y [rows, out], scratch [threads * in * width], batch_vectors,
-    gelu): y = x @ W.T + b (GELU'd with gelu), tasks of width = batch_vectors * VL input rows."""
+    rows, in, out, x, y, scratch [threads * in * width] or None, batch_vectors, gelu, x_tiles,
+    y_tiles): `csr_gemm`'s product, x and y as there, in tasks of width = batch_vectors * VL
+    input rows."""
     library = load_library("csr", SOURCE)
-    return declare(library, f"csr_gemm_blocks_{index}", [ctypes.c_int, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I])
+    return declare(library, f"csr_gemm_blocks_{index}",
+                   [ctypes.c_int, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I])
 
 
 @functools.cache

@@ -88,7 +88,7 @@ def bsr_int8_linear(x: torch.Tensor, packed: BsrInt8Packed, gelu: bool = False) 
         return shaped_like(gelu_erf(y) if gelu else y, x)
     scales, quads = native.quantized_tiles(rows, num_threads, packed.quads * BLOCK)
     native.bsr_gemm(packed.index)(
-        num_threads, split.shape[0] - 1, pointer(split), pointer(packed.block_offsets), pointer(packed.block_columns),
+        num_threads, *native.gemm_tasks(split, batch, num_threads), pointer(packed.block_offsets), pointer(packed.block_columns),
         pointer(packed.values), pointer(packed.compensation), pointer(packed.scales), pointer(packed.bias), batch,
         packed.quads, out_features, pointer(scales), pointer(quads), pointer(y), int(gelu),
     )

@@ -39,6 +39,7 @@ from sparse_rt.kernels.cpu._launch import (
     pointer,
     rows_of,
     shaped_like,
+    splits_by_inputs,
     threads,
 )
 from sparse_rt.kernels.cpu._native import native_available
@@ -250,11 +251,17 @@ def gemv_threads(options: CsrOptions) -> int:
 def _gemm(packed: CsrPacked, options: CsrOptions, batch: int, x: torch.Tensor, x_tiles: bool, y: torch.Tensor,
           y_tiles: bool, gelu: bool) -> None:
     """The batched kernel: x rows [batch, in] (or batch tiles) -> y [batch, out] (or batch tiles).
-    Rows to rows, split by input rows where their tiles share out evenly among the threads."""
+    Split by input rows where their tiles share out evenly among the threads."""
     out_features, in_features = packed.shape
     num_threads = threads()
-    if not (x_tiles or y_tiles) and splits_by_inputs(batch, options.batch_vectors * simd_width(), num_threads):
-        _gemm_blocks(packed, options, batch, x, y, gelu)
+    width = options.batch_vectors * simd_width()
+    if splits_by_inputs(batch, width, num_threads):
+        scratch = None if x_tiles else torch.empty(num_threads * in_features * width, dtype=torch.float32)
+        csr_gemm_blocks(packed.index)(
+            num_threads, pointer(packed.row_offsets), pointer(packed.column_indices), pointer(packed.values),
+            pointer(packed.bias), batch, in_features, out_features, pointer(x), pointer(y), pointer(scratch),
+            options.batch_vectors, int(gelu), int(x_tiles), int(y_tiles),
+        )
         return
     split = packed.tasks(num_threads)
     # xT scratch: [in, batch padded to the SIMD width], unless x already is
@@ -264,29 +271,6 @@ def _gemm(packed: CsrPacked, options: CsrOptions, batch: int, x: torch.Tensor, x
         pointer(packed.column_indices), pointer(packed.values), pointer(packed.bias), batch, in_features,
         out_features, pointer(x), pointer(y), pointer(transposed), options.batch_vectors, int(gelu), int(x_tiles),
         int(y_tiles),
-    )
-
-
-def splits_by_inputs(batch: int, width: int, num_threads: int) -> bool:
-    """Whether a batched call runs `csr_gemm_blocks` (tasks of `width` input rows): when its
-    tiles come to a multiple of the threads or at least two each. Two threads, 10 % density:
-    128x512 at 784 rows 0.14 against 0.34 ms split by outputs, 64x256 at 3136 rows 0.19
-    against 0.59, 768x3072 at 128 rows 0.61 against 0.79; with one tile per two threads, 0.23
-    against 0.14 (2048x512, 49 rows, 64-row tiles)."""
-    tiles = -(-batch // width)
-    return tiles % num_threads == 0 or tiles >= 2 * num_threads
-
-
-def _gemm_blocks(packed: CsrPacked, options: CsrOptions, batch: int, x: torch.Tensor, y: torch.Tensor,
-                 gelu: bool) -> None:
-    """The batched kernel split by input rows: x rows [batch, in] -> y [batch, out]."""
-    out_features, in_features = packed.shape
-    num_threads = threads()
-    scratch = torch.empty(num_threads * in_features * options.batch_vectors * simd_width(), dtype=torch.float32)
-    csr_gemm_blocks(packed.index)(
-        num_threads, pointer(packed.row_offsets), pointer(packed.column_indices), pointer(packed.values),
-        pointer(packed.bias), batch, in_features, out_features, pointer(x), pointer(y), pointer(scratch),
-        options.batch_vectors, int(gelu),
     )
 
 

@@ -102,7 +102,7 @@ def csr_int8_linear(x: torch.Tensor, packed: CsrInt8Packed, gelu: bool = False) 
         return shaped_like(gelu_erf(y) if gelu else y, x)
     scales, xt = native.quantized_tiles(rows, num_threads)
     native.csr_gemm(packed.index)(
-        num_threads, split.shape[0] - 1, pointer(split), pointer(packed.group_offsets), pointer(packed.columns),
+        num_threads, *native.gemm_tasks(split, batch, num_threads), pointer(packed.group_offsets), pointer(packed.columns),
         pointer(packed.values), pointer(packed.compensation), pointer(packed.scales), pointer(packed.bias), batch,
         in_features, out_features, pointer(scales), pointer(xt), pointer(y), int(gelu),
     )
