@@ -4,7 +4,9 @@ Recognised (after constant folding, so weights are constants):
   Gemm(x, B, C)           transA=0, transB 0 or 1; alpha and beta folded into W and b
   MatMul(x, W[in, out])   W constant and 2-D; a following Add of a constant [out] bias is fused
   Conv(x, W[out, in, 1, 1]) 1x1 kernel, group 1, stride 1, no padding (1-D and 2-D convs):
-                          Transpose to channels-last, SparseLinear, Transpose back
+                          Transpose to channels-last, SparseLinear, Transpose back; where the
+                          chosen format is dense the Conv stays (the convolution kernel reads
+                          the activations in place and fuses the ReLU: no transposes)
 Linear layers (Gemm, MatMul) that read the same input, as an attention block's
 query, key and value projections do, are merged into one layer whose output a
 Split cuts back apart: one kernel call instead of three, one transposition of x
@@ -96,7 +98,8 @@ def lower_linear_layers(
     rows: Mapping[str, int] | None = None,
 ) -> int:
     """Replace every recognised linear layer by a SparseLinear node (layers reading the same
-    input merged into one); returns how many SparseLinear nodes.
+    input merged into one; a 1x1 Conv given a dense weight stays); returns how many
+    SparseLinear nodes.
 
     progress: show a progress bar over the layers while `choose` runs (tuning).
     keep_apart: layers never merged with their siblings (those arriving in a structured format).
@@ -132,7 +135,7 @@ def lower_linear_layers(
     graph.nodes = nodes
     graph.prune_unused()
     graph.validate()
-    return len(replaced)
+    return sum(n.op_type == "SparseLinear" for emitted in replaced.values() for n in emitted)
 
 
 def _merge_siblings(matches: list[_Match], keep_apart: Callable[[LinearLayer], bool]) -> list[_Match]:
@@ -251,6 +254,8 @@ def _emit(graph: Graph, match: _Match, choice: Choice) -> list[Node]:
     (y,) = match.outputs
     if node.op_type != "Conv":
         return [linear(x, y)]
+    if choice.weight.name == "dense":
+        return [node]
     rank = graph.constants[node.inputs[1]].ndim
     to_last, to_first = ([0, 2, 1], [0, 2, 1]) if rank == 3 else ([0, 2, 3, 1], [0, 3, 1, 2])
     x_last, y_last = graph.fresh_name(f"{base}.x_channels_last"), graph.fresh_name(f"{base}.y_channels_last")

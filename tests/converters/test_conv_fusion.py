@@ -16,9 +16,10 @@ from tests.helpers import assert_close
 RNG = np.random.default_rng(0)
 
 
-def weight(*shape):
+def weight(*shape, density=1.0):
     name = "w" + "x".join(map(str, shape))
-    return numpy_helper.from_array((RNG.standard_normal(shape) * 0.2).astype(np.float32), name)
+    values = RNG.standard_normal(shape) * 0.2 * (RNG.random(shape) < density)
+    return numpy_helper.from_array(values.astype(np.float32), name)
 
 
 def model(nodes, inits, outputs=("y",), channels=8):
@@ -29,10 +30,13 @@ def model(nodes, inits, outputs=("y",), channels=8):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
-def bottleneck():
-    """A ResNet bottleneck: 1x1 conv + relu, 3x3 conv + relu, 1x1 conv, add x, relu."""
-    w1, w3, w4 = weight(4, 8, 1, 1), weight(4, 4, 3, 3), weight(8, 4, 1, 1)
-    bias = numpy_helper.from_array(RNG.standard_normal(4).astype(np.float32), "b3")
+def bottleneck(density=0.1, channels=64):
+    """A ResNet bottleneck: 1x1 conv + relu, 3x3 conv + relu, 1x1 conv, add x, relu; the 1x1
+    convs' weights with `density` nonzeros (sparse enough for a sparse format at 0.1)."""
+    mid = channels // 2
+    w1, w3, w4 = (weight(mid, channels, 1, 1, density=density), weight(mid, mid, 3, 3),
+                  weight(channels, mid, 1, 1, density=density))
+    bias = numpy_helper.from_array(RNG.standard_normal(mid).astype(np.float32), "b3")
     nodes = [
         helper.make_node("Conv", ["x", w1.name], ["c1"], kernel_shape=[1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),
@@ -42,11 +46,12 @@ def bottleneck():
         helper.make_node("Add", ["c4", "x"], ["s"]),
         helper.make_node("Relu", ["s"], ["y"]),
     ]
-    return model(nodes, [w1, w3, bias, w4])
+    return model(nodes, [w1, w3, bias, w4], channels=channels)
 
 
 def run_both(proto, batch=2):
-    x = RNG.standard_normal((batch, 8, 9, 9)).astype(np.float32)
+    channels = proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    x = RNG.standard_normal((batch, channels, 9, 9)).astype(np.float32)
     graph = sparse_rt.convert(proto, tune=False)
     ours = sparse_rt.InferenceSession(graph).run(None, {"x": x})
     ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
@@ -66,6 +71,13 @@ def test_every_relu_of_a_bottleneck_is_fused_and_the_output_matches_onnxruntime(
     assert_close(y, expected)
 
 
+def test_a_dense_one_by_one_conv_stays_a_conv_with_its_relu_fused():
+    graph, (y,), (expected,) = run_both(bottleneck(density=1.0))
+    assert ops(graph) == ["FusedConv", "FusedConv", "Conv", "AddRelu"]
+    assert not any(n.op_type == "Transpose" for n in graph.nodes)
+    assert_close(y, expected)
+
+
 def test_a_conv_output_reaches_the_caller_in_c_order():
     """Convs run channels-last inside; what the session hands back is C-contiguous NCHW."""
     w3 = weight(8, 8, 3, 3)
@@ -80,7 +92,7 @@ def test_a_conv_output_reaches_the_caller_in_c_order():
 def test_a_fused_graph_saves_and_loads(tmp_path):
     graph, _, _ = run_both(bottleneck())
     sparse_rt.save(graph, tmp_path / "m.onnx")
-    x = RNG.standard_normal((1, 8, 9, 9)).astype(np.float32)
+    x = RNG.standard_normal((1, 64, 9, 9)).astype(np.float32)
     (y,) = sparse_rt.InferenceSession(sparse_rt.load(tmp_path / "m.onnx")).run(None, {"x": x})
     assert_close(y, sparse_rt.InferenceSession(graph).run(None, {"x": x})[0])
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from sparse_rt.formats import BsrFormat
+from sparse_rt.kernels.cpu._launch import splits_by_inputs
 from sparse_rt.kernels.cpu.bsr import block_row_panels, bsr_linear_reference
+from sparse_rt.kernels.cpu.configs import simd_width
 from sparse_rt.kernels.registry import kernels_for
 from tests.helpers import assert_close
 
@@ -39,6 +41,28 @@ def test_bsr_every_config_matches_dense(block, with_bias):
             y = bound(x)
             assert y.shape == (*lead, 70)
             assert_close(y, x @ weight.T + (0 if bias is None else bias), rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_threads", [1, 2, 3])
+@pytest.mark.parametrize("block", [(1, 4), (16, 16), (3, 5)], ids=lambda b: f"{b[0]}x{b[1]}")
+def test_bsr_batched_split_by_tiles_or_block_rows(block, num_threads, monkeypatch):
+    """Both task splits of the batched kernel (by block rows; by tiles of input rows)."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: num_threads)
+    weight = _block_sparse(70, 45, block, 0.3, seed=1)
+    weight[: block[0]] = 0
+    bias = torch.randn(70)
+    fmt = BsrFormat.from_dense(weight, block_shape=block)
+    (kernel,) = kernels_for(fmt, "cpu")
+    splits = set()
+    for batch_vectors in (1, 2, 4):
+        config = {**kernel.configs(fmt, torch.device("cpu"))[0], "batch_vectors": batch_vectors}
+        bound = kernel.bind(fmt, bias, config, torch.device("cpu"))
+        width = batch_vectors * simd_width()
+        for batch in (2, width + 3, 3 * width - 1, 5 * width + 1):
+            splits.add(splits_by_inputs(batch, width, num_threads))
+            x = torch.randn(batch, 45)
+            assert_close(bound(x), x @ weight.T + bias, rtol=1e-5)
+    assert splits == ({True} if num_threads == 1 else {True, False})
 
 
 @pytest.mark.parametrize("name", ["all_zero", "all_dense"])

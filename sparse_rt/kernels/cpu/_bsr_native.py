@@ -212,12 +212,17 @@ static void _bsr_gemm_task_##IDX(void* context, int64_t t, int worker) {        
     int64_t r = job->r, ldt = job->ldt;                                                      \
     const ITYPE* bci = (const ITYPE*)job->block_column_indices;                              \
     float tile[ROW_GROUP * 4 * VL];                                                          \
-    int64_t row0 = job->task_block_rows[t] * r;                                              \
-    int64_t row_end = job->task_block_rows[t + 1] * r < job->out ? job->task_block_rows[t + 1] * r : job->out; \
-    for (int64_t b0 = 0; b0 < ldt; b0 += job->batch_vectors * VL) {                          \
+    /* task_block_rows NULL: task t is tile t of the batch against every block row */       \
+    int by_tiles = job->task_block_rows == NULL;                                             \
+    int64_t width = job->batch_vectors * VL;                                                 \
+    int64_t br_begin = by_tiles ? 0 : job->task_block_rows[t];                               \
+    int64_t br_end = by_tiles ? (job->out + r - 1) / r : job->task_block_rows[t + 1];        \
+    int64_t b_begin = by_tiles ? t * width : 0, b_end = by_tiles ? b_begin + 1 : ldt;        \
+    int64_t row0 = br_begin * r, row_end = br_end * r < job->out ? br_end * r : job->out;    \
+    for (int64_t b0 = b_begin; b0 < b_end; b0 += width) {                                    \
         int64_t nv = (ldt - b0) / VL < job->batch_vectors ? (ldt - b0) / VL : job->batch_vectors; \
         int lanes = (int)(job->rows - b0 < nv * VL ? job->rows - b0 : nv * VL);              \
-        for (int64_t br = job->task_block_rows[t]; br < job->task_block_rows[t + 1]; br++) { \
+        for (int64_t br = br_begin; br < br_end; br++) {                                     \
             if (nv == 1) _bsr_block_row_##IDX##_1(br, row0, row_end, job->block_row_offsets, bci, \
                 job->panels, job->bias, r, job->c, job->xt, ldt, b0, lanes, tile, job->y, job->out); \
             else if (nv == 2) _bsr_block_row_##IDX##_2(br, row0, row_end, job->block_row_offsets, bci, \
@@ -262,7 +267,8 @@ def bsr_gemv(index: str):
 def bsr_gemm(index: str):
     """`bsr_gemm_<index>`: (threads, tasks, task_block_rows, block_row_offsets,
     block_column_indices, panels, bias or None, r, c, rows, in, in_padded, out, x, y,
-    xt scratch [in_padded * ceil(rows / VL) * VL], batch_vectors)."""
+    xt scratch [in_padded * ceil(rows / VL) * VL], batch_vectors); task_block_rows None: a
+    task per batch_vectors * VL rows of x, against every block row."""
     library = load_library("bsr", SOURCE)
     return declare(
         library, f"bsr_gemm_{index}", [ctypes.c_int, _I, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _P, _P, _P, _I]

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from sparse_rt.kernels.cpu._bsr_native import bsr_gemm, bsr_gemv
-from sparse_rt.kernels.cpu._launch import TaskSplit, bias_of, check_cpu, pointer, rows_of, shaped_like, threads
+from sparse_rt.kernels.cpu._launch import (
+    TaskSplit, bias_of, check_cpu, pointer, rows_of, shaped_like, splits_by_inputs, threads,
+)
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import BlockOptions, block_configs, parse_options, simd_width
 from sparse_rt.kernels.registry import Config, Kernel, register_kernel
@@ -106,9 +108,11 @@ def bsr_linear(x: torch.Tensor, packed: BsrPacked, options: BlockOptions) -> tor
             width = simd_width()
             # xT scratch: [in padded to c, batch padded to the SIMD width]
             transposed = torch.empty(packed.in_padded * (-(-batch // width) * width), dtype=torch.float32)
+            tile = options.batch_vectors * width
+            tasks = (-(-batch // tile), None) if splits_by_inputs(batch, tile, num_threads) else common[1:3]
             bsr_gemm(packed.index)(
-                *common, batch, in_features, packed.in_padded, out_features, pointer(rows), pointer(y),
-                pointer(transposed), options.batch_vectors,
+                num_threads, *tasks, *common[3:], batch, in_features, packed.in_padded, out_features, pointer(rows),
+                pointer(y), pointer(transposed), options.batch_vectors,
             )
     return shaped_like(y, x)
 
