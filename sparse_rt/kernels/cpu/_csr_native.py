@@ -44,10 +44,10 @@ from sparse_rt.kernels.cpu.gelu import GELU_SOURCE
 
 SOURCE = GELU_SOURCE + r"""
 /* Accumulator sets per batch-tile width (NV registers): UK nonzeros in flight per step. */
-#define CSR_UK1 8
-#define CSR_UK2 4
-#define CSR_UK3 4
-#define CSR_UK4 2
+#define CSR_UK1 4
+#define CSR_UK2 2
+#define CSR_UK3 2
+#define CSR_UK4 1
 
 /* Batched outputs are computed ROW_GROUP rows at a time into a [ROW_GROUP, tile] buffer and
    written with 8x8 transposes as runs of consecutive outputs of y [rows, out]: one float per
@@ -137,14 +137,11 @@ static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, const float
                     acc[u][j] = vfma(v, vload(column + j * VL), acc[u][j]);                  \
             }                                                                                \
         }                                                                                    \
-        /* the last < UK nonzeros, each into its own accumulators as above */                \
-        _Pragma("GCC unroll 8")                                                              \
-        for (int u = 0; u < UK - 1; u++) {                                                   \
-            if (k + u >= end) break;                                                         \
-            vf v = vset1(values[k + u]);                                                     \
-            const float* column = xt + (int64_t)column_indices[k + u] * ldt;                 \
+        for (; k < end; k++) {                                                               \
+            vf v = vset1(values[k]);                                                         \
+            const float* column = xt + (int64_t)column_indices[k] * ldt;                     \
             _Pragma("GCC unroll 4")                                                          \
-            for (int j = 0; j < NV; j++) acc[u][j] = vfma(v, vload(column + j * VL), acc[u][j]); \
+            for (int j = 0; j < NV; j++) acc[0][j] = vfma(v, vload(column + j * VL), acc[0][j]); \
         }                                                                                    \
         int64_t g = (r - r0) % ROW_GROUP;                                                    \
         vf b = vset1(bias ? bias[r] : 0.0f);                                                 \
