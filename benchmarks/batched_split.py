@@ -25,13 +25,13 @@ import torch
 
 from sparse_rt.bench_layers import ort_session, time_round_robin
 from sparse_rt.formats import CsrFormat, CsrInt8Format, DenseFormat
-from sparse_rt.kernels.cpu import _int8_native, csr
+from sparse_rt.kernels.cpu import _launch, csr
 from sparse_rt.kernels.registry import get_kernel
 
 SHAPES = ("3136x64x256", "3136x256x64", "784x128x512", "784x512x128", "196x256x1024", "49x2048x512",
           "128x768x3072", "128x3072x768", "1024x768x3072")
-# where each format's kernel module looks the split up
-SPLIT_SITES = {"csr": csr, "csr_int8": _int8_native}
+# where each format's kernel looks the split up (int8: through _launch.tile_tasks)
+SPLIT_SITES = {"csr": csr, "csr_int8": _launch}
 
 
 def bound(kernel_name: str, fmt, bias: torch.Tensor):

@@ -217,7 +217,7 @@ static void _bsr_gemm_task_##IDX(void* context, int64_t t, int worker) {        
     int64_t width = job->batch_vectors * VL;                                                 \
     int64_t br_begin = by_tiles ? 0 : job->task_block_rows[t];                               \
     int64_t br_end = by_tiles ? (job->out + r - 1) / r : job->task_block_rows[t + 1];        \
-    int64_t b_begin = by_tiles ? t * width : 0, b_end = by_tiles ? b_begin + 1 : ldt;        \
+    int64_t b_begin = by_tiles ? t * width : 0, b_end = by_tiles ? b_begin + width : ldt;    \
     int64_t row0 = br_begin * r, row_end = br_end * r < job->out ? br_end * r : job->out;    \
     for (int64_t b0 = b_begin; b0 < b_end; b0 += width) {                                    \
         int64_t nv = (ldt - b0) / VL < job->batch_vectors ? (ldt - b0) / VL : job->batch_vectors; \

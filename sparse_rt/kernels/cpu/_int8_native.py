@@ -35,7 +35,7 @@ import functools
 
 import torch
 
-from sparse_rt.kernels.cpu._launch import pointer, splits_by_inputs
+from sparse_rt.kernels.cpu._launch import pointer
 from sparse_rt.kernels.cpu._native import declare, load_library
 from sparse_rt.kernels.cpu.gelu import GELU_SOURCE
 
@@ -338,7 +338,7 @@ static void _i8_##NAME##_gemm_task_##IDX(void* context, int64_t t, int worker) {
     const ITYPE* columns = (const ITYPE*)job->columns;                                          \
     int by_tiles = job->task_rows == NULL;                                                      \
     int64_t r_begin = by_tiles ? 0 : job->task_rows[t], r_end = by_tiles ? job->out : job->task_rows[t + 1]; \
-    int64_t b_begin = by_tiles ? t * I8_LANES : 0, b_end = by_tiles ? b_begin + 1 : job->rows;  \
+    int64_t b_begin = by_tiles ? t * I8_LANES : 0, b_end = by_tiles ? b_begin + I8_LANES : job->rows; \
     float tile[I8_ROW_GROUP * I8_LANES] __attribute__((aligned(64)));                           \
     for (int64_t b0 = b_begin; b0 < b_end; b0 += I8_LANES) {                                    \
         const uint8_t* xt = job->xt + b0 * job->in;  /* this tile */                            \
@@ -664,15 +664,6 @@ def quantized_tiles(rows: torch.Tensor, num_threads: int, in4: int = 0) -> tuple
     quantize_tiles()(num_threads, batch, in_features, in4, int(in4 > 0), pointer(rows), pointer(scales),
                      pointer(inverses), pointer(out))
     return scales, out
-
-
-def gemm_tasks(split: torch.Tensor, batch: int, num_threads: int) -> tuple[int, int | None]:
-    """(tasks, task_rows pointer) of a batched sparse call: the output-row split `split`
-    [tasks + 1], or (`splits_by_inputs`) one task per activation tile and a NULL pointer."""
-    height = lanes()
-    if splits_by_inputs(batch, height, num_threads):
-        return -(-batch // height), None
-    return split.shape[0] - 1, pointer(split)
 
 
 def quantized_token(row: torch.Tensor, in32: int) -> tuple[torch.Tensor, torch.Tensor]:

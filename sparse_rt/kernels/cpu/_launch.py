@@ -89,6 +89,15 @@ def splits_by_inputs(batch: int, width: int, num_threads: int) -> bool:
     return tiles % num_threads == 0 or tiles >= 2 * num_threads
 
 
+def tile_tasks(split: torch.Tensor, batch: int, width: int, num_threads: int) -> tuple[int, int | None]:
+    """(tasks, task boundaries pointer) of a batched sparse kernel that takes either: the
+    output-row split `split` [tasks + 1], or (`splits_by_inputs`) one task per tile of
+    `width` input rows and a NULL pointer."""
+    if splits_by_inputs(batch, width, num_threads):
+        return -(-batch // width), None
+    return split.shape[0] - 1, pointer(split)
+
+
 def balanced_split(costs: torch.Tensor, parts: int) -> torch.Tensor:
     """int64 [k + 1] boundaries cutting len(costs) items into k <= parts consecutive runs of
     about equal total cost (every run non-empty; k = 0 when there are no items)."""

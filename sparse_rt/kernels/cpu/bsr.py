@@ -16,7 +16,7 @@ import torch
 
 from sparse_rt.kernels.cpu._bsr_native import bsr_gemm, bsr_gemv
 from sparse_rt.kernels.cpu._launch import (
-    TaskSplit, bias_of, check_cpu, pointer, rows_of, shaped_like, splits_by_inputs, threads,
+    TaskSplit, bias_of, check_cpu, pointer, rows_of, shaped_like, threads, tile_tasks,
 )
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import BlockOptions, block_configs, parse_options, simd_width
@@ -98,20 +98,18 @@ def bsr_linear(x: torch.Tensor, packed: BsrPacked, options: BlockOptions) -> tor
     if batch:
         num_threads = threads()
         split = packed.tasks(num_threads)
-        common = (
-            num_threads, split.shape[0] - 1, pointer(split), pointer(packed.block_row_offsets),
-            pointer(packed.block_column_indices), pointer(packed.panels), pointer(packed.bias), r, c,
-        )
+        weights = (pointer(packed.block_row_offsets), pointer(packed.block_column_indices), pointer(packed.panels),
+                   pointer(packed.bias), r, c)
         if batch == 1:
-            bsr_gemv(packed.index)(*common, in_features, out_features, packed.longest, pointer(rows), pointer(y))
+            bsr_gemv(packed.index)(num_threads, split.shape[0] - 1, pointer(split), *weights, in_features, out_features,
+                                   packed.longest, pointer(rows), pointer(y))
         else:
             width = simd_width()
             # xT scratch: [in padded to c, batch padded to the SIMD width]
             transposed = torch.empty(packed.in_padded * (-(-batch // width) * width), dtype=torch.float32)
-            tile = options.batch_vectors * width
-            tasks = (-(-batch // tile), None) if splits_by_inputs(batch, tile, num_threads) else common[1:3]
+            tasks = tile_tasks(split, batch, options.batch_vectors * width, num_threads)
             bsr_gemm(packed.index)(
-                num_threads, *tasks, *common[3:], batch, in_features, packed.in_padded, out_features, pointer(rows),
+                num_threads, *tasks, *weights, batch, in_features, packed.in_padded, out_features, pointer(rows),
                 pointer(y), pointer(transposed), options.batch_vectors,
             )
     return shaped_like(y, x)

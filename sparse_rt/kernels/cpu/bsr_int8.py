@@ -16,7 +16,9 @@ import torch
 
 from sparse_rt.formats.bsr_int8 import BLOCK, quads_of
 from sparse_rt.kernels.cpu import _int8_native as native
-from sparse_rt.kernels.cpu._launch import TaskSplit, bias_of, check_activation, check_cpu, pointer, rows_of, shaped_like, threads
+from sparse_rt.kernels.cpu._launch import (
+    TaskSplit, bias_of, check_activation, check_cpu, pointer, rows_of, shaped_like, threads, tile_tasks,
+)
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import Int8CsrOptions, int8_csr_configs, parse_options
 from sparse_rt.kernels.cpu.csr_int8 import ROW_OVERHEAD, ZERO_POINT
@@ -88,7 +90,7 @@ def bsr_int8_linear(x: torch.Tensor, packed: BsrInt8Packed, gelu: bool = False) 
         return shaped_like(gelu_erf(y) if gelu else y, x)
     scales, quads = native.quantized_tiles(rows, num_threads, packed.quads * BLOCK)
     native.bsr_gemm(packed.index)(
-        num_threads, *native.gemm_tasks(split, batch, num_threads), pointer(packed.block_offsets), pointer(packed.block_columns),
+        num_threads, *tile_tasks(split, batch, native.lanes(), num_threads), pointer(packed.block_offsets), pointer(packed.block_columns),
         pointer(packed.values), pointer(packed.compensation), pointer(packed.scales), pointer(packed.bias), batch,
         packed.quads, out_features, pointer(scales), pointer(quads), pointer(y), int(gelu),
     )

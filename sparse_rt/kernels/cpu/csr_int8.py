@@ -16,7 +16,9 @@ import torch
 
 from sparse_rt.formats.csr import CsrFormat
 from sparse_rt.kernels.cpu import _int8_native as native
-from sparse_rt.kernels.cpu._launch import TaskSplit, bias_of, check_activation, check_cpu, pointer, rows_of, shaped_like, threads
+from sparse_rt.kernels.cpu._launch import (
+    TaskSplit, bias_of, check_activation, check_cpu, pointer, rows_of, shaped_like, threads, tile_tasks,
+)
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import Int8CsrOptions, int8_csr_configs, parse_options
 from sparse_rt.kernels.cpu.gelu import gelu_erf
@@ -102,7 +104,7 @@ def csr_int8_linear(x: torch.Tensor, packed: CsrInt8Packed, gelu: bool = False) 
         return shaped_like(gelu_erf(y) if gelu else y, x)
     scales, xt = native.quantized_tiles(rows, num_threads)
     native.csr_gemm(packed.index)(
-        num_threads, *native.gemm_tasks(split, batch, num_threads), pointer(packed.group_offsets), pointer(packed.columns),
+        num_threads, *tile_tasks(split, batch, native.lanes(), num_threads), pointer(packed.group_offsets), pointer(packed.columns),
         pointer(packed.values), pointer(packed.compensation), pointer(packed.scales), pointer(packed.bias), batch,
         in_features, out_features, pointer(scales), pointer(xt), pointer(y), int(gelu),
     )
