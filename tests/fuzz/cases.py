@@ -696,7 +696,9 @@ def _mutate_tensor(draw, tensor: TensorProto) -> str:
         index = draw(st.integers(0, flat.size - 1))
         if flat.dtype.kind in "iu":
             info = np.iinfo(flat.dtype)
-            flat[index] = draw(st.sampled_from([info.min, info.max, -1, 0, 1, 7, 100, int(flat.max()) + 1]))
+            # only what the dtype holds: -1 in a uint8 tensor is an error of numpy's, not a mutation
+            values = [info.min, info.max, -1, 0, 1, 7, 100, int(flat.max()) + 1]
+            flat[index] = draw(st.sampled_from([v for v in values if info.min <= v <= info.max]))
         else:
             flat[index] = draw(st.sampled_from([np.nan, np.inf, -np.inf, 1e38, 0.0, -0.0]))
     elif how == "dtype":
