@@ -17,7 +17,7 @@ from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph
 from sparse_rt.ir.onnx_io import load as load_graph
 from sparse_rt.ir.onnx_io import read_model_proto
 from sparse_rt.ir.onnx_io import save as save_graph
-from sparse_rt.scheduler.workload import rows_per_input
+from sparse_rt.scheduler.workload import nonzero_weight_bytes, rows_per_input
 
 ModelLike = Graph | str | os.PathLike | bytes | onnx.ModelProto
 
@@ -73,6 +73,7 @@ def convert(
             dequantize_linear_layers(graph)
         fuse_graph(graph)
     if lower:
+        from sparse_rt.scheduler.cold import cold_rows_for
         from sparse_rt.scheduler.plan import make_chooser
         from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE
 
@@ -80,8 +81,9 @@ def convert(
             raise TypeError("convert: give shapes (representative inputs) or batch_sizes (rows to tune at), not both")
         rows = rows_per_input(graph, linear_inputs(graph), shapes) if batch_sizes is None else None
         tolerance = DEFAULT_TOLERANCE if quantize_tolerance is None else quantize_tolerance
+        cold_rows = cold_rows_for(nonzero_weight_bytes(graph, 1 if quantize == "int8" else 4)) if tune else 0
         chooser = make_chooser(torch.device(device), batch_sizes, tune=tune, structured=structured,
-                               quantize=quantize, tolerance=tolerance)
+                               quantize=quantize, tolerance=tolerance, cold_rows=cold_rows)
         lower_linear_layers(graph, chooser, progress=progress, keep_apart=_arrived_structured(structured), rows=rows)
         fuse_linear_activation(graph)
         fuse_relu(graph)

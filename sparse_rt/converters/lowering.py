@@ -58,6 +58,8 @@ class Choice:
     decided the dispatch).
     quantization: when int8 was considered, the precision verdict as JSON
     (`sparse_rt.scheduler.quantize.Precision`).
+    cold_rows: the tuned row counts timed with the weight evicted from the caches (a model
+    too large for the last-level cache; `sparse_rt.scheduler.cold`).
     """
 
     weight: WeightFormat
@@ -67,6 +69,7 @@ class Choice:
     dispatch: list[tuple[int, str, Config]] | None = None
     tuned_rows: tuple[int, ...] | None = None
     quantization: str | None = None
+    cold_rows: tuple[int, ...] = ()
 
 
 Chooser = Callable[[LinearLayer], Choice]
@@ -246,7 +249,8 @@ def _emit(graph: Graph, match: _Match, choice: Choice) -> list[Node]:
         graph.constants[bias] = layer.bias
     def linear(x_name: str, y_name: str) -> Node:
         return sparse_linear_node(base, x_name, y_name, bias, arrays, choice.weight, choice.kernel, choice.config,
-                                  choice.timings, choice.dispatch, choice.tuned_rows, choice.quantization)
+                                  choice.timings, choice.dispatch, choice.tuned_rows, choice.quantization,
+                                  choice.cold_rows)
 
     if len(match.outputs) > 1:
         merged = graph.fresh_name(f"{base}.merged")

@@ -10,7 +10,8 @@ Node layout (the same in memory and on disk):
               format by row count, where the tuner found different ones fastest, and
               output_layout ("batch_tiles": batched outputs stay in the CSR kernel's
               input tiles, for the one CSR layer that reads them; see chain_csr_layers),
-              tuned_rows (ints: the row counts the tuner chose the format at), and
+              tuned_rows (ints: the row counts the tuner chose the format at),
+              cold_rows (ints: those of them timed with the weight evicted from the caches), and
               quantization (JSON): the int8-or-fp32 verdict and the error measured for it.
 """
 
@@ -31,7 +32,7 @@ from sparse_rt.kernels.registry import BoundLinear, Config, Kernel, kernels_for
 from sparse_rt.ops.registry import BindContext, register_op
 
 _RESERVED = ("format", "arrays", "kernel", "config", "tuned_config", "timings", "activation", "dispatch",
-             "output_layout", "tuned_rows", "quantization")
+             "output_layout", "tuned_rows", "cold_rows", "quantization")
 # The kernel that can leave its output in batch tiles, and read them.
 TILED_KERNEL = "csr_cpu_rowwise"
 
@@ -49,6 +50,7 @@ def sparse_linear_node(
     dispatch: list[tuple[int, str, Config]] | None = None,
     tuned_rows: tuple[int, ...] | None = None,
     quantization: str | None = None,
+    cold_rows: tuple[int, ...] = (),
 ) -> Node:
     """Build a SparseLinear node; `weight_arrays` maps format field -> constant name.
 
@@ -56,6 +58,7 @@ def sparse_linear_node(
     dispatch (optional): [(from rows, kernel, config)], ascending from 1 row.
     tuned_rows (optional): the row counts the format was chosen at, for `explain`.
     quantization (optional): the precision verdict (JSON), kept for `explain`.
+    cold_rows (optional): the tuned row counts timed with the weight out of the caches.
     """
     attributes: dict[str, Any] = {
         "format": weight.name,
@@ -67,6 +70,8 @@ def sparse_linear_node(
         attributes["timings"] = json.dumps(timings, sort_keys=True)
     if tuned_rows:
         attributes["tuned_rows"] = [int(r) for r in tuned_rows]
+    if cold_rows:
+        attributes["cold_rows"] = [int(r) for r in cold_rows]
     if dispatch:
         attributes["dispatch"] = json.dumps([[rows, name, cfg] for rows, name, cfg in dispatch], sort_keys=True)
     if quantization is not None:

@@ -24,6 +24,7 @@ class LayerReport:
     chosen: str | None                    # label of the chosen candidate, if tuned
     dispatch: tuple[tuple[int, str, str], ...] = ()  # (from rows, kernel, candidate label)
     tuned_rows: tuple[int, ...] = ()  # the rows the format was chosen at
+    cold_rows: tuple[int, ...] = ()  # those timed with the weight evicted from the caches
     precision: Precision | None = None  # when int8 was considered
 
     def ranges(self) -> list[tuple[int, int | None, str]]:
@@ -64,6 +65,7 @@ def layer_reports(graph: Graph) -> list[LayerReport]:
             format=weight.name, kernel=node.attributes["kernel"], nbytes=weight.nbytes,
             dense_nbytes=dense.numel() * 4, timings=timings, chosen=chosen, dispatch=dispatch,
             tuned_rows=tuple(int(r) for r in node.attributes.get("tuned_rows", ())),
+            cold_rows=tuple(int(r) for r in node.attributes.get("cold_rows", ())),
             precision=Precision.from_json(quantization) if quantization else None,
         ))
     return reports
@@ -112,6 +114,10 @@ def format_report(reports: list[LayerReport], batch: int | None = None) -> str:
         for r in by_rows:
             spans = ", ".join(f"{start}{'+' if end is None else '-' + str(end)}: {label}" for start, end, label in r.ranges())
             lines.append(f"  {r.name[:28]:<28} {spans}")
+    cold = sorted({b for r in reports for b in r.cold_rows})
+    if cold:
+        lines.append(f"timed cold at {', '.join(map(str, cold))} rows: the model's weights exceed the last-level "
+                     f"cache, so each call there reads its weight from memory; the tuner evicted it before each call")
     weight_bytes = sum(r.nbytes for r in reports)
     dense_bytes = sum(r.dense_nbytes for r in reports)
     quantized = [r for r in reports if r.precision is not None]

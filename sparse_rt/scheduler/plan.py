@@ -32,6 +32,7 @@ def make_chooser(
     structured: Mapping[str, WeightFormat] | None = None,
     quantize: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    cold_rows: int = 0,
 ) -> Chooser:
     """A function LinearLayer -> Choice for `device`.
 
@@ -45,6 +46,8 @@ def make_chooser(
     (butterfly, permuted): that format joins the candidates and is the heuristic's pick.
     quantize="int8": int8 formats are candidates for every layer whose int8 output error is
     within `tolerance` (sparse_rt.scheduler.quantize).
+    cold_rows: tuned rows up to this count are timed with the weight evicted from the caches
+    (`sparse_rt.scheduler.cold.cold_rows_for`: a model too large for the last-level cache).
     """
     check_quantize(quantize, tolerance)
     fixed = None if batch_sizes is None else batch_weights(batch_sizes)
@@ -72,7 +75,8 @@ def make_chooser(
             return Choice(*picked, tuned_rows=tuple(sorted(weights)), quantization=precision.to_json())
         try:
             return tune_layer(layer, device, weights, cache, timer, known, spread=spread,
-                              quantize=None if known is not None else quantize, tolerance=tolerance)
+                              quantize=None if known is not None else quantize, tolerance=tolerance,
+                              cold_rows=cold_rows)
         finally:
             cache.save()
 

@@ -23,14 +23,16 @@ from sparse_rt.kernels.activation import bind_with_activation
 from sparse_rt.kernels.registry import BoundLinear, Config, get_kernel, kernels_for
 from sparse_rt.scheduler.cache import TuningCache, device_fingerprint
 from sparse_rt.scheduler.candidates import Candidate, candidates
+from sparse_rt.scheduler.cold import evict_caches
 from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, int8_candidates, verdict
 
 Timer = Callable[[Candidate, BoundLinear, torch.Tensor], float]
 
 
 def best_time(fn: BoundLinear, x: torch.Tensor, warmup: int = 2, min_runs: int = 5,
-              max_runs: int = 30, budget_s: float = 0.03) -> float:
-    """Fastest wall time of fn(x) in seconds over warm runs, within a time budget.
+              max_runs: int = 30, budget_s: float = 0.03, before: Callable[[], None] | None = None) -> float:
+    """Fastest wall time of fn(x) in seconds over warm runs, within a time budget;
+    `before` (untimed) runs ahead of every timed call.
 
     The minimum, not the median: other work on the machine only ever adds time,
     so the minimum is the estimate it disturbs least."""
@@ -40,6 +42,8 @@ def best_time(fn: BoundLinear, x: torch.Tensor, warmup: int = 2, min_runs: int =
         samples: list[float] = []
         start = time.perf_counter()
         while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter() - start < budget_s):
+            if before is not None:
+                before()
             t0 = time.perf_counter()
             fn(x)
             samples.append(time.perf_counter() - t0)
@@ -48,6 +52,12 @@ def best_time(fn: BoundLinear, x: torch.Tensor, warmup: int = 2, min_runs: int =
 
 def wall_clock_timer(candidate: Candidate, fn: BoundLinear, x: torch.Tensor) -> float:
     return best_time(fn, x)
+
+
+def cold_wall_clock_timer(candidate: Candidate, fn: BoundLinear, x: torch.Tensor) -> float:
+    """Each timed call after the caches are evicted (`scheduler.cold`): fewer runs, each
+    behind a read of several times the last-level cache."""
+    return best_time(fn, x, min_runs=3, max_runs=7, before=evict_caches)
 
 
 # Another kernel takes over a batch size only when at least this much faster there.
@@ -70,6 +80,8 @@ def tune_layer(
     spread: Sequence[int] = (),
     quantize: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    cold_rows: int = 0,
+    cold_timer: Timer = cold_wall_clock_timer,
 ) -> Choice:
     """Time the candidates of `layer` and return the fastest, with all timings.
 
@@ -83,6 +95,9 @@ def tune_layer(
 
     quantize="int8": the int8 formats join the candidates when their output error against
     fp32 is within `tolerance` (see sparse_rt.scheduler.quantize).
+    cold_rows: the tuned rows (not the spread) up to this count are timed by `cold_timer`,
+    the weight evicted from the caches before each call (`scheduler.cold`: for models whose
+    weights exceed the last-level cache), and cached apart from warm timings.
     """
     weight = torch.from_numpy(layer.weight)
     bias = None if layer.bias is None else torch.from_numpy(layer.bias)
@@ -103,14 +118,15 @@ def tune_layer(
         label = candidate.label
         per_batch = timings.setdefault(label, {})
         for batch in batches:
-            key = TuningCache.key(fingerprint, candidate.kernel, candidate.config, tuple(weight.shape),
-                                  _structure_signature(candidate.weight, layer.activation), batch)
+            cold = batch <= cold_rows and batch in batch_weights
+            key = TuningCache.key(fingerprint + (":cold" if cold else ""), candidate.kernel, candidate.config,
+                                  tuple(weight.shape), _structure_signature(candidate.weight, layer.activation), batch)
             seconds = cache.get(key)
             if seconds is None or batch in fresh.get(label, {}):
                 if label not in bound:
                     bound[label] = bind_with_activation(get_kernel(candidate.kernel), candidate.weight, bias,
                                                         candidate.config, device, layer.activation)
-                measured = timer(candidate, bound[label], input_rows(batch))
+                measured = (cold_timer if cold else timer)(candidate, bound[label], input_rows(batch))
                 seconds = measured if seconds is None else min(seconds, measured)
                 cache.put(key, seconds)
                 fresh.setdefault(label, {})[batch] = key
@@ -138,8 +154,9 @@ def tune_layer(
         for candidate in _best_per_kernel(chosen, scores):
             measure(candidate, spread)
     quantization = None if precision is None else verdict(chosen.weight, precision).to_json()
+    cold = tuple(b for b in sorted(batch_weights) if b <= cold_rows)
     return Choice(chosen.weight, chosen.kernel, chosen.config, timings, batch_dispatch(chosen, scores, timings),
-                  tuple(sorted(batch_weights)), quantization)
+                  tuple(sorted(batch_weights)), quantization, cold)
 
 
 def _best_per_kernel(chosen: Candidate, scores: Mapping[str, tuple[float, Candidate]]) -> list[Candidate]:

@@ -94,3 +94,12 @@ def rows_per_input(graph: Graph, feature_axes: Mapping[str, int],
         if None not in dims:
             rows[name] = max(1, math.prod(dims))
     return rows
+
+
+def nonzero_weight_bytes(graph: Graph, bytes_per_value: int = 4) -> int:
+    """The least bytes the weights of the graph's Gemm, MatMul and Conv nodes can take in any
+    format: `bytes_per_value` per nonzero (4 for float32, 1 for int8), no indices counted."""
+    weights = {node.inputs[1] for node in graph.nodes
+               if not node.domain and node.op_type in ("Gemm", "MatMul", "Conv") and len(node.inputs) > 1}
+    return sum(int(np.count_nonzero(graph.constants[name])) * bytes_per_value
+               for name in weights if name in graph.constants)
