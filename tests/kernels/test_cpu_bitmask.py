@@ -75,6 +75,21 @@ def test_wide_layer_crosses_column_and_row_blocks():
             assert_close(bound(x), x @ weight.T + bias, rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch_rows", [4, 8])
+def test_panels_cross_column_blocks_and_a_partial_last_panel(batch_rows):
+    # 1100 columns: five column blocks of the panel kernel; 600 rows: the last panel partly past out
+    weight = masked_weight(600, 1100, 0.5, seed=9)
+    weight[:40] = 0  # whole empty panels
+    fmt = BitmaskFormat.from_dense(weight)
+    kernel = get_kernel("bitmask_cpu_expand")
+    config = {"tasks_per_thread": 4, "batch_rows": batch_rows, "gemv_threads": 0, "batched": "panels"}
+    for bias in (None, torch.randn(600)):
+        bound = kernel.bind(fmt, bias, config, CPU)
+        for batch in (2, 9, 40):
+            x = torch.randn(batch, 1100)
+            assert_close(bound(x), x @ weight.T + (0 if bias is None else bias), rtol=1e-5)
+
+
 def test_expanded_layers_share_a_scratch():
     """Batched "expand" writes each layer out into one scratch per thread, larger or smaller."""
     kernel = get_kernel("bitmask_cpu_expand")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import functools
 
+from sparse_rt.kernels.cpu._dense_native import TILE_SOURCE
 from sparse_rt.kernels.cpu._native import declare, load_library
 
 
@@ -52,7 +53,7 @@ def _expand_table() -> str:
     return ",\n".join(", ".join(entries[i : i + 8]) for i in range(0, 256, 8))
 
 
-SOURCE = r"""
+SOURCE = TILE_SOURCE + r"""
 #define BM_ROWS 4
 #if VL == 16
 typedef uint16_t bm_chunk;
@@ -251,6 +252,107 @@ void bitmask_gemm(int num_threads, int64_t tasks, const int64_t* task_rows, cons
                               batch_rows, row_block, column_chunks};
     sr_parallel_for(num_threads, tasks, _bitmask_gemm_task, &job);
 }
+
+/* Batched, by panels: NR (2 VL) output rows at a time, BM_PANEL_K columns at a time. The
+   panel's rows are expanded once per column block into the worker's block [kc, NR] (the dense
+   kernel's panel layout: each VL-column chunk of VL rows is expanded and stored transposed),
+   then the dense kernel's register tiles multiply the block into
+   every input row, mr rows a tile, adding to the partial sums of the blocks before. */
+#define BM_PANEL_K 256
+#define BM_PANEL_SCRATCH (BM_PANEL_K * NR)
+
+struct bitmask_panel_job {
+    const struct bitmask_job* base;
+    const float* panel_bias;
+    float* scratch;
+    int64_t mr;
+};
+
+/* block[k * NR + j] = rows[j][k] for j, k < VL: one VL x VL square of expanded rows transposed
+   into the panel layout (AVX-512: four rounds of 16 shuffles in registers). */
+static inline void _bm_store_transposed(vf* rows, float* restrict block) {
+#if VL == 16
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {  /* lane L: columns 4L, 4L + 1 (lo) or 4L + 2, 4L + 3 (hi) of two rows */
+        t[i] = _mm512_unpacklo_ps(rows[i], rows[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(rows[i], rows[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  /* rows[4b + c], lane L: column 4L + c of rows 4b .. 4b + 3 */
+        rows[i] = (__m512)_mm512_unpacklo_pd((__m512d)t[i], (__m512d)t[i + 2]);
+        rows[i + 1] = (__m512)_mm512_unpackhi_pd((__m512d)t[i], (__m512d)t[i + 2]);
+        rows[i + 2] = (__m512)_mm512_unpacklo_pd((__m512d)t[i + 1], (__m512d)t[i + 3]);
+        rows[i + 3] = (__m512)_mm512_unpackhi_pd((__m512d)t[i + 1], (__m512d)t[i + 3]);
+    }
+    for (int c = 0; c < 4; c++) {  /* lanes 0, 2 (0x88) or 1, 3 (0xdd) of two registers */
+        t[c] = _mm512_shuffle_f32x4(rows[c], rows[c + 4], 0x88);
+        t[c + 4] = _mm512_shuffle_f32x4(rows[c], rows[c + 4], 0xdd);
+        t[c + 8] = _mm512_shuffle_f32x4(rows[c + 8], rows[c + 12], 0x88);
+        t[c + 12] = _mm512_shuffle_f32x4(rows[c + 8], rows[c + 12], 0xdd);
+    }
+    for (int c = 0; c < 4; c++) {  /* whole columns c, 8 + c, 4 + c, 12 + c */
+        _mm512_storeu_ps(block + c * NR, _mm512_shuffle_f32x4(t[c], t[c + 8], 0x88));
+        _mm512_storeu_ps(block + (8 + c) * NR, _mm512_shuffle_f32x4(t[c], t[c + 8], 0xdd));
+        _mm512_storeu_ps(block + (4 + c) * NR, _mm512_shuffle_f32x4(t[c + 4], t[c + 12], 0x88));
+        _mm512_storeu_ps(block + (12 + c) * NR, _mm512_shuffle_f32x4(t[c + 4], t[c + 12], 0xdd));
+    }
+#else
+    float square[VL * VL];
+    for (int j = 0; j < VL; j++) vstore(square + j * VL, rows[j]);
+    for (int k = 0; k < VL; k++)
+        for (int j = 0; j < VL; j++) block[k * NR + j] = square[j * VL + k];
+#endif
+}
+
+static void _bitmask_panel_task(void* context, int64_t p, int worker) {
+    const struct bitmask_panel_job* panel = (const struct bitmask_panel_job*)context;
+    const struct bitmask_job* job = panel->base;
+    float* block = panel->scratch + worker * BM_PANEL_SCRATCH;
+    int64_t in = job->in, out = job->out, o0 = p * NR, chunks = (in + VL - 1) / VL;
+    int width = out - o0 < NR ? (int)(out - o0) : NR;
+    const uint8_t* mask[NR];
+    const float* v[NR];
+    for (int j = 0; j < width; j++) {
+        mask[j] = job->mask + (o0 + j) * job->row_bytes;
+        v[j] = job->values + job->row_offsets[o0 + j];
+    }
+    for (int64_t c0 = 0; c0 < chunks; c0 += BM_PANEL_K / VL) {
+        int64_t c1 = c0 + BM_PANEL_K / VL < chunks ? c0 + BM_PANEL_K / VL : chunks;
+        int64_t k0 = c0 * VL, kc = (c1 * VL < in ? c1 * VL : in) - k0;
+        for (int64_t c = c0; c < c1; c++) {
+            for (int g = 0; g < NR; g += VL) {
+                vf rows[VL];
+                for (int j = 0; j < VL; j++) {
+                    rows[j] = vzero();
+                    if (g + j < width) {
+                        unsigned m = bm_mask(mask[g + j], c);
+                        rows[j] = bm_expand(v[g + j], m);
+                        v[g + j] += __builtin_popcount(m);
+                    }
+                }
+                _bm_store_transposed(rows, block + (c - c0) * VL * NR + g);
+            }
+        }
+        for (int64_t r = 0; r < job->rows; r += panel->mr) {
+            int m = job->rows - r < panel->mr ? (int)(job->rows - r) : (int)panel->mr;
+            _dense_tile(m, kc, block, job->x + r * in + k0, in, job->y + r * out + o0, out, width,
+                        k0 == 0 ? panel->panel_bias + o0 : NULL, 0);
+        }
+    }
+}
+
+/* y [rows, out] = x [rows, in] @ W.T + bias by panels (above): panel_bias [ceil(out / NR) * NR]
+   (zeros past out, and where the layer has none); scratch [threads * BM_PANEL_SCRATCH], 64-byte
+   aligned; mr input rows per register tile (1..8). */
+void bitmask_gemm_panels(int num_threads, const uint8_t* mask, int64_t row_bytes, const int64_t* row_offsets,
+                         const float* values, const float* panel_bias, int64_t rows, int64_t in, int64_t out,
+                         const float* x, float* y, float* scratch, int64_t mr) {
+    struct bitmask_job job = {NULL, mask, row_offsets, values, NULL, x, y, rows, in, out, row_bytes, 0, 0, 0};
+    struct bitmask_panel_job panel = {&job, panel_bias, scratch, mr};
+    sr_parallel_for(num_threads, (out + NR - 1) / NR, _bitmask_panel_task, &panel);
+}
+
+/* Floats of scratch one worker of bitmask_gemm_panels takes. */
+int64_t bitmask_panel_scratch(void) { return BM_PANEL_SCRATCH; }
 """
 
 _P = ctypes.c_void_p
@@ -279,3 +381,19 @@ def bitmask_gemm():
     columns per block / vector_width())."""
     library = load_library("bitmask", SOURCE)
     return declare(library, "bitmask_gemm", [ctypes.c_int, _I, _P, _P, _I, _P, _P, _P, _I, _I, _I, _P, _P, _I, _I, _I])
+
+
+@functools.cache
+def bitmask_gemm_panels():
+    """`bitmask_gemm_panels`: (threads, mask, row_bytes, row_offsets, values, panel_bias [panels * NR], rows, in,
+    out, x [rows, in], y [rows, out], scratch [threads * bitmask_panel_scratch()] 64-byte aligned, mr 1..8)."""
+    library = load_library("bitmask", SOURCE)
+    return declare(library, "bitmask_gemm_panels", [ctypes.c_int, _P, _I, _P, _P, _P, _I, _I, _I, _P, _P, _P, _I])
+
+
+@functools.cache
+def bitmask_panel_scratch() -> int:
+    """Floats of scratch per worker of `bitmask_gemm_panels`."""
+    function = load_library("bitmask", SOURCE).bitmask_panel_scratch
+    function.argtypes, function.restype = [], ctypes.c_int64
+    return int(function())

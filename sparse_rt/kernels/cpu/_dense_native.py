@@ -13,7 +13,8 @@ import functools
 from sparse_rt.kernels.cpu._native import declare, load_library
 from sparse_rt.kernels.cpu.gelu import GELU_SOURCE
 
-SOURCE = GELU_SOURCE + r"""
+# The register tiles over one packed panel, shared with kernels that pack panels as they go.
+TILE_SOURCE = GELU_SOURCE + r"""
 #define NR (2 * VL)
 /* The epilogue applied to a finished output register: none, GELU (erf form) or ReLU (a NaN
    becomes 0). Codes as in dense.py's ACTIVATION_CODES. */
@@ -153,7 +154,9 @@ static inline void _dense_tile(int mr, int64_t kc, const float* w, const float* 
     default: _dense_tile_8(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
     }
 }
+"""
 
+SOURCE = TILE_SOURCE + r"""
 struct dense_job {
     int64_t rows, in, out, panels, panels_per_task, mr, kc, act;
     const float *packed, *bias, *x;

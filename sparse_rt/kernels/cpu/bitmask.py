@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from sparse_rt.kernels.cpu._bitmask_native import bitmask_expand, bitmask_gemm, bitmask_gemv
+from sparse_rt.kernels.cpu._bitmask_native import (
+    bitmask_expand, bitmask_gemm, bitmask_gemm_panels, bitmask_gemv, bitmask_panel_scratch,
+)
 from sparse_rt.kernels.cpu._launch import TaskSplit, bias_of, check_cpu, pointer, rows_of, shaped_like, threads
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import BitmaskOptions, bitmask_configs, parse_options, simd_width
@@ -44,6 +46,7 @@ class BitmaskPacked:
     row_offsets: int64 [out + 1]
     values:      float32 [nnz + VALUE_PADDING] (the format's padding included)
     bias:        float32 [out] or None
+    panel_bias:  float32 [ceil(out / NR) * NR], NR = 2 * SIMD width: the bias (or zeros), zero-padded
     row_block:   output rows per block of the batched kernel (1..GEMM_MAX_ROWS)
     tasks:       row boundaries per thread count, balancing bytes
     """
@@ -53,6 +56,7 @@ class BitmaskPacked:
     row_offsets: torch.Tensor
     values: torch.Tensor
     bias: torch.Tensor | None
+    panel_bias: torch.Tensor
     row_block: int
     tasks: TaskSplit
 
@@ -64,12 +68,18 @@ def pack_bitmask(weight, bias: torch.Tensor | None, options: BitmaskOptions) -> 
     row_offsets = weight.row_offsets.to(torch.int64).contiguous()
     costs = row_offsets.diff() * 4 + row_bytes + ROW_OVERHEAD_BYTES
     mean_cost = float(costs.float().mean()) if out_features else 1.0
+    bias = bias_of(bias, out_features, "bitmask_linear")
+    panel = 2 * simd_width()
+    panel_bias = torch.zeros(-(-out_features // panel) * panel, dtype=torch.float32)
+    if bias is not None:
+        panel_bias[:out_features] = bias
     return BitmaskPacked(
         shape=(out_features, in_features),
         mask=weight.mask.contiguous(),
         row_offsets=row_offsets,
         values=weight.values.to(torch.float32).contiguous(),
-        bias=bias_of(bias, out_features, "bitmask_linear"),
+        bias=bias,
+        panel_bias=panel_bias,
         row_block=max(1, min(GEMM_MAX_ROWS, int(GEMM_BLOCK_BYTES // mean_cost))),
         tasks=TaskSplit(costs, options.tasks_per_thread),
     )
@@ -87,6 +97,15 @@ def _expand_scratch(floats: int) -> torch.Tensor:
     return buffer[:floats]
 
 
+def _panel_scratch(floats: int) -> torch.Tensor:
+    """float32 [>= floats] of this thread's for the panel kernel's workers (64-byte aligned, as
+    torch allocates), kept between calls."""
+    buffer = getattr(_scratch, "panels", None)
+    if buffer is None or buffer.numel() < floats:
+        buffer = _scratch.panels = torch.empty(floats, dtype=torch.float32)
+    return buffer
+
+
 def bitmask_linear(x: torch.Tensor, packed: BitmaskPacked, options: BitmaskOptions) -> torch.Tensor:
     """x: float32 [..., in] -> y: float32 [..., out]."""
     out_features, in_features = packed.shape
@@ -102,6 +121,15 @@ def bitmask_linear(x: torch.Tensor, packed: BitmaskPacked, options: BitmaskOptio
         )
         return shaped_like(torch.nn.functional.linear(rows, dense, packed.bias), x)
     y = torch.empty(batch, out_features, dtype=torch.float32)
+    if batch > 1 and options.batched == "panels":
+        num_threads = threads()
+        scratch = _panel_scratch(num_threads * bitmask_panel_scratch())
+        bitmask_gemm_panels()(
+            num_threads, pointer(packed.mask), packed.mask.shape[1], pointer(packed.row_offsets),
+            pointer(packed.values), pointer(packed.panel_bias), batch, in_features, out_features, pointer(rows),
+            pointer(y), pointer(scratch), options.batch_rows,
+        )
+        return shaped_like(y, x)
     if batch == 1:
         num_threads = min(threads(), options.gemv_threads) if options.gemv_threads else threads()
         split = packed.tasks(num_threads)

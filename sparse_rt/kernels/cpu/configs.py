@@ -138,7 +138,7 @@ class RowsOptions:
 
 
 BITMASK_BATCH_ROWS = (4, 8)
-BITMASK_BATCHED = ("direct", "expand")
+BITMASK_BATCHED = ("direct", "expand", "panels")
 # Below this many stored bytes (mask + values) a batch-1 bitmask call runs on one thread by
 # default, as for CSR (GEMV_ONE_THREAD_NNZ x 6 bytes).
 BITMASK_ONE_THREAD_BYTES = 6 * GEMV_ONE_THREAD_NNZ
@@ -147,11 +147,13 @@ BITMASK_ONE_THREAD_BYTES = 6 * GEMV_ONE_THREAD_NNZ
 @dataclass(frozen=True)
 class BitmaskOptions:
     """tasks_per_thread: row ranges of about equal bytes per thread.
-    batch_rows:   input rows each expanded weight chunk is multiplied into when batched (4 or 8).
+    batch_rows:   input rows each expanded weight chunk is multiplied into when batched (4 or 8;
+                  with "panels", the input rows of a register tile).
     gemv_threads: threads of the batch-1 kernel at most (0: as many as the runtime runs).
     batched:      several input rows: "direct" (the bitmask GEMM) or "expand" (the whole weight
-                  expanded to a dense scratch, then torch's GEMM); "direct" for configs saved
-                  before it existed."""
+                  expanded to a dense scratch, then torch's GEMM) or "panels" (blocks of the
+                  weight expanded into the dense kernel's panel layout in cache, then its register
+                  tiles); "direct" for configs saved before it existed."""
 
     tasks_per_thread: int
     batch_rows: int
@@ -241,6 +243,7 @@ def bitmask_configs(weight, device: torch.device) -> list[Config]:
         tasks_per_thread=DEFAULT_TASKS_PER_THREAD,
         batch_rows=8,
         gemv_threads=1 if weight.nbytes < BITMASK_ONE_THREAD_BYTES else 0,
+        batched="panels",
     )
     axes = {
         "tasks_per_thread": [1, DEFAULT_TASKS_PER_THREAD, 16],
