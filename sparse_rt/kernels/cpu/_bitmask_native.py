@@ -4,7 +4,10 @@ Both walk a weight row VL columns (one mask chunk: a byte with AVX2 and the port
 code, 16 bits with AVX-512) at a time: `bm_expand(v, m)` puts the next popcount(m) packed
 values of the row into the lanes whose bits m sets (zeros elsewhere), the chunk of x is
 one contiguous load, one FMA, and the value pointer moves on by popcount(m). AVX-512
-expands with vexpandps (maskz_expandloadu); AVX2 loads 8 values and moves them into place
+expands with vexpandps (maskz_expandloadu), or at batch 1 where the config says so with vpermps
+on indices from the table below, one lookup a mask byte (`bm_expand_permute`: on an AMD Zen 4
+core 14-18% faster than vexpandps on a weight in cache, the same on one streamed from memory);
+AVX2 loads 8 values and moves them into place
 with vpermps, its indices from a 256-entry table of 8 bytes a mask (`bm_expand_table`,
 widened with vpmovsxbd) whose unused lanes are -1, so that one vblendvps on their sign bit
 zeroes them; the portable code places them one by one. The loads of 8 values past a row's
@@ -18,6 +21,8 @@ equal), and a per-call table of x compressed for every mask.
 
 - `bitmask_gemv`: x [in] -> y [out]; BM_ROWS output rows in flight per step (their x chunk
   shared), tasks of consecutive rows.
+- `bitmask_gemm_panels`: x [rows, in] -> y [rows, out] through the dense kernel's register
+  tiles, over blocks of the weight expanded in cache (below).
 - `bitmask_gemm`: x [rows, in] -> y [rows, out]; each expanded weight chunk is multiplied
   into `batch_rows` (4 or 8) input rows' accumulators. A task's output rows go
   `row_block` at a time (a block of the weight small enough to stay in L2), and the block
@@ -55,14 +60,31 @@ def _expand_table() -> str:
 
 SOURCE = TILE_SOURCE + r"""
 #define BM_ROWS 4
-#if VL == 16
-typedef uint16_t bm_chunk;
-static inline vf bm_expand(const float* v, unsigned m) { return _mm512_maskz_expandloadu_ps((__mmask16)m, v); }
-#elif defined(__AVX2__) && defined(__FMA__)
-typedef uint8_t bm_chunk;
+#if VL == 16 || (defined(__AVX2__) && defined(__FMA__))
 static const uint64_t bm_expand_table[256] = {
 """ + _expand_table() + r"""
 };
+#endif
+#if VL == 16
+typedef uint16_t bm_chunk;
+static inline vf bm_expand(const float* v, unsigned m) { return _mm512_maskz_expandloadu_ps((__mmask16)m, v); }
+/* The same by vpermps: lane indices from the table for each mask byte, the high byte's moved on
+   by the popcount of the low one (bm_high_offset), lanes of clear bits zeroed by the mask. On
+   an AMD EPYC (Zen 4) 1.3 against 1.7 ns a chunk from L2, where vexpandps is slow. */
+static const uint8_t bm_high_offset[9][16] __attribute__((aligned(16))) = {
+    {0}, {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1}, {0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2},
+    {0, 0, 0, 0, 0, 0, 0, 0, 3, 3, 3, 3, 3, 3, 3, 3}, {0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4},
+    {0, 0, 0, 0, 0, 0, 0, 0, 5, 5, 5, 5, 5, 5, 5, 5}, {0, 0, 0, 0, 0, 0, 0, 0, 6, 6, 6, 6, 6, 6, 6, 6},
+    {0, 0, 0, 0, 0, 0, 0, 0, 7, 7, 7, 7, 7, 7, 7, 7}, {0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8}};
+static inline vf bm_expand_permute(const float* v, unsigned m) {
+    unsigned low = m & 255;
+    __m128i lanes = _mm_insert_epi64(_mm_cvtsi64_si128((long long)bm_expand_table[low]),
+                                     (long long)bm_expand_table[m >> 8], 1);
+    lanes = _mm_add_epi8(lanes, _mm_load_si128((const __m128i*)bm_high_offset[__builtin_popcount(low)]));
+    return _mm512_maskz_permutexvar_ps((__mmask16)m, _mm512_cvtepu8_epi32(lanes), _mm512_loadu_ps(v));
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+typedef uint8_t bm_chunk;
 static inline vf bm_expand(const float* v, unsigned m) {
     /* lanes: the table row's 8 bytes sign-extended (-1 for unused lanes: sign bit set) */
     __m256i lanes = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)&bm_expand_table[m]));
@@ -80,6 +102,9 @@ static inline vf bm_expand(const float* v, unsigned m) {
     return w;
 }
 #endif
+#if VL != 16
+static inline vf bm_expand_permute(const float* v, unsigned m) { return bm_expand(v, m); }
+#endif
 
 static inline unsigned bm_mask(const uint8_t* row, int64_t chunk) {
     bm_chunk m;
@@ -93,11 +118,12 @@ struct bitmask_job {
     const int64_t* row_offsets;
     const float *values, *bias, *x;
     float* y;
-    int64_t rows, in, out, row_bytes, batch_rows, row_block, column_chunks;
+    int64_t rows, in, out, row_bytes, batch_rows, row_block, column_chunks, permute;
 };
 
 /* y[r .. r + R) for one input row: R rows share each x chunk. */
-static inline __attribute__((always_inline)) void _bm_gemv_rows(const struct bitmask_job* job, int64_t r, int R) {
+static inline __attribute__((always_inline)) void _bm_gemv_rows(const struct bitmask_job* job, int64_t r, int R,
+                                                                int permute) {
     const float* x = job->x;
     const uint8_t* mask[BM_ROWS];
     const float* v[BM_ROWS];
@@ -112,7 +138,7 @@ static inline __attribute__((always_inline)) void _bm_gemv_rows(const struct bit
         vf xc = vload(x + c * VL);
         for (int i = 0; i < R; i++) {
             unsigned m = bm_mask(mask[i], c);
-            acc[i] = vfma(bm_expand(v[i], m), xc, acc[i]);
+            acc[i] = vfma(permute ? bm_expand_permute(v[i], m) : bm_expand(v[i], m), xc, acc[i]);
             v[i] += __builtin_popcount(m);
             /* 256 bytes ahead in each row's values: 5-12 % on layers read from L3 (1024x2816 at
                30-50 %, one AVX-512 core); 512 bytes ahead gained less */
@@ -130,15 +156,22 @@ static inline __attribute__((always_inline)) void _bm_gemv_rows(const struct bit
 static void _bitmask_gemv_task(void* context, int64_t t, int worker) {
     const struct bitmask_job* job = (const struct bitmask_job*)context;
     int64_t r = job->task_rows[t], end = job->task_rows[t + 1];
-    for (; r + BM_ROWS <= end; r += BM_ROWS) _bm_gemv_rows(job, r, BM_ROWS);
-    for (; r < end; r++) _bm_gemv_rows(job, r, 1);
+    if (job->permute) {
+        for (; r + BM_ROWS <= end; r += BM_ROWS) _bm_gemv_rows(job, r, BM_ROWS, 1);
+        for (; r < end; r++) _bm_gemv_rows(job, r, 1, 1);
+    } else {
+        for (; r + BM_ROWS <= end; r += BM_ROWS) _bm_gemv_rows(job, r, BM_ROWS, 0);
+        for (; r < end; r++) _bm_gemv_rows(job, r, 1, 0);
+    }
 }
 
-/* y = x @ W.T + bias for one input row x [in], y [out]; rows split at task_rows [tasks + 1]. */
+/* y = x @ W.T + bias for one input row x [in], y [out]; rows split at task_rows [tasks + 1];
+   permute: expand with vpermps instead of vexpandps (AVX-512; the same code elsewhere). */
 void bitmask_gemv(int num_threads, int64_t tasks, const int64_t* task_rows, const uint8_t* mask, int64_t row_bytes,
                   const int64_t* row_offsets, const float* values, const float* bias, int64_t in, const float* x,
-                  float* y) {
-    struct bitmask_job job = {task_rows, mask, row_offsets, values, bias, x, y, 1, in, 0, row_bytes, 0, 0, 0};
+                  float* y, int64_t permute) {
+    struct bitmask_job job = {task_rows, mask, row_offsets, values, bias, x, y, 1, in, 0, row_bytes, 0, 0, 0,
+                              permute};
     sr_parallel_for(num_threads, tasks, _bitmask_gemv_task, &job);
 }
 
@@ -362,9 +395,9 @@ _I = ctypes.c_int64
 @functools.cache
 def bitmask_gemv():
     """`bitmask_gemv`: (threads, tasks, task_rows int64 [tasks + 1], mask uint8 [out, row_bytes], row_bytes,
-    row_offsets int64 [out + 1], values (padded), bias or None, in, x [in], y [out])."""
+    row_offsets int64 [out + 1], values (padded), bias or None, in, x [in], y [out], permute 0 or 1)."""
     library = load_library("bitmask", SOURCE)
-    return declare(library, "bitmask_gemv", [ctypes.c_int, _I, _P, _P, _I, _P, _P, _P, _I, _P, _P])
+    return declare(library, "bitmask_gemv", [ctypes.c_int, _I, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I])
 
 
 @functools.cache

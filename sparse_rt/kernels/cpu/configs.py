@@ -139,6 +139,7 @@ class RowsOptions:
 
 BITMASK_BATCH_ROWS = (4, 8)
 BITMASK_BATCHED = ("direct", "expand", "panels")
+BITMASK_GEMV_EXPAND = ("vexpandps", "vpermps")
 # Below this many stored bytes (mask + values) a batch-1 bitmask call runs on one thread by
 # default, as for CSR (GEMV_ONE_THREAD_NNZ x 6 bytes).
 BITMASK_ONE_THREAD_BYTES = 6 * GEMV_ONE_THREAD_NNZ
@@ -153,12 +154,16 @@ class BitmaskOptions:
     batched:      several input rows: "direct" (the bitmask GEMM) or "expand" (the whole weight
                   expanded to a dense scratch, then torch's GEMM) or "panels" (blocks of the
                   weight expanded into the dense kernel's panel layout in cache, then its register
-                  tiles); "direct" for configs saved before it existed."""
+                  tiles); "direct" for configs saved before it existed.
+    gemv_expand:  how the batch-1 kernel expands a 16-column chunk with AVX-512: "vexpandps", or
+                  "vpermps" (lane indices from a table; faster where vexpandps is slow, as on
+                  AMD Zen 4). Without AVX-512 both run the same code."""
 
     tasks_per_thread: int
     batch_rows: int
     gemv_threads: int
     batched: str = "direct"
+    gemv_expand: str = "vexpandps"
 
     def __post_init__(self) -> None:
         _check_range(self, "tasks_per_thread", 1, 256)
@@ -166,6 +171,9 @@ class BitmaskOptions:
         _check_range(self, "gemv_threads", 0, 1024)
         if self.batched not in BITMASK_BATCHED:
             raise ValueError(f"BitmaskOptions: expected batched in {list(BITMASK_BATCHED)}, got {self.batched!r}")
+        if self.gemv_expand not in BITMASK_GEMV_EXPAND:
+            raise ValueError(f"BitmaskOptions: expected gemv_expand in {list(BITMASK_GEMV_EXPAND)}, "
+                             f"got {self.gemv_expand!r}")
 
 
 def simd_width() -> int:
@@ -237,8 +245,8 @@ def block_configs(weight, device: torch.device) -> list[Config]:
 
 
 def bitmask_configs(weight, device: torch.device) -> list[Config]:
-    """Bitmask: tasks per thread, batch-1 thread cap (one thread for small layers), input rows per
-    pass and direct or expanded (batched)."""
+    """Bitmask: tasks per thread, batch-1 thread cap (one thread for small layers) and expansion
+    instruction (AVX-512), input rows per pass and the batched kernel."""
     default = BitmaskOptions(
         tasks_per_thread=DEFAULT_TASKS_PER_THREAD,
         batch_rows=8,
@@ -251,6 +259,8 @@ def bitmask_configs(weight, device: torch.device) -> list[Config]:
         "gemv_threads": [0, 1],
         "batched": list(BITMASK_BATCHED),
     }
+    if simd_width() == 16:
+        axes["gemv_expand"] = list(BITMASK_GEMV_EXPAND)
     return config_space(default, axes)
 
 
