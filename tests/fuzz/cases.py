@@ -210,7 +210,8 @@ _FIELD_VALUES = {
     "x_loads": st.sampled_from(["gather", "scalar"]),
     "gemv_threads": st.integers(0, 1024),
     "batch_rows": st.sampled_from([4, 8]),
-    "batched": st.sampled_from(["direct", "expand"]),
+    "batched": st.sampled_from(list(cpu_configs.BITMASK_BATCHED)),
+    "gemv_expand": st.sampled_from(list(cpu_configs.BITMASK_GEMV_EXPAND)),
 }
 
 
