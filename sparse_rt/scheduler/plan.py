@@ -11,7 +11,8 @@ from sparse_rt.formats.base import WeightFormat
 from sparse_rt.scheduler.cache import TuningCache
 from sparse_rt.scheduler.heuristic import heuristic_choice
 from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, check_quantize, heuristic_int8
-from sparse_rt.scheduler.tune import Timer, tune_layer, wall_clock_timer, weight_signature
+from sparse_rt.scheduler.cold import CacheEvictor
+from sparse_rt.scheduler.tune import Timer, cold_wall_clock_timer, tune_layer, wall_clock_timer, weight_signature
 from sparse_rt.scheduler.workload import DEFAULT_SEQUENCE, ROW_SPREAD
 
 
@@ -50,6 +51,8 @@ def make_chooser(
     (`sparse_rt.scheduler.cold.cold_rows_for`: a model too large for the last-level cache).
     """
     check_quantize(quantize, tolerance)
+    # one eviction buffer for the whole conversion, freed with the chooser
+    cold_timer = cold_wall_clock_timer(CacheEvictor()) if tune and cold_rows else None
     fixed = None if batch_sizes is None else batch_weights(batch_sizes)
     structured = dict(structured or {})
     if tune and cache is None:
@@ -76,7 +79,7 @@ def make_chooser(
         try:
             return tune_layer(layer, device, weights, cache, timer, known, spread=spread,
                               quantize=None if known is not None else quantize, tolerance=tolerance,
-                              cold_rows=cold_rows)
+                              cold_rows=cold_rows, cold_timer=cold_timer)
         finally:
             cache.save()
 

@@ -23,7 +23,7 @@ from sparse_rt.kernels.activation import bind_with_activation
 from sparse_rt.kernels.registry import BoundLinear, Config, get_kernel, kernels_for
 from sparse_rt.scheduler.cache import TuningCache, device_fingerprint
 from sparse_rt.scheduler.candidates import Candidate, candidates
-from sparse_rt.scheduler.cold import evict_caches
+from sparse_rt.scheduler.cold import CacheEvictor
 from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, int8_candidates, verdict
 
 Timer = Callable[[Candidate, BoundLinear, torch.Tensor], float]
@@ -54,10 +54,12 @@ def wall_clock_timer(candidate: Candidate, fn: BoundLinear, x: torch.Tensor) -> 
     return best_time(fn, x)
 
 
-def cold_wall_clock_timer(candidate: Candidate, fn: BoundLinear, x: torch.Tensor) -> float:
-    """Each timed call after the caches are evicted (`scheduler.cold`): fewer runs, each
-    behind a read of several times the last-level cache."""
-    return best_time(fn, x, min_runs=3, max_runs=7, before=evict_caches)
+def cold_wall_clock_timer(evict: Callable[[], None]) -> Timer:
+    """A timer whose every timed call comes after `evict()` (a `scheduler.cold.CacheEvictor`):
+    fewer runs, each behind a read of several times the last-level cache."""
+    def timer(candidate: Candidate, fn: BoundLinear, x: torch.Tensor) -> float:
+        return best_time(fn, x, min_runs=3, max_runs=7, before=evict)
+    return timer
 
 
 # Another kernel takes over a batch size only when at least this much faster there.
@@ -81,7 +83,7 @@ def tune_layer(
     quantize: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     cold_rows: int = 0,
-    cold_timer: Timer = cold_wall_clock_timer,
+    cold_timer: Timer | None = None,
 ) -> Choice:
     """Time the candidates of `layer` and return the fastest, with all timings.
 
@@ -95,9 +97,10 @@ def tune_layer(
 
     quantize="int8": the int8 formats join the candidates when their output error against
     fp32 is within `tolerance` (see sparse_rt.scheduler.quantize).
-    cold_rows: the tuned rows (not the spread) up to this count are timed by `cold_timer`,
-    the weight evicted from the caches before each call (`scheduler.cold`: for models whose
-    weights exceed the last-level cache), and cached apart from warm timings.
+    cold_rows: the tuned rows (not the spread) up to this count are timed by `cold_timer`
+    (default: with a CacheEvictor of this call's own), the weight evicted from the caches
+    before each call (`scheduler.cold`: for models whose weights exceed the last-level cache),
+    and cached apart from warm timings.
     """
     weight = torch.from_numpy(layer.weight)
     bias = None if layer.bias is None else torch.from_numpy(layer.bias)
@@ -115,6 +118,7 @@ def tune_layer(
     fresh: dict[str, dict[int, str]] = {}  # label -> {batch: cache key} timed in this call
 
     def measure(candidate: Candidate, batches: Sequence[int] = tuple(batch_weights)) -> None:
+        nonlocal cold_timer
         label = candidate.label
         per_batch = timings.setdefault(label, {})
         for batch in batches:
@@ -126,6 +130,8 @@ def tune_layer(
                 if label not in bound:
                     bound[label] = bind_with_activation(get_kernel(candidate.kernel), candidate.weight, bias,
                                                         candidate.config, device, layer.activation)
+                if cold and cold_timer is None:
+                    cold_timer = cold_wall_clock_timer(CacheEvictor())
                 measured = (cold_timer if cold else timer)(candidate, bound[label], input_rows(batch))
                 seconds = measured if seconds is None else min(seconds, measured)
                 cache.put(key, seconds)

@@ -72,6 +72,12 @@ def test_before_runs_ahead_of_every_timed_call():
     assert events == ["call", "evict", "call", "evict", "call", "evict", "call"]
 
 
+def test_the_eviction_buffer_is_a_multiple_of_the_cache():
+    evict = cold.CacheEvictor(cache_bytes=4096)
+    assert evict.buffer.numel() * 4 == cold.EVICTION_FACTOR * 4096
+    evict()
+
+
 def test_cold_rows_only_when_the_weights_exceed_the_cache():
     assert cold.cold_rows_for(64 << 20, cache_bytes=32 << 20) == cold.COLD_ROWS
     assert cold.cold_rows_for(16 << 20, cache_bytes=32 << 20) == 0
