@@ -52,12 +52,15 @@ def cold_rows_for(weight_bytes: int, cache_bytes: int | None = None) -> int:
 
 class CacheEvictor:
     """Called before a timed call: reads a buffer EVICTION_FACTOR times the last-level cache,
-    pushing the weights last used out of it. Holds the buffer (128 MiB for a 32 MiB cache) while
-    it lives: one per conversion."""
+    pushing the weights last used out of it. The buffer (128 MiB for a 32 MiB cache) is made at
+    the first call, so a conversion that times nothing cold never allocates it, and is held
+    while the evictor lives: one per conversion."""
 
     def __init__(self, cache_bytes: int | None = None):
-        cache_bytes = last_level_cache_bytes() if cache_bytes is None else cache_bytes
-        self.buffer = torch.ones(EVICTION_FACTOR * cache_bytes // 4, dtype=torch.float32)
+        self.cache_bytes = last_level_cache_bytes() if cache_bytes is None else cache_bytes
+        self.buffer: torch.Tensor | None = None
 
     def __call__(self) -> None:
+        if self.buffer is None:
+            self.buffer = torch.ones(EVICTION_FACTOR * self.cache_bytes // 4, dtype=torch.float32)
         self.buffer.sum()

@@ -51,8 +51,8 @@ def make_chooser(
     (`sparse_rt.scheduler.cold.cold_rows_for`: a model too large for the last-level cache).
     """
     check_quantize(quantize, tolerance)
-    # one eviction buffer for the whole conversion, freed with the chooser
-    cold_timer = cold_wall_clock_timer(CacheEvictor()) if tune and cold_rows else None
+    # one eviction buffer for the whole conversion (made at its first cold call), freed with the chooser
+    cold_timer = cold_wall_clock_timer(CacheEvictor())
     fixed = None if batch_sizes is None else batch_weights(batch_sizes)
     structured = dict(structured or {})
     if tune and cache is None:

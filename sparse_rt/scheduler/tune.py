@@ -117,8 +117,10 @@ def tune_layer(
     bound: dict[str, BoundLinear] = {}
     fresh: dict[str, dict[int, str]] = {}  # label -> {batch: cache key} timed in this call
 
+    if cold_timer is None:  # its buffer is made only if a call is timed cold
+        cold_timer = cold_wall_clock_timer(CacheEvictor())
+
     def measure(candidate: Candidate, batches: Sequence[int] = tuple(batch_weights)) -> None:
-        nonlocal cold_timer
         label = candidate.label
         per_batch = timings.setdefault(label, {})
         for batch in batches:
@@ -130,8 +132,6 @@ def tune_layer(
                 if label not in bound:
                     bound[label] = bind_with_activation(get_kernel(candidate.kernel), candidate.weight, bias,
                                                         candidate.config, device, layer.activation)
-                if cold and cold_timer is None:
-                    cold_timer = cold_wall_clock_timer(CacheEvictor())
                 measured = (cold_timer if cold else timer)(candidate, bound[label], input_rows(batch))
                 seconds = measured if seconds is None else min(seconds, measured)
                 cache.put(key, seconds)

@@ -10,8 +10,8 @@ its register tiles over every input row, or (batched "direct") `bitmask_gemm`, w
 each weight chunk once for `batch_rows` input rows, or (batched "expand") `bitmask_expand`,
 which writes the whole weight out dense into a scratch of the calling thread's, for torch's
 GEMM. On 2 AMD Zen 4 cores (2816x1024 at 50%) "panels" took 1.08 / 1.93 / 3.63 ms at 32 /
-64 / 128 rows against "direct" 1.53 / 2.93 / 5.92 and the dense kernel's 0.85 / 1.69 / 3.36. On 2 AVX-512 cores (1024x2816,
-2816x1024, 768x3072 at 30-50%) the expansion costs about 0.45 ms, the scratch's write and
+64 / 128 rows against "direct" 1.53 / 2.93 / 5.92 and the dense kernel's 0.85 / 1.69 / 3.36.
+On 2 AVX-512 cores (1024x2816, 2816x1024, 768x3072 at 30-50%) the expansion costs about 0.45 ms, the scratch's write and
 read-back included: at 128 rows "expand" takes 3.6-6.5 ms against the direct kernel's
 6.9-9.9 (torch's dense GEMM 3.2-5.7); at 32 rows they tie; below, "direct" wins.
 """
@@ -29,6 +29,7 @@ from sparse_rt.kernels.cpu._bitmask_native import (
 from sparse_rt.kernels.cpu._launch import TaskSplit, bias_of, check_cpu, pointer, rows_of, shaped_like, threads
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import BitmaskOptions, bitmask_configs, parse_options, simd_width
+from sparse_rt.kernels.cpu.dense import panel_bias
 from sparse_rt.kernels.registry import Config, Kernel, register_kernel
 
 # Cost of a row beyond its bytes (set-up, reduction, store), in bytes, for the task split.
@@ -73,17 +74,13 @@ def pack_bitmask(weight, bias: torch.Tensor | None, options: BitmaskOptions) -> 
     costs = row_offsets.diff() * 4 + row_bytes + ROW_OVERHEAD_BYTES
     mean_cost = float(costs.float().mean()) if out_features else 1.0
     bias = bias_of(bias, out_features, "bitmask_linear")
-    panel = 2 * simd_width()
-    panel_bias = torch.zeros(-(-out_features // panel) * panel, dtype=torch.float32)
-    if bias is not None:
-        panel_bias[:out_features] = bias
     return BitmaskPacked(
         shape=(out_features, in_features),
         mask=weight.mask.contiguous(),
         row_offsets=row_offsets,
         values=weight.values.to(torch.float32).contiguous(),
         bias=bias,
-        panel_bias=panel_bias,
+        panel_bias=panel_bias(bias, out_features),
         row_block=max(1, min(GEMM_MAX_ROWS, int(GEMM_BLOCK_BYTES // mean_cost))),
         tasks=TaskSplit(costs, options.tasks_per_thread),
     )
@@ -92,22 +89,15 @@ def pack_bitmask(weight, bias: torch.Tensor | None, options: BitmaskOptions) -> 
 _scratch = threading.local()
 
 
-def _expand_scratch(floats: int) -> torch.Tensor:
-    """float32 [>= floats] of this thread's, kept between calls and layers: a fresh weight-sized
-    block per call would page-fault its way in (0.5 ms for 11.5 MB here)."""
-    buffer = getattr(_scratch, "buffer", None)
+def _thread_scratch(name: str, floats: int) -> torch.Tensor:
+    """float32 [floats] of this thread's, kept between calls and layers under `name` (64-byte
+    aligned, as torch allocates): a fresh weight-sized block per call would page-fault its way
+    in (0.5 ms for 11.5 MB here)."""
+    buffer = getattr(_scratch, name, None)
     if buffer is None or buffer.numel() < floats:
-        buffer = _scratch.buffer = torch.empty(floats, dtype=torch.float32)
+        buffer = torch.empty(floats, dtype=torch.float32)
+        setattr(_scratch, name, buffer)
     return buffer[:floats]
-
-
-def _panel_scratch(floats: int) -> torch.Tensor:
-    """float32 [>= floats] of this thread's for the panel kernel's workers (64-byte aligned, as
-    torch allocates), kept between calls."""
-    buffer = getattr(_scratch, "panels", None)
-    if buffer is None or buffer.numel() < floats:
-        buffer = _scratch.panels = torch.empty(floats, dtype=torch.float32)
-    return buffer
 
 
 def bitmask_linear(x: torch.Tensor, packed: BitmaskPacked, options: BitmaskOptions) -> torch.Tensor:
@@ -118,7 +108,7 @@ def bitmask_linear(x: torch.Tensor, packed: BitmaskPacked, options: BitmaskOptio
     if batch > 1 and options.batched == "expand":
         num_threads = threads()
         split = packed.tasks(num_threads)
-        dense = _expand_scratch(out_features * in_features).view(out_features, in_features)
+        dense = _thread_scratch("expand", out_features * in_features).view(out_features, in_features)
         bitmask_expand()(
             num_threads, split.shape[0] - 1, pointer(split), pointer(packed.mask), packed.mask.shape[1],
             pointer(packed.row_offsets), pointer(packed.values), in_features, pointer(dense),
@@ -127,7 +117,7 @@ def bitmask_linear(x: torch.Tensor, packed: BitmaskPacked, options: BitmaskOptio
     y = torch.empty(batch, out_features, dtype=torch.float32)
     if batch > 1 and options.batched == "panels":
         num_threads = threads()
-        scratch = _panel_scratch(num_threads * bitmask_panel_scratch())
+        scratch = _thread_scratch("panels", num_threads * bitmask_panel_scratch())
         bitmask_gemm_panels()(
             num_threads, pointer(packed.mask), packed.mask.shape[1], pointer(packed.row_offsets),
             pointer(packed.values), pointer(packed.panel_bias), batch, in_features, out_features, pointer(rows),

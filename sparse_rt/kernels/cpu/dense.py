@@ -54,6 +54,16 @@ class DensePacked:
     bias: torch.Tensor
 
 
+def panel_bias(bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """float32 [ceil(out / NR) * NR], NR = 2 * SIMD width, as the register tiles read it: the
+    bias (float32 [out], as `bias_of` returns it), zeros past `out` and everywhere without one."""
+    width = 2 * simd_width()
+    padded = torch.zeros(-(-out_features // width) * width, dtype=torch.float32)
+    if bias is not None:
+        padded[:out_features] = bias
+    return padded
+
+
 def pack_dense(weight, bias: torch.Tensor | None) -> DensePacked:
     """Pack a DenseFormat (and bias [out]) into NR-wide panels."""
     out_features, in_features = weight.shape
@@ -61,12 +71,9 @@ def pack_dense(weight, bias: torch.Tensor | None) -> DensePacked:
     count = -(-out_features // width)
     padded = torch.zeros(count * width, in_features, dtype=torch.float32)
     padded[:out_features] = weight.to_dense()
-    padded_bias = torch.zeros(count * width, dtype=torch.float32)
-    bias = bias_of(bias, out_features, "dense_linear")
-    if bias is not None:
-        padded_bias[:out_features] = bias
     panels = padded.view(count, width, in_features).transpose(1, 2).contiguous()
-    return DensePacked(shape=(out_features, in_features), panels=panels, bias=padded_bias)
+    bias = panel_bias(bias_of(bias, out_features, "dense_linear"), out_features)
+    return DensePacked(shape=(out_features, in_features), panels=panels, bias=bias)
 
 
 def dense_linear(x: torch.Tensor, packed: DensePacked, options: DenseOptions,
