@@ -29,7 +29,8 @@ def test_round_trip_within_half_a_step(fmt, out_features, in_features, density, 
     dense = packed.to_dense()
     assert dense.shape == weight.shape and dense.dtype == torch.float32
     step = packed.scales[:, None]
-    assert bool(((dense - weight).abs() <= step / 2 * (1 + 1e-6) + 1e-12).all())
+    # half a step, plus the float32 rounding of W / s and q * s at a tie (a few ulps of W)
+    assert bool(((dense - weight).abs() <= step / 2 * (1 + 1e-6) + weight.abs() * 4e-7 + 1e-12).all())
     assert bool((dense[weight == 0] == 0).all())  # zeros stay zeros
     rebuilt = fmt.from_arrays(packed.arrays(), packed.attributes())
     assert torch.equal(rebuilt.to_dense(), dense)

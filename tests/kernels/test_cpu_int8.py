@@ -119,14 +119,16 @@ def test_close_to_float_and_saturating_extremes_are_exact(format_name):
     (kernel,) = kernels_for(fmt, CPU)
     bound = kernel.bind(fmt, None, kernel.configs(fmt, CPU)[0], CPU)
     x = torch.randn(40, 256)
-    assert_close(bound(x), x @ weight.T, rtol=0.05)  # 7-bit activations, 8-bit weights
-    # a token at +-amax everywhere times a row of +-127: 127 * 63 * 256 in int32, no saturation
-    signs = torch.where(torch.arange(256) % 3 == 0, -1.0, 1.0)
-    extreme = FORMATS[format_name].from_dense(signs.repeat(4, 1))
-    bound = kernel.bind(extreme, None, kernel.configs(extreme, CPU)[0], CPU)
+    assert_close(bound(x), x @ weight.T, rtol=0.02)  # 8-bit activations, 8-bit weights
+    # tokens of one sign use the whole code: u8 255 (or 0 with zero point 255) times rows of
+    # +-127, 255 * 127 * 256 in int32; pairs of u8 255 * 127 overflow int16
+    rows = FORMATS[format_name].from_dense(torch.tensor([[1.0], [-1.0], [1.0], [-1.0]]).repeat(1, 256))
+    bound = kernel.bind(rows, None, kernel.configs(rows, CPU)[0], CPU)
     for batch in (1, 40):
-        y = bound((signs * 5.0).repeat(batch, 1))
-        assert torch.allclose(y, torch.full((batch, 4), 256 * 5.0), rtol=1e-6)
+        tokens = torch.full((batch, 256), 5.0)
+        tokens[1::2] = -5.0
+        expected = torch.tensor([1.0, -1.0, 1.0, -1.0]) * tokens[:, :1] * 256
+        assert torch.allclose(bound(tokens), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("format_name", sorted(FORMATS))
@@ -148,15 +150,17 @@ def test_non_finite_tokens_give_nan_rows_only(format_name, batch):
         assert bool(torch.isnan(y[-1]).all())
         assert torch.allclose(y[1], bias)
         assert_close(y[2:-1], _reference(fmt, x[2:-1], bias), rtol=2e-6)
-    q, scales = quantize_activations(x)
-    assert torch.isnan(scales[0]) and bool((q[0] == 0).all())
+    q, scales, zeros = quantize_activations(x)
+    assert torch.isnan(scales[0]) and bool((q[0] == 0).all()) and int(zeros[0]) == 0
 
 
-def test_reference_quantizes_per_token_to_seven_bits():
-    x = torch.tensor([[0.0, 6.3, -3.15, 0.05], [0.0, 0.0, 0.0, 0.0]])
-    q, scales = quantize_activations(x)
-    assert q.tolist() == [[0, 63, -32, 0], [0, 0, 0, 0]]  # -31.5 rounds to even
-    assert torch.allclose(scales, torch.tensor([0.1, 0.0]))
+def test_reference_quantizes_per_token_to_eight_bits_with_a_zero_point():
+    x = torch.tensor([[0.0, 5.1, -2.55, 0.05], [0.0, 1.0, 2.0, 2.55], [-2.55, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    q, scales, zeros = quantize_activations(x)
+    assert zeros.tolist() == [85, 0, 255, 0]
+    assert q.tolist() == [[85, 255, 0, 87], [0, 100, 200, 255], [0, 155, 255, 255], [0, 0, 0, 0]]
+    assert torch.allclose(scales, torch.tensor([0.03, 0.01, 0.01, 0.0]))
+    assert torch.allclose((q - zeros[:, None]) * scales[:, None], x, atol=0.016)  # half a step
 
 
 # The int8 kernels built for other instruction sets: run where the host can, else compile only.
@@ -167,17 +171,20 @@ from sparse_rt.kernels.int8 import int8_linear_reference
 from sparse_rt.kernels.registry import kernels_for
 
 torch.manual_seed(0)
-weight = torch.randn(70, 45) * (torch.rand(70, 45) < 0.3)
-for fmt in (CsrInt8Format.from_dense(weight), BsrInt8Format.from_dense(weight), DenseInt8Format.from_dense(weight)):
-    q = torch.round(fmt.to_dense() / torch.where(fmt.scales > 0, fmt.scales, 1.0)[:, None]).to(torch.int8)
-    bias = torch.randn(70)
-    for kernel in kernels_for(fmt, "cpu"):
-        bound = kernel.bind(fmt, bias, kernel.configs(fmt, torch.device("cpu"))[0], torch.device("cpu"))
-        for batch in (1, 5, 40, 130):
-            x = torch.randn(batch, 45)
-            expected = int8_linear_reference(x, q, fmt.scales, bias)
-            error = float((bound(x) - expected).abs().max() / expected.abs().max())
-            assert error < 2e-6, (kernel.name, batch, error)
+sparse = torch.randn(70, 45) * (torch.rand(70, 45) < 0.3)
+saturating = torch.where(torch.arange(70)[:, None] % 2 == 0, 1.0, -1.0).repeat(1, 48)  # +-127 everywhere
+for weight in (sparse, saturating):
+    for fmt in (CsrInt8Format.from_dense(weight), BsrInt8Format.from_dense(weight), DenseInt8Format.from_dense(weight)):
+        q = torch.round(fmt.to_dense() / torch.where(fmt.scales > 0, fmt.scales, 1.0)[:, None]).to(torch.int8)
+        bias = torch.randn(70)
+        for kernel in kernels_for(fmt, "cpu"):
+            bound = kernel.bind(fmt, bias, kernel.configs(fmt, torch.device("cpu"))[0], torch.device("cpu"))
+            for batch in (1, 5, 40, 130):
+                # both signs, then one sign (u8 up to 255 beside weights of +-127)
+                for x in (torch.randn(batch, weight.shape[1]), 4 + torch.rand(batch, weight.shape[1])):
+                    expected = int8_linear_reference(x, q, fmt.scales, bias)
+                    error = float((bound(x) - expected).abs().max() / expected.abs().max())
+                    assert error < 2e-6, (kernel.name, batch, error)
 print("ok")
 """
 

@@ -65,12 +65,48 @@ def test_int8_matches_the_int32_reference(device, kernel_name, name, pick):
         assert_close(y.cpu(), expected, rtol=2e-6)
 
 
-def test_quantize_rows_matches_the_reference(device):
-    x = torch.randn(6, 70)
+def _special_rows(in_features: int) -> tuple[torch.Tensor, list[int]]:
+    """(x [8, in], its non-finite rows): rows mixed in sign, all zero, all positive, all negative,
+    small, then rows holding a NaN, a -Inf and a +Inf."""
+    x = torch.randn(8, in_features)
     x[1] = 0.0
-    x[2, 5] = float("nan")
-    x[3, 0] = float("-inf")
-    q, scales = quantize_rows(x.to(device))
-    q_ref, scales_ref = quantize_activations(x)
-    assert torch.equal(q.cpu().T.to(torch.int32)[[0, 1, 4, 5]], q_ref[[0, 1, 4, 5]])
-    torch.testing.assert_close(scales.cpu(), scales_ref, equal_nan=True)
+    x[2] = x[2].abs() + 0.25
+    x[3] = -x[3].abs() - 0.25
+    x[4] *= 1e-3
+    x[5, 5] = float("nan")
+    x[6, 0] = float("-inf")
+    x[7, 3] = float("inf")
+    return x, [5, 6, 7]
+
+
+@pytest.mark.parametrize("kernel_name", sorted(FORMATS))
+def test_int8_matches_the_reference_on_special_rows(device, kernel_name):
+    weight = _with_empty_rows()
+    fmt = FORMATS[kernel_name].from_dense(weight)
+    bias = torch.randn(weight.shape[0])
+    kernel = get_kernel(kernel_name)
+    linear = kernel.bind(fmt, bias, kernel.configs(fmt, device)[0], device)
+    x, bad = _special_rows(weight.shape[1])
+    expected = int8_linear_reference(x, _dense_q(fmt), fmt.scales, bias)
+    y = linear(x.to(device)).cpu()
+    assert torch.isnan(y[bad]).all() and torch.isnan(expected[bad]).all()
+    good = [i for i in range(x.shape[0]) if i not in bad]
+    assert_close(y[good], expected[good], rtol=2e-6)
+    assert torch.equal(y[1], bias)
+
+
+def test_quantize_rows_matches_the_reference(device):
+    x, bad = _special_rows(70)
+    ties = torch.zeros(3, 70)  # rows whose span is 255 (inverse 1): x * inverse and -lo * inverse tie
+    ties[0, :4] = torch.tensor([0.5, 1.5, 2.5, 255.0])
+    ties[1, :4] = torch.tensor([-0.5, -1.5, -2.5, -255.0])
+    ties[2, :5] = torch.tensor([0.5, 1.5, -0.5, -127.5, 127.5])
+    x = torch.cat([x, ties])
+    q, scales, zeros = quantize_rows(x.to(device))
+    q_ref, scales_ref, zeros_ref = quantize_activations(x)
+    good = [i for i in range(x.shape[0]) if i not in bad]  # a non-finite row's q and zero point are free
+    assert torch.equal(q.cpu().T.to(torch.int32)[good] + 128, q_ref[good])
+    assert torch.equal(zeros.cpu()[good], zeros_ref[good])
+    torch.testing.assert_close(scales.cpu(), scales_ref, rtol=0, atol=0, equal_nan=True)
+    assert zeros_ref[-3:].tolist() == [0, 255, 128]
+    assert q_ref[-3:, :5].tolist() == [[0, 2, 2, 255, 0], [255, 253, 253, 0, 255], [128, 130, 128, 0, 255]]

@@ -1,16 +1,16 @@
 """C kernels for int8 linear layers (int8 CSR, int8 BSR with 1x4 blocks and int8 dense weights).
 
-Arithmetic (the same on every instruction set, so results do not depend on the host):
-activations are quantized per token (row of x), symmetric, to 7 bits:
-q = clamp(rint(x * 63 / amax), -63, 63) with scale amax / 63; weights are int8 with a
-float32 scale per output channel. Accumulation is exact in int32 and the epilogue
-computes y = acc * (x_scale[b] * w_scale[r]) + bias[r], GELU'd where fused. A row of x
-holding NaN or Inf gets a NaN scale: that token's outputs are all NaN (documented
+Arithmetic (the same on every instruction set, so results do not depend on the host; see
+`sparse_rt.kernels.int8`): activations are quantized per token (row of x), asymmetric, to
+u8 q with a zero point z per token; weights are int8 with a float32 scale per output
+channel. Accumulation of q * w is exact in int32 and the epilogue computes
+y = (acc - z[b] * row_sum[r]) * (x_scale[b] * w_scale[r]) + bias[r], GELU'd where fused. A
+row of x holding NaN or Inf gets a NaN scale: that token's outputs are all NaN (documented
 result). An all-zero row gets scale 0 and outputs equal to the bias.
 
-Seven-bit activations keep the pairwise sums of AVX2's u8 x s8 `vpmaddubsw` below int16
-saturation (2 * 127 * 128 < 32768): activations are stored as u8 = q + 64 (zero point
-64) and every weight row's sum (times 64) is subtracted from its accumulators.
+Hosts without a VNNI dot product use AVX2's u8 x s8 `vpmaddubsw`, whose pairwise int16 sums
+saturate for u8 above 128: each byte q is split into q >> 1 and q - (q >> 1) (both <= 128,
+so 2 * 128 * 128 fits), two `vpmaddubsw` whose sums are added in int32.
 
 Layouts (batched kernels, rows cut into tiles of I8_LANES rows: 64 where the host has
 AVX-512, one 512-bit register of bytes, else 32; `lanes()` tells which):
@@ -19,12 +19,13 @@ AVX-512, one 512-bit register of bytes, else 32; `lanes()` tells which):
                        tile's rows, each row's 4 bytes together, in `_i8_quads`' order.
 A group of 4 nonzeros of a CSR row gathers its 4 columns from the column tile and
 interleaves them into quads in registers; dense weights and 1x4 blocks (BSR) find them
-ready made in the quad tiles. A quad of activations times 4 weight bytes is one `vpdpbusd` with AVX-512 VNNI or AVX-VNNI,
-else `vpmaddubsw` + `vpmaddwd` (by ones) + add; without AVX2 the same sums are plain C.
+ready made in the quad tiles. A quad of activations times 4 weight bytes is one `vpdpbusd`
+with AVX-512 VNNI or AVX-VNNI, else two `vpmaddubsw` + `vpmaddwd` (by ones) + add (the split
+above); without AVX2 the same sums are plain C.
 With AVX-512 the registers are 512 bits wide: every shuffle that builds quads serves 64
 rows, not 32.
 
-Batch 1 runs gather/dot-product kernels over the token's q (int32 for CSR, u8 + 64
+Batch 1 runs gather/dot-product kernels over the token's q (q - zero as int32 for CSR, u8 q
 padded to 32 columns for dense and BSR, whose blocks gather their quads as int32).
 """
 
@@ -48,81 +49,77 @@ SOURCE = GELU_SOURCE + r"""
 #define I8_LANES 32
 #endif
 int i8_lanes(void) { return I8_LANES; }
-#define I8_ZERO 64
-#define I8_QMAX 63
+#define I8_LEVELS 255
 #define I8_ROW_GROUP 8
 
 /* ---------------------------------------------------------------- quantizing activations */
 
-struct i8_scale_job { const float* x; int64_t in; float *scales, *inverses; };
+struct i8_scale_job { const float* x; int64_t in; float *scales, *inverses; int32_t* zeros; };
 
-/* Row r: scale amax / 63 and its inverse 63 / amax (0 and 0 for an all-zero row, NaN and 0
-   for a row with NaN or Inf). */
+/* Row r, with lo = min(0, min x) and hi = max(0, max x): scale (hi - lo) / 255, its inverse
+   255 / (hi - lo) and zero point rint(-lo * inverse) (0, 0 and 0 for an all-zero row; NaN,
+   0 and 0 for a row with NaN or Inf). */
 static void _i8_scale_task(void* context, int64_t r, int worker) {
     const struct i8_scale_job* job = (const struct i8_scale_job*)context;
     const float* x = job->x + r * job->in;
-    float amax = 0.0f;
+    float lo = 0.0f, hi = 0.0f;
     int finite = 1;
     int64_t k = 0;
 #if defined(__AVX2__)
-    __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+    __m256 low = _mm256_setzero_ps(), high = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
     const __m256 sign = _mm256_set1_ps(-0.0f), inf = _mm256_set1_ps(INFINITY);
     for (; k + 8 <= job->in; k += 8) {
-        __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k));
-        bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ));
-        m = _mm256_max_ps(m, a);
+        __m256 v = _mm256_loadu_ps(x + k);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_andnot_ps(sign, v), inf, _CMP_NLT_UQ));
+        low = _mm256_min_ps(low, v);
+        high = _mm256_max_ps(high, v);
     }
     finite = _mm256_movemask_ps(bad) == 0;
-    float lanes[8];
-    _mm256_storeu_ps(lanes, m);
-    for (int i = 0; i < 8; i++) amax = lanes[i] > amax ? lanes[i] : amax;
+    float lows[8], highs[8];
+    _mm256_storeu_ps(lows, low);
+    _mm256_storeu_ps(highs, high);
+    for (int i = 0; i < 8; i++) {
+        lo = lows[i] < lo ? lows[i] : lo;
+        hi = highs[i] > hi ? highs[i] : hi;
+    }
 #endif
     for (; k < job->in; k++) {
-        float a = fabsf(x[k]);
-        if (!(a < INFINITY)) finite = 0;
-        else if (a > amax) amax = a;
+        if (!(fabsf(x[k]) < INFINITY)) finite = 0;
+        else {
+            lo = x[k] < lo ? x[k] : lo;
+            hi = x[k] > hi ? x[k] : hi;
+        }
     }
-    if (!finite) { job->scales[r] = NAN; job->inverses[r] = 0.0f; }
-    else if (amax == 0.0f) { job->scales[r] = 0.0f; job->inverses[r] = 0.0f; }
-    else { job->scales[r] = amax / (float)I8_QMAX; job->inverses[r] = (float)I8_QMAX / amax; }
+    float span = hi - lo;
+    float inverse = finite && span > 0.0f ? (float)I8_LEVELS / span : 0.0f;
+    job->scales[r] = finite ? span / (float)I8_LEVELS : NAN;
+    job->inverses[r] = inverse;
+    job->zeros[r] = (int32_t)rintf(-lo * inverse);
 }
 
-static void i8_scales(int num_threads, int64_t rows, int64_t in, const float* x, float* scales, float* inverses) {
-    struct i8_scale_job job = {x, in, scales, inverses};
+static void i8_scales(int num_threads, int64_t rows, int64_t in, const float* x, float* scales, float* inverses,
+                      int32_t* zeros) {
+    struct i8_scale_job job = {x, in, scales, inverses, zeros};
     sr_parallel_for(num_threads, rows, _i8_scale_task, &job);
 }
 
-static inline int32_t _i8_quantize(float x, float inverse) {
+/* x -> u8 q = clamp(rint(x * inverse) + zero, 0, 255); NaN (times the inverse 0 of its row) -> 0 */
+static inline int32_t _i8_quantize(float x, float inverse, int32_t zero) {
     float v = rintf(x * inverse);
-    v = v > (float)I8_QMAX ? (float)I8_QMAX : v;
-    v = v < -(float)I8_QMAX ? -(float)I8_QMAX : v;
-    return v == v ? (int32_t)v : 0;
+    if (!(v == v)) return 0;
+    v += (float)zero;
+    return v > (float)I8_LEVELS ? I8_LEVELS : v < 0.0f ? 0 : (int32_t)v;
 }
 
 /* x [rows, in] -> column tiles (quads = 0) or quad tiles (quads = 1); see the module text.
    Tasks: (tile, chunk of I8_CHUNK columns). */
 #define I8_CHUNK 64
 struct i8_tile_job {
-    const float* x; const float* inverses; uint8_t* out;
+    const float* x; const float* inverses; const int32_t* zeros; uint8_t* out;
     int64_t rows, in, in4, chunks; int quads;
 };
 
 #if defined(__AVX2__)
-/* 32 floats (one column of a tile) -> 32 bytes q + 64 */
-static inline __m256i _i8_pack32(const float* v, const float* inverse) {
-    const __m256i lo = _mm256_set1_epi32(-I8_QMAX), hi = _mm256_set1_epi32(I8_QMAX);
-    __m256i q[4];
-    for (int j = 0; j < 4; j++) {
-        __m256 s = _mm256_mul_ps(_mm256_loadu_ps(v + 8 * j), _mm256_loadu_ps(inverse + 8 * j));
-        /* NaN * 0 (the inverse of a non-finite row) converts to INT_MIN: clamped, harmless */
-        q[j] = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(s), lo), hi),
-                                _mm256_set1_epi32(I8_ZERO));
-    }
-    /* 1..127: packs and packus keep them; the permute undoes the packs' 128-bit interleave */
-    __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-    return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-}
-
 /* qv: one register of I8_LANES bytes (a column of a tile, or quads of I8_LANES / 4 rows). */
 #if defined(I8_WIDE)
 typedef __m512i qv;
@@ -153,6 +150,58 @@ static inline void _i8_quads(qv a, qv b, qv c, qv d, qv q[4]) {
 }
 #endif
 
+#if defined(__AVX2__)
+/* 16 floats -> 16 bytes clamp(rint(x * inverse) + zero, 0, 255): the saturating narrowing
+   does the clamp (NaN converts to INT_MIN: 0). */
+static inline __m128i _i8_quantize16(const float* x, float inverse, int32_t zero) {
+#if defined(I8_WIDE)
+    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x), _mm512_set1_ps(inverse))),
+                                 _mm512_set1_epi32(zero));
+    return _mm512_cvtusepi32_epi8(_mm512_max_epi32(q, _mm512_setzero_si512()));
+#else
+    __m256 s = _mm256_set1_ps(inverse);
+    __m256i z = _mm256_set1_epi32(zero);
+    __m256i a = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), s)), z);
+    __m256i b = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8), s)), z);
+    __m256i w = _mm256_packs_epi32(a, b);  /* int16: a0-3 b0-3 | a4-7 b4-7 */
+    __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    return _mm_shuffle_epi32(bytes, _MM_SHUFFLE(3, 1, 2, 0));  /* a0-3 b0-3 a4-7 b4-7 -> a0-7 b0-7 */
+#endif
+}
+
+/* A block of 16 columns of a tile's rows, block[i][16L + j] = row 16L + i, column j (L: the
+   128-bit lanes of a register) -> col[j], column j of the tile's I8_LANES rows. Four rounds of
+   unpacks, each within the 128-bit lanes. */
+static inline void _i8_transpose16(const uint8_t* block, qv col[16]) {
+    qv r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = qv_load(block + i * I8_LANES);
+    for (int i = 0; i < 8; i++) {  /* t[i]: rows 2i, 2i + 1 of columns 0..7; t[8 + i]: of 8..15 */
+        t[i] = QV_UNPACK(unpacklo_epi8, r[2 * i], r[2 * i + 1]);
+        t[8 + i] = QV_UNPACK(unpackhi_epi8, r[2 * i], r[2 * i + 1]);
+    }
+    for (int u = 0; u < 16; u += 8)  /* r[u + i]: rows 4i..4i + 3 of columns u..u + 3; r[u + 4 + i]: u + 4.. */
+        for (int i = 0; i < 4; i++) {
+            r[u + i] = QV_UNPACK(unpacklo_epi16, t[u + 2 * i], t[u + 2 * i + 1]);
+            r[u + 4 + i] = QV_UNPACK(unpackhi_epi16, t[u + 2 * i], t[u + 2 * i + 1]);
+        }
+    for (int g = 0; g < 16; g += 4) {  /* t[g]: rows 0-7 of columns g, g + 1; t[g + 1]: rows 8-15; ... */
+        t[g] = QV_UNPACK(unpacklo_epi32, r[g], r[g + 1]);
+        t[g + 1] = QV_UNPACK(unpacklo_epi32, r[g + 2], r[g + 3]);
+        t[g + 2] = QV_UNPACK(unpackhi_epi32, r[g], r[g + 1]);
+        t[g + 3] = QV_UNPACK(unpackhi_epi32, r[g + 2], r[g + 3]);
+    }
+    for (int g = 0; g < 16; g += 4) {
+        col[g] = QV_UNPACK(unpacklo_epi64, t[g], t[g + 1]);
+        col[g + 1] = QV_UNPACK(unpackhi_epi64, t[g], t[g + 1]);
+        col[g + 2] = QV_UNPACK(unpacklo_epi64, t[g + 2], t[g + 3]);
+        col[g + 3] = QV_UNPACK(unpackhi_epi64, t[g + 2], t[g + 3]);
+    }
+}
+
+/* Each row of the tile is quantized along its columns, 16 at a time, into blocks of 16
+   columns laid out for _i8_transpose16; then every block becomes 16 column registers, stored
+   as they are (column tiles) or interleaved by _i8_quads (quad tiles). Columns in..in4 of
+   quad tiles hold the quantized 0.0; rows past `rows` hold 0. */
 static void _i8_tile_task(void* context, int64_t task, int worker) {
     const struct i8_tile_job* job = (const struct i8_tile_job*)context;
     int64_t tile = task / job->chunks, b0 = tile * I8_LANES;
@@ -160,72 +209,85 @@ static void _i8_tile_task(void* context, int64_t task, int worker) {
     int64_t width = job->quads ? job->in4 : job->in;
     int64_t c_end = c_begin + I8_CHUNK < width ? c_begin + I8_CHUNK : width;
     int64_t real = job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES;
-    const float* inverse = job->inverses + b0;
-    float block[8 * I8_LANES] __attribute__((aligned(64)));  /* [8 columns][I8_LANES rows] */
-    for (int64_t c0 = c_begin; c0 < c_end; c0 += 8) {
-        int64_t cols = c_end - c0 < 8 ? c_end - c0 : 8;
-        for (int64_t g = 0; g < I8_LANES; g += 8) {
-            const float* src = job->x + (b0 + g) * job->in + c0;
-            if (g + 8 <= real && c0 + 8 <= job->in) {
-                _transpose_8x8(src, job->in, block + g, I8_LANES);
-                continue;
+    int blocks = (int)((c_end - c_begin + 15) / 16);
+    uint8_t rows[I8_CHUNK / 16][16][I8_LANES] __attribute__((aligned(64)));
+    for (int64_t l = 0; l < I8_LANES; l++) {
+        const float* src = job->x + (b0 + l) * job->in;
+        float inverse = l < real ? job->inverses[b0 + l] : 0.0f;
+        int32_t zero = l < real ? job->zeros[b0 + l] : 0;
+        for (int b = 0; b < blocks; b++) {
+            int64_t c = c_begin + 16 * b;
+            __m128i q;
+            if (l >= real) q = _mm_setzero_si128();
+            else if (c + 16 <= job->in) q = _i8_quantize16(src + c, inverse, zero);
+            else {
+                float padded[16];
+                for (int64_t k = 0; k < 16; k++) padded[k] = c + k < job->in ? src[c + k] : 0.0f;
+                q = _i8_quantize16(padded, inverse, zero);
             }
-            for (int64_t c = 0; c < 8; c++)
-                for (int64_t l = 0; l < 8; l++)
-                    block[c * I8_LANES + g + l] = (g + l < real && c0 + c < job->in) ? src[l * job->in + c] : 0.0f;
+            _mm_store_si128((__m128i*)&rows[b][l % 16][l / 16 * 16], q);
         }
-        uint8_t columns[8][I8_LANES] __attribute__((aligned(64)));
-        for (int64_t c = 0; c < cols; c++) {
-#if defined(__AVX2__)
-            for (int h = 0; h < I8_LANES; h += 32)
-                _mm256_store_si256((__m256i*)(columns[c] + h), _i8_pack32(block + c * I8_LANES + h, inverse + h));
-#else
-            for (int l = 0; l < I8_LANES; l++)
-                columns[c][l] = (uint8_t)(_i8_quantize(block[c * I8_LANES + l], inverse[l]) + I8_ZERO);
-#endif
-        }
+    }
+    for (int b = 0; b < blocks; b++) {
+        qv col[16];
+        _i8_transpose16(&rows[b][0][0], col);
+        int64_t c0 = c_begin + 16 * b, cols = c_end - c0 < 16 ? c_end - c0 : 16;
         if (!job->quads) {
-            for (int64_t c = 0; c < cols; c++)
-                memcpy(job->out + (tile * job->in + c0 + c) * I8_LANES, columns[c], I8_LANES);
+            for (int64_t j = 0; j < cols; j++) qv_store(job->out + (tile * job->in + c0 + j) * I8_LANES, col[j]);
             continue;
         }
-        /* quad tiles: in4 is a multiple of 4, so are c0 and cols */
-        for (int64_t j = 0; j < cols; j += 4) {
+        for (int64_t j = 0; j < cols; j += 4) {  /* in4 is a multiple of 4, so are c0 and cols */
             uint8_t* dst = job->out + (tile * (job->in4 / 4) + (c0 + j) / 4) * 4 * I8_LANES;
-#if defined(__AVX2__)
             qv q[4];
-            _i8_quads(qv_load(columns[j]), qv_load(columns[j + 1]), qv_load(columns[j + 2]), qv_load(columns[j + 3]), q);
+            _i8_quads(col[j], col[j + 1], col[j + 2], col[j + 3], q);
             for (int v = 0; v < 4; v++) qv_store(dst + I8_LANES * v, q[v]);
-#else
-            for (int l = 0; l < I8_LANES; l++)
-                for (int e = 0; e < 4; e++) dst[4 * l + e] = columns[j + e][l];
-#endif
         }
     }
 }
+#else
+static void _i8_tile_task(void* context, int64_t task, int worker) {
+    const struct i8_tile_job* job = (const struct i8_tile_job*)context;
+    int64_t tile = task / job->chunks, b0 = tile * I8_LANES;
+    int64_t c_begin = task % job->chunks * I8_CHUNK;
+    int64_t width = job->quads ? job->in4 : job->in;
+    int64_t c_end = c_begin + I8_CHUNK < width ? c_begin + I8_CHUNK : width;
+    int64_t real = job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES;
+    for (int64_t l = 0; l < I8_LANES; l++) {
+        const float* src = job->x + (b0 + l) * job->in;
+        for (int64_t c = c_begin; c < c_end; c++) {
+            uint8_t q = l < real ? (uint8_t)_i8_quantize(c < job->in ? src[c] : 0.0f, job->inverses[b0 + l],
+                                                         job->zeros[b0 + l]) : 0;
+            if (job->quads) job->out[(tile * (job->in4 / 4) + c / 4) * 4 * I8_LANES + 4 * l + c % 4] = q;
+            else job->out[(tile * job->in + c) * I8_LANES + l] = q;
+        }
+    }
+}
+#endif
 
-/* scales, inverses: [tiles * I8_LANES] (past `rows`: 0); out: the tiles */
+/* scales, inverses, zeros: [tiles * I8_LANES] (past `rows`: 0); out: the tiles */
 void i8_quantize_tiles(int num_threads, int64_t rows, int64_t in, int64_t in4, int quads, const float* x,
-                       float* scales, float* inverses, uint8_t* out) {
+                       float* scales, float* inverses, int32_t* zeros, uint8_t* out) {
     int64_t tiles = (rows + I8_LANES - 1) / I8_LANES;
-    i8_scales(num_threads, rows, in, x, scales, inverses);
+    i8_scales(num_threads, rows, in, x, scales, inverses, zeros);
     int64_t width = quads ? in4 : in;
     int64_t chunks = (width + I8_CHUNK - 1) / I8_CHUNK;
-    struct i8_tile_job job = {x, inverses, out, rows, in, in4, chunks, quads};
+    struct i8_tile_job job = {x, inverses, zeros, out, rows, in, in4, chunks, quads};
     sr_parallel_for(num_threads, tiles * chunks, _i8_tile_task, &job);
 }
 
-/* One token: its scale, and q as int32 [in] (CSR) or u8 q + 64 [in32], zero past in (dense). */
-void i8_quantize_row(int64_t in, int64_t in32, const float* x, float* scale, int32_t* q32, uint8_t* q8) {
+/* One token: its scale and zero point, and q - zero as int32 [in] (CSR) or u8 q [in32], 0
+   past in (dense, BSR). */
+void i8_quantize_row(int64_t in, int64_t in32, const float* x, float* scale, int32_t* zero, int32_t* q32,
+                     uint8_t* q8) {
     float inverse;
-    struct i8_scale_job job = {x, in, scale, &inverse};
+    struct i8_scale_job job = {x, in, scale, &inverse, zero};
     _i8_scale_task(&job, 0, 0);
     for (int64_t k = 0; k < in; k++) {
-        int32_t q = _i8_quantize(x[k], inverse);
-        if (q32) q32[k] = q;
-        if (q8) q8[k] = (uint8_t)(q + I8_ZERO);
+        int32_t q = _i8_quantize(x[k], inverse, *zero);
+        if (q32) q32[k] = q - *zero;
+        if (q8) q8[k] = (uint8_t)q;
     }
-    if (q8) for (int64_t k = in; k < in32; k++) q8[k] = I8_ZERO;
+    if (q8) for (int64_t k = in; k < in32; k++) q8[k] = 0;
 }
 
 /* ---------------------------------------------------------------- dot products of quads */
@@ -237,10 +299,13 @@ static inline __m256i _i8_dot4_256(__m256i acc, __m256i u8, __m256i s8) { return
 #elif defined(__AVXVNNI__)
 static inline __m256i _i8_dot4_256(__m256i acc, __m256i u8, __m256i s8) { return _mm256_dpbusd_avx_epi32(acc, u8, s8); }
 #else
-/* u8 <= 127 (7-bit activations): the pairwise int16 sums cannot saturate */
+/* u8 = (u8 >> 1) + (u8 - (u8 >> 1)), both <= 128: their pairwise int16 sums cannot saturate */
 static inline __m256i _i8_dot4_256(__m256i acc, __m256i u8, __m256i s8) {
-    __m256i pairs = _mm256_maddubs_epi16(u8, s8);
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+    __m256i half = _mm256_and_si256(_mm256_srli_epi16(u8, 1), _mm256_set1_epi8(0x7F));
+    __m256i rest = _mm256_sub_epi8(u8, half);
+    const __m256i ones = _mm256_set1_epi16(1);
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(half, s8), ones));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(rest, s8), ones));
 }
 #endif
 
@@ -256,24 +321,29 @@ static inline int32_t _i8_sum256(__m256i v) {
 #if defined(__AVX512VNNI__)
 static inline qv _i8_dot4(qv acc, qv u8, qv s8) { return _mm512_dpbusd_epi32(acc, u8, s8); }
 #else
-/* u8 <= 127 (7-bit activations): the pairwise int16 sums cannot saturate */
+/* u8 split in two halves <= 128, as in _i8_dot4_256 */
 static inline qv _i8_dot4(qv acc, qv u8, qv s8) {
-    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u8, s8), _mm512_set1_epi16(1)));
+    qv half = _mm512_and_si512(_mm512_srli_epi16(u8, 1), _mm512_set1_epi8(0x7F));
+    qv rest = _mm512_sub_epi8(u8, half);
+    const qv ones = _mm512_set1_epi16(1);
+    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(half, s8), ones));
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(rest, s8), ones));
 }
 #endif
 
 /* accumulators in quad order (see _i8_quads) -> 64 floats in row order:
-   (acc - comp) * (x_scale[l] * w_scale) + bias. Rows 16L.. are the 128-bit lanes L of
-   acc[0..3]: a 4x4 transposition of 128-bit lanes. */
-static inline void _i8_finish(const qv acc[4], int32_t comp, float w_scale, const float* x_scales, float bias,
-                              float* out) {
+   (acc - x_zero[l] * row_sum) * (x_scale[l] * w_scale) + bias. Rows 16L.. are the 128-bit
+   lanes L of acc[0..3]: a 4x4 transposition of 128-bit lanes. */
+static inline void _i8_finish(const qv acc[4], int32_t row_sum, float w_scale, const float* x_scales,
+                              const int32_t* x_zeros, float bias, float* out) {
     __m512i t01 = _mm512_shuffle_i32x4(acc[0], acc[1], 0x44), t23 = _mm512_shuffle_i32x4(acc[2], acc[3], 0x44);
     __m512i u01 = _mm512_shuffle_i32x4(acc[0], acc[1], 0xEE), u23 = _mm512_shuffle_i32x4(acc[2], acc[3], 0xEE);
     __m512i rows[4] = {_mm512_shuffle_i32x4(t01, t23, 0x88), _mm512_shuffle_i32x4(t01, t23, 0xDD),
                        _mm512_shuffle_i32x4(u01, u23, 0x88), _mm512_shuffle_i32x4(u01, u23, 0xDD)};
-    __m512i c = _mm512_set1_epi32(comp);
+    __m512i sum = _mm512_set1_epi32(row_sum);
     __m512 w = _mm512_set1_ps(w_scale), b = _mm512_set1_ps(bias);
     for (int j = 0; j < 4; j++) {
+        __m512i c = _mm512_mullo_epi32(_mm512_loadu_si512((const void*)(x_zeros + 16 * j)), sum);
         __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(rows[j], c));
         _mm512_storeu_ps(out + 16 * j, _mm512_fmadd_ps(f, _mm512_mul_ps(_mm512_loadu_ps(x_scales + 16 * j), w), b));
     }
@@ -282,14 +352,15 @@ static inline void _i8_finish(const qv acc[4], int32_t comp, float w_scale, cons
 static inline qv _i8_dot4(qv acc, qv u8, qv s8) { return _i8_dot4_256(acc, u8, s8); }
 
 /* accumulators in quad order (see _i8_quads) -> 32 floats in row order:
-   (acc - comp) * (x_scale[l] * w_scale) + bias */
-static inline void _i8_finish(const __m256i acc[4], int32_t comp, float w_scale, const float* x_scales, float bias,
-                              float* out) {
+   (acc - x_zero[l] * row_sum) * (x_scale[l] * w_scale) + bias */
+static inline void _i8_finish(const __m256i acc[4], int32_t row_sum, float w_scale, const float* x_scales,
+                              const int32_t* x_zeros, float bias, float* out) {
     __m256i rows[4] = {_mm256_permute2x128_si256(acc[0], acc[1], 0x20), _mm256_permute2x128_si256(acc[2], acc[3], 0x20),
                        _mm256_permute2x128_si256(acc[0], acc[1], 0x31), _mm256_permute2x128_si256(acc[2], acc[3], 0x31)};
-    __m256i c = _mm256_set1_epi32(comp);
+    __m256i sum = _mm256_set1_epi32(row_sum);
     __m256 w = _mm256_set1_ps(w_scale), b = _mm256_set1_ps(bias);
     for (int j = 0; j < 4; j++) {
+        __m256i c = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i*)(x_zeros + 8 * j)), sum);
         __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(rows[j], c));
         _mm256_storeu_ps(out + 8 * j, _mm256_fmadd_ps(f, _mm256_mul_ps(_mm256_loadu_ps(x_scales + 8 * j), w), b));
     }
@@ -313,15 +384,17 @@ static void _i8_store(float* tile, int64_t group, int lanes, int gelu, float* y,
 /* ---------------------------------------------------------------- sparse int8 (CSR, BSR) */
 
 /* A sparse int8 weight: offsets [out + 1] (of a row's CSR groups or BSR blocks), columns
-   (uint16 or int32), values int8, compensation [out] = 64 * row sum of values, w_scales
-   [out]. xt: the activation tiles, `in` bytes per row of a tile (BSR: 4 * quads), or
-   one token's u8 q + 64 (BSR GEMV); q: one token's int32 q (CSR GEMV). */
+   (uint16 or int32), values int8, row_sums [out] (of the values), w_scales [out]. x_scales
+   and x_zeros: the tokens' scales and zero points. xt: the activation tiles, `in` bytes per
+   row of a tile (BSR: 4 * quads), or one token's u8 q (BSR GEMV); q: one token's int32
+   q - zero (CSR GEMV). */
 struct i8_sparse_job {
     const int64_t *task_rows, *offsets;
     const void* columns;
     const int8_t* values;
-    const int32_t* compensation;
+    const int32_t* row_sums;
     const float *w_scales, *bias, *x_scales;
+    const int32_t* x_zeros;
     const uint8_t* xt;
     const int32_t* q;
     float* y;
@@ -385,7 +458,7 @@ static void _i8_csr_gemv_task_##IDX(void* context, int64_t t, int worker) {     
                   quads);                                                                       \
         for (int v = 0; v < 4; v++) acc[v] = _i8_dot4(acc[v], quads[v], w);                    \
     }                                                                                           \
-    _i8_finish(acc, job->compensation[r], job->w_scales[r], job->x_scales + b0, bias, tile + g * I8_LANES);
+    _i8_finish(acc, job->row_sums[r], job->w_scales[r], job->x_scales + b0, job->x_zeros + b0, bias, tile + g * I8_LANES);
 #define I8_CSR_GEMV(ITYPE)                                                                      \
     __m256i acc8 = _mm256_setzero_si256();                                                      \
     for (; k + 8 <= end; k += 8) {                                                              \
@@ -405,7 +478,7 @@ static void _i8_csr_gemv_task_##IDX(void* context, int64_t t, int worker) {     
         for (int l = 0; l < I8_LANES; l++) acc[l] += w * (int32_t)column[l];                    \
     }                                                                                           \
     for (int l = 0; l < I8_LANES; l++)                                                          \
-        tile[g * I8_LANES + l] = (float)(acc[l] - job->compensation[r])                         \
+        tile[g * I8_LANES + l] = (float)(acc[l] - job->x_zeros[b0 + l] * job->row_sums[r])      \
             * (job->x_scales[b0 + l] * job->w_scales[r]) + bias;
 #define I8_CSR_GEMV(ITYPE)
 #endif
@@ -416,11 +489,11 @@ DEFINE_I8_CSR(i32, int32_t)
 #define DEFINE_I8_CSR_ENTRY(IDX, ITYPE)                                                         \
 void i8_csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
                        const int64_t* group_offsets, const ITYPE* columns, const int8_t* values, \
-                       const int32_t* compensation, const float* w_scales, const float* bias,   \
+                       const int32_t* row_sums, const float* w_scales, const float* bias,       \
                        int64_t rows, int64_t in, int64_t out, const float* x_scales,            \
-                       const uint8_t* xt, float* y, int gelu) {                                 \
-    struct i8_sparse_job job = {task_rows, group_offsets, columns, values, compensation, w_scales, \
-                             bias, x_scales, xt, NULL, y, rows, in, out, gelu};                 \
+                       const int32_t* x_zeros, const uint8_t* xt, float* y, int gelu) {         \
+    struct i8_sparse_job job = {task_rows, group_offsets, columns, values, row_sums, w_scales,  \
+                             bias, x_scales, x_zeros, xt, NULL, y, rows, in, out, gelu};        \
     sr_parallel_for(num_threads, tasks, _i8_csr_gemm_task_##IDX, &job);                         \
 }                                                                                               \
 void i8_csr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
@@ -428,7 +501,7 @@ void i8_csr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,
                        const float* w_scales, const float* bias, int64_t in, int64_t out,       \
                        const float* x_scale, const int32_t* q, float* y) {                      \
     struct i8_sparse_job job = {task_rows, group_offsets, columns, values, NULL, w_scales, bias, \
-                             x_scale, NULL, q, y, 1, in, out, 0};                               \
+                             x_scale, NULL, NULL, q, y, 1, in, out, 0};                         \
     sr_parallel_for(num_threads, tasks, _i8_csr_gemv_task_##IDX, &job);                         \
 }
 DEFINE_I8_CSR_ENTRY(u16, uint16_t)
@@ -436,13 +509,14 @@ DEFINE_I8_CSR_ENTRY(i32, int32_t)
 
 /* ---------------------------------------------------------------- int8 dense */
 
-/* weight int8 [out, in32] (zeros past in), compensation [out], w_scales [out];
-   tasks of I8_DENSE_ROWS output rows. */
+/* weight int8 [out, in32] (zeros past in), row_sums [out], w_scales [out]; x_scales and
+   x_zeros: the tokens' scales and zero points; tasks of I8_DENSE_ROWS output rows. */
 #define I8_DENSE_ROWS 4
 struct i8_dense_job {
     const int8_t* weight;
-    const int32_t* compensation;
+    const int32_t* row_sums;
     const float *w_scales, *bias, *x_scales;
+    const int32_t* x_zeros;
     const uint8_t* x;
     float* y;
     int64_t rows, in4, in32, out, rows_per_task;
@@ -489,13 +563,14 @@ static void _i8_dense_gemm_task(void* context, int64_t t, int worker) {
                 int64_t r = r0 + i;
                 float bias = job->bias ? job->bias[r] : 0.0f;
 #if defined(__AVX2__)
-                _i8_finish(acc[i], job->compensation[r], job->w_scales[r], job->x_scales + b0, bias, tile + filled * I8_LANES);
+                _i8_finish(acc[i], job->row_sums[r], job->w_scales[r], job->x_scales + b0, job->x_zeros + b0, bias,
+                           tile + filled * I8_LANES);
 #else
                 const int8_t* w = job->weight + r * job->in32;
                 for (int l = 0; l < I8_LANES; l++) {
                     int32_t s = 0;
                     for (int64_t k = 0; k < job->in4; k++) s += (int32_t)w[k] * xq[k / 4 * 4 * I8_LANES + 4 * l + k % 4];
-                    tile[filled * I8_LANES + l] = (float)(s - job->compensation[r])
+                    tile[filled * I8_LANES + l] = (float)(s - job->x_zeros[b0 + l] * job->row_sums[r])
                         * (job->x_scales[b0 + l] * job->w_scales[r]) + bias;
                 }
 #endif
@@ -509,15 +584,15 @@ static void _i8_dense_gemm_task(void* context, int64_t t, int worker) {
     }
 }
 
-void i8_dense_gemm(int num_threads, int64_t rows_per_task, const int8_t* weight, const int32_t* compensation,
+void i8_dense_gemm(int num_threads, int64_t rows_per_task, const int8_t* weight, const int32_t* row_sums,
                    const float* w_scales, const float* bias, int64_t rows, int64_t in4, int64_t in32, int64_t out,
-                   const float* x_scales, const uint8_t* x, float* y, int gelu) {
-    struct i8_dense_job job = {weight, compensation, w_scales, bias, x_scales, x, y, rows, in4, in32, out,
+                   const float* x_scales, const int32_t* x_zeros, const uint8_t* x, float* y, int gelu) {
+    struct i8_dense_job job = {weight, row_sums, w_scales, bias, x_scales, x_zeros, x, y, rows, in4, in32, out,
                                rows_per_task, gelu};
     sr_parallel_for(num_threads, (out + rows_per_task - 1) / rows_per_task, _i8_dense_gemm_task, &job);
 }
 
-/* One token: x u8 [in32] (q + 64). */
+/* One token: x u8 q [in32]. */
 static void _i8_dense_gemv_task(void* context, int64_t t, int worker) {
     const struct i8_dense_job* job = (const struct i8_dense_job*)context;
     int64_t r_begin = t * job->rows_per_task;
@@ -533,15 +608,15 @@ static void _i8_dense_gemv_task(void* context, int64_t t, int worker) {
         acc = _i8_sum256(a);
 #endif
         for (; k < job->in32; k++) acc += (int32_t)w[k] * job->x[k];
-        job->y[r] = (float)(acc - job->compensation[r]) * (job->x_scales[0] * job->w_scales[r])
+        job->y[r] = (float)(acc - job->x_zeros[0] * job->row_sums[r]) * (job->x_scales[0] * job->w_scales[r])
                     + (job->bias ? job->bias[r] : 0.0f);
     }
 }
 
-void i8_dense_gemv(int num_threads, int64_t rows_per_task, const int8_t* weight, const int32_t* compensation,
+void i8_dense_gemv(int num_threads, int64_t rows_per_task, const int8_t* weight, const int32_t* row_sums,
                    const float* w_scales, const float* bias, int64_t in32, int64_t out, const float* x_scale,
-                   const uint8_t* x, float* y) {
-    struct i8_dense_job job = {weight, compensation, w_scales, bias, x_scale, x, y, 1, 0, in32, out,
+                   const int32_t* x_zero, const uint8_t* x, float* y) {
+    struct i8_dense_job job = {weight, row_sums, w_scales, bias, x_scale, x_zero, x, y, 1, 0, in32, out,
                                rows_per_task, 0};
     sr_parallel_for(num_threads, (out + rows_per_task - 1) / rows_per_task, _i8_dense_gemv_task, &job);
 }
@@ -550,7 +625,7 @@ void i8_dense_gemv(int num_threads, int64_t rows_per_task, const int8_t* weight,
 
 /* Offsets count blocks, columns [blocks] hold the block's first input / 4, values int8
    [blocks * 4]. Batched: the dense kernel's quad tiles (in = 4 * quads bytes a row); one
-   token: u8 q + 64 [in32]. */
+   token: u8 q [in32]. */
 #define DEFINE_I8_BSR(IDX, ITYPE)                                                               \
 DEFINE_I8_SPARSE_GEMM_TASK(bsr, I8_BSR_ROW, IDX, ITYPE)                                         \
 static void _i8_bsr_gemv_task_##IDX(void* context, int64_t t, int worker) {                     \
@@ -566,26 +641,28 @@ static void _i8_bsr_gemv_task_##IDX(void* context, int64_t t, int worker) {     
             const int8_t* w = job->values + 4 * k;                                              \
             acc += w[0] * a[0] + w[1] * a[1] + w[2] * a[2] + w[3] * a[3];                       \
         }                                                                                       \
-        job->y[r] = (float)(acc - job->compensation[r]) * (job->x_scales[0] * job->w_scales[r]) \
+        job->y[r] = (float)(acc - job->x_zeros[0] * job->row_sums[r])                         \
+                    * (job->x_scales[0] * job->w_scales[r])                                     \
                     + (job->bias ? job->bias[r] : 0.0f);                                        \
     }                                                                                           \
 }                                                                                               \
 void i8_bsr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
                        const int64_t* block_offsets, const ITYPE* block_columns,                \
-                       const int8_t* values, const int32_t* compensation, const float* w_scales, \
+                       const int8_t* values, const int32_t* row_sums, const float* w_scales,    \
                        const float* bias, int64_t rows, int64_t quads, int64_t out,             \
-                       const float* x_scales, const uint8_t* xq, float* y, int gelu) {          \
-    struct i8_sparse_job job = {task_rows, block_offsets, block_columns, values, compensation,  \
-                                w_scales, bias, x_scales, xq, NULL, y, rows, 4 * quads, out, gelu}; \
+                       const float* x_scales, const int32_t* x_zeros, const uint8_t* xq, float* y, \
+                       int gelu) {                                                              \
+    struct i8_sparse_job job = {task_rows, block_offsets, block_columns, values, row_sums,      \
+                                w_scales, bias, x_scales, x_zeros, xq, NULL, y, rows, 4 * quads, out, gelu}; \
     sr_parallel_for(num_threads, tasks, _i8_bsr_gemm_task_##IDX, &job);                         \
 }                                                                                               \
 void i8_bsr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
                        const int64_t* block_offsets, const ITYPE* block_columns,                \
-                       const int8_t* values, const int32_t* compensation, const float* w_scales, \
-                       const float* bias, int64_t out, const float* x_scale, const uint8_t* x,  \
-                       float* y) {                                                              \
-    struct i8_sparse_job job = {task_rows, block_offsets, block_columns, values, compensation,  \
-                                w_scales, bias, x_scale, x, NULL, y, 1, 0, out, 0};             \
+                       const int8_t* values, const int32_t* row_sums, const float* w_scales,    \
+                       const float* bias, int64_t out, const float* x_scale, const int32_t* x_zero, \
+                       const uint8_t* x, float* y) {                                            \
+    struct i8_sparse_job job = {task_rows, block_offsets, block_columns, values, row_sums,      \
+                                w_scales, bias, x_scale, x_zero, x, NULL, y, 1, 0, out, 0};     \
     sr_parallel_for(num_threads, tasks, _i8_bsr_gemv_task_##IDX, &job);                         \
 }
 
@@ -598,7 +675,7 @@ void i8_bsr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,
         const uint8_t* a = xt + (int64_t)columns[k] * 4 * I8_LANES;                             \
         for (int v = 0; v < 4; v++) acc[v] = _i8_dot4(acc[v], qv_load(a + v * I8_LANES), w);   \
     }                                                                                           \
-    _i8_finish(acc, job->compensation[r], job->w_scales[r], job->x_scales + b0, bias, tile + g * I8_LANES);
+    _i8_finish(acc, job->row_sums[r], job->w_scales[r], job->x_scales + b0, job->x_zeros + b0, bias, tile + g * I8_LANES);
 /* eight blocks at a time: their input quads gathered as int32, one 4-wide dot product each */
 #define I8_BSR_GEMV(ITYPE)                                                                      \
     __m256i acc8 = _mm256_setzero_si256();                                                      \
@@ -617,7 +694,7 @@ void i8_bsr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,
             acc[l] += w[0] * a[4 * l] + w[1] * a[4 * l + 1] + w[2] * a[4 * l + 2] + w[3] * a[4 * l + 3]; \
     }                                                                                           \
     for (int l = 0; l < I8_LANES; l++)                                                          \
-        tile[g * I8_LANES + l] = (float)(acc[l] - job->compensation[r])                         \
+        tile[g * I8_LANES + l] = (float)(acc[l] - job->x_zeros[b0 + l] * job->row_sums[r])      \
             * (job->x_scales[b0 + l] * job->w_scales[r]) + bias;
 #define I8_BSR_GEMV(ITYPE)
 #endif
@@ -647,76 +724,91 @@ def lanes() -> int:
 @functools.cache
 def quantize_tiles():
     """`i8_quantize_tiles`: (threads, rows, in, in4, quads, x, scales [tiles * lanes()],
-    inverses [tiles * lanes()], out tiles)."""
-    return declare(_library(), "i8_quantize_tiles", [_INT, _I, _I, _I, _INT, _P, _P, _P, _P])
+    inverses [tiles * lanes()], zero points int32 [tiles * lanes()], out tiles)."""
+    return declare(_library(), "i8_quantize_tiles", [_INT, _I, _I, _I, _INT, _P, _P, _P, _P, _P])
 
 
-def quantized_tiles(rows: torch.Tensor, num_threads: int, in4: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """rows float32 [batch, in] -> (scales float32 [tiles * lanes], u8 tiles): column tiles
-    [tiles, in, lanes], or with in4 (a multiple of 4, at least in) quad tiles
-    [tiles, in4 / 4, 4 * lanes]."""
+def quantized_tiles(rows: torch.Tensor, num_threads: int,
+                    in4: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """rows float32 [batch, in] -> (scales float32 [tiles * lanes], zero points int32
+    [tiles * lanes], u8 tiles): column tiles [tiles, in, lanes], or with in4 (a multiple of
+    4, at least in) quad tiles [tiles, in4 / 4, 4 * lanes]."""
     batch, in_features = rows.shape
     height = lanes()
     tiles = -(-batch // height)
     scales = torch.zeros(tiles * height, dtype=torch.float32)
     inverses = torch.zeros(tiles * height, dtype=torch.float32)
+    zeros = torch.zeros(tiles * height, dtype=torch.int32)
     out = torch.empty(tiles * (in4 or in_features) * height, dtype=torch.uint8)
     quantize_tiles()(num_threads, batch, in_features, in4, int(in4 > 0), pointer(rows), pointer(scales),
-                     pointer(inverses), pointer(out))
-    return scales, out
+                     pointer(inverses), pointer(zeros), pointer(out))
+    return scales, zeros, out
 
 
-def quantized_token(row: torch.Tensor, in32: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token float32 [1, in] -> (scale float32 [1], u8 q + 64 [in32], 64 past in)."""
+def quantized_token(row: torch.Tensor, in32: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One token float32 [1, in] -> (scale float32 [1], zero point int32 [1], u8 q [in32], 0 past in)."""
     scale = torch.empty(1, dtype=torch.float32)
+    zero = torch.empty(1, dtype=torch.int32)
     q8 = torch.empty(in32, dtype=torch.uint8)
-    quantize_row()(row.shape[1], in32, pointer(row), pointer(scale), None, pointer(q8))
-    return scale, q8
+    quantize_row()(row.shape[1], in32, pointer(row), pointer(scale), pointer(zero), None, pointer(q8))
+    return scale, zero, q8
+
+
+def centred_token(row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token float32 [1, in] -> (scale float32 [1], q - zero int32 [in])."""
+    scale = torch.empty(1, dtype=torch.float32)
+    zero = torch.empty(1, dtype=torch.int32)
+    q = torch.empty(row.shape[1], dtype=torch.int32)
+    quantize_row()(row.shape[1], 0, pointer(row), pointer(scale), pointer(zero), pointer(q), None)
+    return scale, q
 
 
 @functools.cache
 def quantize_row():
-    """`i8_quantize_row`: (in, in32, x [in], scale [1], q int32 [in] or None, q8 u8 [in32] or None)."""
-    return declare(_library(), "i8_quantize_row", [_I, _I, _P, _P, _P, _P])
+    """`i8_quantize_row`: (in, in32, x [in], scale [1], zero point int32 [1], q - zero int32 [in]
+    or None, q8 u8 [in32] or None)."""
+    return declare(_library(), "i8_quantize_row", [_I, _I, _P, _P, _P, _P, _P])
 
 
 @functools.cache
 def csr_gemm(index: str):
     """`i8_csr_gemm_<index>`: (threads, tasks, task_rows, group_offsets, columns, values,
-    compensation, w_scales, bias or None, rows, in, out, x_scales, column tiles, y, gelu)."""
-    return declare(_library(), f"i8_csr_gemm_{index}", [_INT, _I, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _INT])
+    row_sums, w_scales, bias or None, rows, in, out, x_scales, x_zeros, column tiles, y, gelu)."""
+    return declare(_library(), f"i8_csr_gemm_{index}",
+                   [_INT, _I, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _INT])
 
 
 @functools.cache
 def csr_gemv(index: str):
     """`i8_csr_gemv_<index>`: (threads, tasks, task_rows, group_offsets, columns, values,
-    w_scales, bias or None, in, out, x_scale [1], q int32 [in], y)."""
+    w_scales, bias or None, in, out, x_scale [1], q - zero int32 [in], y)."""
     return declare(_library(), f"i8_csr_gemv_{index}", [_INT, _I, _P, _P, _P, _P, _P, _P, _I, _I, _P, _P, _P])
 
 
 @functools.cache
 def bsr_gemm(index: str):
     """`i8_bsr_gemm_<index>`: (threads, tasks, task_rows, block_offsets, block_columns, values,
-    compensation, w_scales, bias or None, rows, quads, out, x_scales, quad tiles, y, gelu)."""
-    return declare(_library(), f"i8_bsr_gemm_{index}", [_INT, _I, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _INT])
+    row_sums, w_scales, bias or None, rows, quads, out, x_scales, x_zeros, quad tiles, y, gelu)."""
+    return declare(_library(), f"i8_bsr_gemm_{index}",
+                   [_INT, _I, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _INT])
 
 
 @functools.cache
 def bsr_gemv(index: str):
     """`i8_bsr_gemv_<index>`: (threads, tasks, task_rows, block_offsets, block_columns, values,
-    compensation, w_scales, bias or None, out, x_scale [1], x u8 [in32], y)."""
-    return declare(_library(), f"i8_bsr_gemv_{index}", [_INT, _I, _P, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P])
+    row_sums, w_scales, bias or None, out, x_scale [1], x_zero [1], x u8 [in32], y)."""
+    return declare(_library(), f"i8_bsr_gemv_{index}", [_INT, _I, _P, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P])
 
 
 @functools.cache
 def dense_gemm():
-    """`i8_dense_gemm`: (threads, rows_per_task, weight [out, in32], compensation, w_scales,
-    bias or None, rows, in4, in32, out, x_scales, quad tiles, y, gelu)."""
-    return declare(_library(), "i8_dense_gemm", [_INT, _I, _P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _INT])
+    """`i8_dense_gemm`: (threads, rows_per_task, weight [out, in32], row_sums, w_scales,
+    bias or None, rows, in4, in32, out, x_scales, x_zeros, quad tiles, y, gelu)."""
+    return declare(_library(), "i8_dense_gemm", [_INT, _I, _P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _INT])
 
 
 @functools.cache
 def dense_gemv():
-    """`i8_dense_gemv`: (threads, rows_per_task, weight, compensation, w_scales, bias or None,
-    in32, out, x_scale [1], x u8 [in32], y)."""
-    return declare(_library(), "i8_dense_gemv", [_INT, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P])
+    """`i8_dense_gemv`: (threads, rows_per_task, weight, row_sums, w_scales, bias or None,
+    in32, out, x_scale [1], x_zero [1], x u8 [in32], y)."""
+    return declare(_library(), "i8_dense_gemv", [_INT, _I, _P, _P, _P, _P, _I, _I, _P, _P, _P, _P])

@@ -21,7 +21,7 @@ from sparse_rt.kernels.cpu._launch import (
 )
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import Int8CsrOptions, int8_csr_configs, parse_options
-from sparse_rt.kernels.cpu.csr_int8 import ROW_OVERHEAD, ZERO_POINT
+from sparse_rt.kernels.cpu.csr_int8 import ROW_OVERHEAD
 from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.int8 import int8_linear_reference
 from sparse_rt.kernels.registry import Config, Kernel, register_kernel
@@ -32,7 +32,7 @@ class BsrInt8Packed:
     """An int8 BSR weight ready for the C kernels.
 
     block_offsets: int64 [out + 1]; block_columns: uint16 (quads <= 65536) or int32 [blocks]
-    values:        int8 [blocks * 4]; compensation: int32 [out], 64 * the row's sum of values
+    values:        int8 [blocks * 4]; row_sums: int32 [out], the row's sum of values
     scales:        float32 [out]; bias float32 [out] or None
     """
 
@@ -42,7 +42,7 @@ class BsrInt8Packed:
     block_offsets: torch.Tensor
     block_columns: torch.Tensor
     values: torch.Tensor
-    compensation: torch.Tensor
+    row_sums: torch.Tensor
     scales: torch.Tensor
     bias: torch.Tensor | None
     tasks: TaskSplit
@@ -63,7 +63,7 @@ def pack_bsr_int8(weight, bias: torch.Tensor | None, options: Int8CsrOptions) ->
         block_offsets=weight.row_offsets.to(torch.int64).contiguous(),
         block_columns=weight.block_columns.to(torch.int32).to(index_dtype).contiguous(),
         values=weight.values.reshape(-1).contiguous(),
-        compensation=(row_sums * ZERO_POINT).to(torch.int32),
+        row_sums=row_sums.to(torch.int32),
         scales=weight.scales.to(torch.float32).contiguous(),
         bias=bias_of(bias, out_features, "bsr_int8_linear"),
         tasks=TaskSplit(weight.row_offsets.diff().long() + ROW_OVERHEAD, options.tasks_per_thread),
@@ -81,18 +81,19 @@ def bsr_int8_linear(x: torch.Tensor, packed: BsrInt8Packed, gelu: bool = False) 
     num_threads = threads()
     split = packed.tasks(num_threads)
     if batch == 1:
-        scale, q8 = native.quantized_token(rows, -(-in_features // 32) * 32)
+        scale, zero, q8 = native.quantized_token(rows, -(-in_features // 32) * 32)
         native.bsr_gemv(packed.index)(
             num_threads, split.shape[0] - 1, pointer(split), pointer(packed.block_offsets),
-            pointer(packed.block_columns), pointer(packed.values), pointer(packed.compensation),
-            pointer(packed.scales), pointer(packed.bias), out_features, pointer(scale), pointer(q8), pointer(y),
+            pointer(packed.block_columns), pointer(packed.values), pointer(packed.row_sums),
+            pointer(packed.scales), pointer(packed.bias), out_features, pointer(scale), pointer(zero), pointer(q8),
+            pointer(y),
         )
         return shaped_like(gelu_erf(y) if gelu else y, x)
-    scales, quads = native.quantized_tiles(rows, num_threads, packed.quads * BLOCK)
+    scales, zeros, quads = native.quantized_tiles(rows, num_threads, packed.quads * BLOCK)
     native.bsr_gemm(packed.index)(
         num_threads, *tile_tasks(split, batch, native.lanes(), num_threads), pointer(packed.block_offsets), pointer(packed.block_columns),
-        pointer(packed.values), pointer(packed.compensation), pointer(packed.scales), pointer(packed.bias), batch,
-        packed.quads, out_features, pointer(scales), pointer(quads), pointer(y), int(gelu),
+        pointer(packed.values), pointer(packed.row_sums), pointer(packed.scales), pointer(packed.bias), batch,
+        packed.quads, out_features, pointer(scales), pointer(zeros), pointer(quads), pointer(y), int(gelu),
     )
     return shaped_like(y, x)
 

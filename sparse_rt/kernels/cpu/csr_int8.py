@@ -1,8 +1,8 @@
 """Int8 CSR linear on the CPU: y = x @ W.T + b with W in CsrInt8Format.
 
 `pack_csr_int8` pads each row's nonzeros to groups of 4 (weight 0 on a valid column), the
-unit of the kernels' 4-wide int8 dot products, and sums each row (the activations' zero
-point correction). `csr_int8_linear` quantizes x per token in C (fused with the
+unit of the kernels' 4-wide int8 dot products, and sums each row (for the activations'
+zero points). `csr_int8_linear` quantizes x per token in C (fused with the
 transposition into column tiles), runs the int32 kernel of `_int8_native` and
 dequantizes, adds the bias and applies GELU in its epilogue. See `sparse_rt.kernels.int8`
 for the arithmetic and `int8_linear_reference` for the plain torch version.
@@ -22,10 +22,9 @@ from sparse_rt.kernels.cpu._launch import (
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import Int8CsrOptions, int8_csr_configs, parse_options
 from sparse_rt.kernels.cpu.gelu import gelu_erf
-from sparse_rt.kernels.int8 import ACTIVATION_QMAX, int8_linear_reference
+from sparse_rt.kernels.int8 import int8_linear_reference
 from sparse_rt.kernels.registry import Config, Kernel, register_kernel
 
-ZERO_POINT = ACTIVATION_QMAX + 1
 # Cost of a row beyond its groups (set-up, epilogue, store), in groups, for the task split.
 ROW_OVERHEAD = 4
 
@@ -37,7 +36,7 @@ class CsrInt8Packed:
     group_offsets: int64 [out + 1], row r holds groups group_offsets[r]:group_offsets[r+1]
     columns:       uint16 (in <= 65536) or int32 [groups * 4]
     values:        int8 [groups * 4]
-    compensation:  int32 [out], 64 * the row's sum of values
+    row_sums:      int32 [out], the row's sum of values
     scales:        float32 [out]; bias float32 [out] or None
     """
 
@@ -46,7 +45,7 @@ class CsrInt8Packed:
     group_offsets: torch.Tensor
     columns: torch.Tensor
     values: torch.Tensor
-    compensation: torch.Tensor
+    row_sums: torch.Tensor
     scales: torch.Tensor
     bias: torch.Tensor | None
     tasks: TaskSplit
@@ -67,15 +66,14 @@ def pack_csr_int8(weight, bias: torch.Tensor | None, options: Int8CsrOptions) ->
     values = torch.zeros(total, dtype=torch.int8)
     columns[slots] = weight.column_indices.to(torch.int32)
     values[slots] = weight.values
-    compensation = torch.zeros(out_features, dtype=torch.int64)
-    compensation.index_add_(0, rows, weight.values.to(torch.int64))
+    row_sums = torch.zeros(out_features, dtype=torch.int64).index_add_(0, rows, weight.values.to(torch.int64))
     return CsrInt8Packed(
         shape=(out_features, in_features),
         index="i32" if index_dtype == torch.int32 else "u16",
         group_offsets=group_offsets,
         columns=columns.to(index_dtype).contiguous(),
         values=values,
-        compensation=(compensation * ZERO_POINT).to(torch.int32),
+        row_sums=row_sums.to(torch.int32),
         scales=weight.scales.to(torch.float32).contiguous(),
         bias=bias_of(bias, out_features, "csr_int8_linear"),
         tasks=TaskSplit(groups + ROW_OVERHEAD, options.tasks_per_thread),
@@ -93,20 +91,18 @@ def csr_int8_linear(x: torch.Tensor, packed: CsrInt8Packed, gelu: bool = False) 
     num_threads = threads()
     split = packed.tasks(num_threads)
     if batch == 1:
-        scale = torch.empty(1, dtype=torch.float32)
-        q = torch.empty(in_features, dtype=torch.int32)
-        native.quantize_row()(in_features, 0, pointer(rows), pointer(scale), pointer(q), None)
+        scale, q = native.centred_token(rows)
         native.csr_gemv(packed.index)(
             num_threads, split.shape[0] - 1, pointer(split), pointer(packed.group_offsets), pointer(packed.columns),
             pointer(packed.values), pointer(packed.scales), pointer(packed.bias), in_features, out_features,
             pointer(scale), pointer(q), pointer(y),
         )
         return shaped_like(gelu_erf(y) if gelu else y, x)
-    scales, xt = native.quantized_tiles(rows, num_threads)
+    scales, zeros, xt = native.quantized_tiles(rows, num_threads)
     native.csr_gemm(packed.index)(
         num_threads, *tile_tasks(split, batch, native.lanes(), num_threads), pointer(packed.group_offsets), pointer(packed.columns),
-        pointer(packed.values), pointer(packed.compensation), pointer(packed.scales), pointer(packed.bias), batch,
-        in_features, out_features, pointer(scales), pointer(xt), pointer(y), int(gelu),
+        pointer(packed.values), pointer(packed.row_sums), pointer(packed.scales), pointer(packed.bias), batch,
+        in_features, out_features, pointer(scales), pointer(zeros), pointer(xt), pointer(y), int(gelu),
     )
     return shaped_like(y, x)
 

@@ -1,7 +1,7 @@
 """Int8 dense linear on the CPU: y = x @ W.T + b with W in DenseInt8Format.
 
 `pack_dense_int8` pads the rows of W to a multiple of 32 columns with zeros and sums each
-row (the activations' zero point correction). Batched, x is quantized per token straight
+row (for the activations' zero points). Batched, x is quantized per token straight
 into quad tiles (each row's 4 consecutive columns together), which the kernel multiplies
 4 output rows x 16 batch rows at a time; one token runs a dot product per output row.
 See `sparse_rt.kernels.int8` for the arithmetic.
@@ -17,7 +17,6 @@ from sparse_rt.kernels.cpu import _int8_native as native
 from sparse_rt.kernels.cpu._launch import bias_of, check_activation, check_cpu, pointer, rows_of, shaped_like, threads
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import Int8DenseOptions, int8_dense_configs, parse_options
-from sparse_rt.kernels.cpu.csr_int8 import ZERO_POINT
 from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.int8 import int8_linear_reference
 from sparse_rt.kernels.registry import Config, Kernel, register_kernel
@@ -25,14 +24,14 @@ from sparse_rt.kernels.registry import Config, Kernel, register_kernel
 
 @dataclass(frozen=True)
 class DenseInt8Packed:
-    """weight int8 [out, in32] (zeros past in), compensation int32 [out] (64 * row sums),
+    """weight int8 [out, in32] (zeros past in), row_sums int32 [out],
     scales float32 [out], bias float32 [out] or None."""
 
     shape: tuple[int, int]
     in4: int
     in32: int
     weight: torch.Tensor
-    compensation: torch.Tensor
+    row_sums: torch.Tensor
     scales: torch.Tensor
     bias: torch.Tensor | None
     rows_per_task: int
@@ -43,10 +42,10 @@ def pack_dense_int8(weight, bias: torch.Tensor | None, options: Int8DenseOptions
     in32 = -(-in_features // 32) * 32
     padded = torch.zeros(out_features, in32, dtype=torch.int8)
     padded[:, :in_features] = weight.weight
-    compensation = weight.weight.to(torch.int64).sum(dim=1) * ZERO_POINT
+    row_sums = weight.weight.to(torch.int64).sum(dim=1)
     return DenseInt8Packed(
         shape=(out_features, in_features), in4=-(-in_features // 4) * 4, in32=in32, weight=padded,
-        compensation=compensation.to(torch.int32), scales=weight.scales.to(torch.float32).contiguous(),
+        row_sums=row_sums.to(torch.int32), scales=weight.scales.to(torch.float32).contiguous(),
         bias=bias_of(bias, out_features, "dense_int8_linear"), rows_per_task=options.rows_per_task,
     )
 
@@ -61,15 +60,15 @@ def dense_int8_linear(x: torch.Tensor, packed: DenseInt8Packed, gelu: bool = Fal
         return shaped_like(y, x)
     num_threads = threads()
     if batch == 1:
-        scale, q8 = native.quantized_token(rows, packed.in32)
-        native.dense_gemv()(num_threads, packed.rows_per_task, pointer(packed.weight), pointer(packed.compensation),
+        scale, zero, q8 = native.quantized_token(rows, packed.in32)
+        native.dense_gemv()(num_threads, packed.rows_per_task, pointer(packed.weight), pointer(packed.row_sums),
                             pointer(packed.scales), pointer(packed.bias), packed.in32, out_features, pointer(scale),
-                            pointer(q8), pointer(y))
+                            pointer(zero), pointer(q8), pointer(y))
         return shaped_like(gelu_erf(y) if gelu else y, x)
-    scales, quads = native.quantized_tiles(rows, num_threads, packed.in4)
-    native.dense_gemm()(num_threads, packed.rows_per_task, pointer(packed.weight), pointer(packed.compensation),
+    scales, zeros, quads = native.quantized_tiles(rows, num_threads, packed.in4)
+    native.dense_gemm()(num_threads, packed.rows_per_task, pointer(packed.weight), pointer(packed.row_sums),
                         pointer(packed.scales), pointer(packed.bias), batch, packed.in4, packed.in32, out_features,
-                        pointer(scales), pointer(quads), pointer(y), int(gelu))
+                        pointer(scales), pointer(zeros), pointer(quads), pointer(y), int(gelu))
     return shaped_like(y, x)
 
 
