@@ -25,24 +25,6 @@ def bind_gelu(node, ctx):
     return gelu_erf if approximate == "none" else gelu_tanh
 
 
-# Attention on the CPU whose score matrices hold at most this many elements (16 MiB) runs as
-# two matmuls and a softmax over contiguous operands: BERT-base's 12 heads at 128 tokens,
-# 2 AMD Zen 4 threads, 0.41 against 0.47-0.78 ms for torch's fused kernel at batch 1 and 3.2
-# against 4.1 ms at batch 8; 512 tokens 6.5 against 6.8 ms. Larger ones take the fused kernel,
-# which never holds the scores.
-MATERIALIZED_SCORES_MAX = 4 * 1024 * 1024
-
-
-def _attention_by_matmuls(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                          scale: float) -> torch.Tensor:
-    """softmax(q kT * scale + mask) v, the scores materialized: q [..., L, E], kT [..., E, S],
-    v [..., S, Ev] -> [..., L, Ev]."""
-    scores = torch.matmul(q.contiguous(), k_t.contiguous()).mul_(scale)
-    if mask is not None:
-        scores = scores.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
-    return torch.matmul(torch.softmax(scores, dim=-1), v.contiguous())
-
-
 @register_op("ScaledDotProductAttention", domain=SPARSE_DOMAIN)
 def bind_attention(node, ctx):
     """(q [..., L, E], kT [..., E, S], v [..., S, Ev], mask [.., L or 1, S] float or absent)
@@ -52,13 +34,11 @@ def bind_attention(node, ctx):
     nan_to_zero = bool(node.attributes.get("nan_to_zero", 0))
 
     def attention(q, k_t, v, mask=None):
-        if q.device.type == "cpu" and q.shape[:-1].numel() * k_t.shape[-1] <= MATERIALIZED_SCORES_MAX:
-            out = _attention_by_matmuls(q, k_t, v, mask, scale)
-        else:
-            # torch's CPU kernel wants k with unit stride on E: given the view of kT it ran 1.4x
-            # slower at batch 1 and 2.8x at batch 8 (BERT-base heads, 128 tokens) than after this copy
-            k = k_t.transpose(-1, -2).contiguous()
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        # torch's CPU kernel wants k with unit stride on E: given the view of kT it ran 1.4x slower
+        # at batch 1 and 2.8x at batch 8 (29.5 against 10.7 ms, BERT-base heads, 128 tokens, one
+        # thread) than after this copy
+        k = k_t.transpose(-1, -2).contiguous()
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         return out.nan_to_num_(nan=0.0, posinf=float("inf"), neginf=float("-inf")) if nan_to_zero else out
 
     return attention
