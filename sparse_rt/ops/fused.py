@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 from sparse_rt.ir.graph import SPARSE_DOMAIN
 from sparse_rt.kernels.cpu._native import native_available
+from sparse_rt.kernels.cpu.attention import native_attention, native_attention_applies
 from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.cpu.gelu_tanh import gelu_tanh
 from sparse_rt.kernels.cpu.layernorm import add_layer_norm
@@ -34,11 +35,13 @@ def bind_attention(node, ctx):
     nan_to_zero = bool(node.attributes.get("nan_to_zero", 0))
 
     def attention(q, k_t, v, mask=None):
-        # torch's CPU kernel wants k with unit stride on E: given the view of kT it ran 1.4x slower
-        # at batch 1 and 2.8x at batch 8 (29.5 against 10.7 ms, BERT-base heads, 128 tokens, one
-        # thread) than after this copy
-        k = k_t.transpose(-1, -2).contiguous()
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        if native_attention_applies(q, k_t, v, mask):
+            out = native_attention(q, k_t, v, mask, scale)
+        else:
+            # torch's CPU kernel wants k with unit stride on E: given the view of kT it ran 1.4x
+            # slower at batch 1 and 2.8x at batch 8 (BERT-base heads, 128 tokens) than after this copy
+            k = k_t.transpose(-1, -2).contiguous()
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         return out.nan_to_num_(nan=0.0, posinf=float("inf"), neginf=float("-inf")) if nan_to_zero else out
 
     return attention
