@@ -119,6 +119,19 @@ struct i8_tile_job {
     int64_t rows, in, in4, chunks; int quads;
 };
 
+/* Task `task`'s tile, its first row b0, its rows that exist (real) and its columns c_begin..c_end. */
+struct i8_tile_span { int64_t tile, b0, real, c_begin, c_end; };
+static inline struct i8_tile_span _i8_tile_span(const struct i8_tile_job* job, int64_t task) {
+    struct i8_tile_span s;
+    s.tile = task / job->chunks;
+    s.b0 = s.tile * I8_LANES;
+    s.real = job->rows - s.b0 < I8_LANES ? job->rows - s.b0 : I8_LANES;
+    s.c_begin = task % job->chunks * I8_CHUNK;
+    int64_t width = job->quads ? job->in4 : job->in;
+    s.c_end = s.c_begin + I8_CHUNK < width ? s.c_begin + I8_CHUNK : width;
+    return s;
+}
+
 #if defined(__AVX2__)
 /* qv: one register of I8_LANES bytes (a column of a tile, or quads of I8_LANES / 4 rows). */
 #if defined(I8_WIDE)
@@ -204,11 +217,8 @@ static inline void _i8_transpose16(const uint8_t* block, qv col[16]) {
    quad tiles hold the quantized 0.0; rows past `rows` hold 0. */
 static void _i8_tile_task(void* context, int64_t task, int worker) {
     const struct i8_tile_job* job = (const struct i8_tile_job*)context;
-    int64_t tile = task / job->chunks, b0 = tile * I8_LANES;
-    int64_t c_begin = task % job->chunks * I8_CHUNK;
-    int64_t width = job->quads ? job->in4 : job->in;
-    int64_t c_end = c_begin + I8_CHUNK < width ? c_begin + I8_CHUNK : width;
-    int64_t real = job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES;
+    struct i8_tile_span span = _i8_tile_span(job, task);
+    int64_t tile = span.tile, b0 = span.b0, real = span.real, c_begin = span.c_begin, c_end = span.c_end;
     int blocks = (int)((c_end - c_begin + 15) / 16);
     uint8_t rows[I8_CHUNK / 16][16][I8_LANES] __attribute__((aligned(64)));
     for (int64_t l = 0; l < I8_LANES; l++) {
@@ -247,11 +257,8 @@ static void _i8_tile_task(void* context, int64_t task, int worker) {
 #else
 static void _i8_tile_task(void* context, int64_t task, int worker) {
     const struct i8_tile_job* job = (const struct i8_tile_job*)context;
-    int64_t tile = task / job->chunks, b0 = tile * I8_LANES;
-    int64_t c_begin = task % job->chunks * I8_CHUNK;
-    int64_t width = job->quads ? job->in4 : job->in;
-    int64_t c_end = c_begin + I8_CHUNK < width ? c_begin + I8_CHUNK : width;
-    int64_t real = job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES;
+    struct i8_tile_span span = _i8_tile_span(job, task);
+    int64_t tile = span.tile, b0 = span.b0, real = span.real, c_begin = span.c_begin, c_end = span.c_end;
     for (int64_t l = 0; l < I8_LANES; l++) {
         const float* src = job->x + (b0 + l) * job->in;
         for (int64_t c = c_begin; c < c_end; c++) {

@@ -19,7 +19,7 @@ import functools
 import torch
 
 from sparse_rt.kernels.cpu._dense_native import TILE_SOURCE
-from sparse_rt.kernels.cpu._launch import pointer, threads
+from sparse_rt.kernels.cpu._launch import pointer, thread_scratch, threads
 from sparse_rt.kernels.cpu._native import declare, load_library, native_available
 
 # Above this many floats of scratch a thread (scores, packed kT and v of one head: 16 MiB),
@@ -130,6 +130,20 @@ static void _attention_softmax(float* row, const float* mask, int64_t S, float s
     for (; j < S; j++) row[j] *= inverse;
 }
 
+/* y [rows, cols] (rows ldy apart) = x [rows, kc] (rows ldx apart) @ the panels [cols / NR
+   rounded up, kc, NR], 8 rows x one panel a register tile */
+static void _attention_product(int64_t rows, int64_t kc, int64_t cols, const float* panels, const float* x,
+                               int64_t ldx, float* y, int64_t ldy) {
+    for (int64_t r = 0; r < rows; r += 8) {
+        int m = rows - r < 8 ? (int)(rows - r) : 8;
+        for (int64_t p = 0; p * NR < cols; p++) {
+            int ncols = cols - p * NR < NR ? (int)(cols - p * NR) : NR;
+            _dense_tile(m, kc, panels + p * kc * NR, x + r * ldx, ldx, y + r * ldy + p * NR, ldy, ncols,
+                        _attention_zeros, 0);
+        }
+    }
+}
+
 static void _attention_task(void* context, int64_t h, int worker) {
     const struct attention_job* job = (const struct attention_job*)context;
     int64_t L = job->L, S = job->S, E = job->E, Ev = job->Ev, Sp = job->Sp;
@@ -143,24 +157,11 @@ static void _attention_task(void* context, int64_t h, int worker) {
     if (ld[5] == 1) _attention_pack(job->k_t + at[1], ld[1], E, S, Sp, k_panels);
     else _attention_pack_transposed(job->k_t + at[1], ld[5], E, S, Sp, k_panels);
     _attention_pack(job->v + at[2], ld[2], S, Ev, job->Evp, v_panels);
-    for (int64_t r = 0; r < L; r += 8) {
-        int m = L - r < 8 ? (int)(L - r) : 8;
-        for (int64_t p = 0; p < Sp / NR; p++)
-            _dense_tile(m, E, k_panels + p * E * NR, q + r * ld[0], ld[0], scores + r * Sp + p * NR, Sp, NR,
-                        _attention_zeros, 0);
-    }
+    _attention_product(L, E, Sp, k_panels, q, ld[0], scores, Sp);
     const float* mask = job->mask ? job->mask + at[4] : NULL;
     for (int64_t row = 0; row < L; row++)
         _attention_softmax(scores + row * Sp, mask ? mask + row * ld[4] : NULL, S, job->scale);
-    float* out = job->out + at[3];
-    for (int64_t r = 0; r < L; r += 8) {
-        int m = L - r < 8 ? (int)(L - r) : 8;
-        for (int64_t p = 0; p < job->Evp / NR; p++) {
-            int ncols = Ev - p * NR < NR ? (int)(Ev - p * NR) : NR;
-            _dense_tile(m, S, v_panels + p * S * NR, scores + r * Sp, Sp, out + r * ld[3] + p * NR, ld[3], ncols,
-                        _attention_zeros, 0);
-        }
-    }
+    _attention_product(L, S, Ev, v_panels, scores, Sp, job->out + at[3], ld[3]);
 }
 
 int64_t attention_scratch_floats(int64_t L, int64_t S, int64_t E, int64_t Ev) {
@@ -249,7 +250,7 @@ def native_attention(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, mask: 
     for tensor in operands:
         layout += [0] * pad + list(tensor.stride()[:-2])
     layout += [q.stride(-2), kt_rows, v.stride(-2), out.stride(-2), 0 if mask is None else mask.stride(-2), kt_columns]
-    scratch = torch.empty(num_threads * int(_scratch_floats()(L, S, E, Ev)), dtype=torch.float32)
+    scratch = thread_scratch("attention", num_threads * int(_scratch_floats()(L, S, E, Ev)))
     _attention()(num_threads, heads, L, S, E, Ev, pointer(q), pointer(k_t), pointer(v), pointer(mask), pointer(out),
                  (ctypes.c_int64 * len(layout))(*layout), scale, pointer(scratch))
     return out

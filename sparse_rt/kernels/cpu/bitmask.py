@@ -18,7 +18,6 @@ read-back included: at 128 rows "expand" takes 3.6-6.5 ms against the direct ker
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +25,9 @@ import torch
 from sparse_rt.kernels.cpu._bitmask_native import (
     bitmask_expand, bitmask_gemm, bitmask_gemm_panels, bitmask_gemv, bitmask_panel_scratch,
 )
-from sparse_rt.kernels.cpu._launch import TaskSplit, bias_of, check_cpu, pointer, rows_of, shaped_like, threads
+from sparse_rt.kernels.cpu._launch import (
+    TaskSplit, bias_of, check_cpu, pointer, rows_of, shaped_like, thread_scratch, threads,
+)
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import BitmaskOptions, bitmask_configs, parse_options, simd_width
 from sparse_rt.kernels.cpu.dense import panel_bias
@@ -86,20 +87,6 @@ def pack_bitmask(weight, bias: torch.Tensor | None, options: BitmaskOptions) -> 
     )
 
 
-_scratch = threading.local()
-
-
-def _thread_scratch(name: str, floats: int) -> torch.Tensor:
-    """float32 [floats] of this thread's, kept between calls and layers under `name` (64-byte
-    aligned, as torch allocates): a fresh weight-sized block per call would page-fault its way
-    in (0.5 ms for 11.5 MB here)."""
-    buffer = getattr(_scratch, name, None)
-    if buffer is None or buffer.numel() < floats:
-        buffer = torch.empty(floats, dtype=torch.float32)
-        setattr(_scratch, name, buffer)
-    return buffer[:floats]
-
-
 def bitmask_linear(x: torch.Tensor, packed: BitmaskPacked, options: BitmaskOptions) -> torch.Tensor:
     """x: float32 [..., in] -> y: float32 [..., out]."""
     out_features, in_features = packed.shape
@@ -108,7 +95,7 @@ def bitmask_linear(x: torch.Tensor, packed: BitmaskPacked, options: BitmaskOptio
     if batch > 1 and options.batched == "expand":
         num_threads = threads()
         split = packed.tasks(num_threads)
-        dense = _thread_scratch("expand", out_features * in_features).view(out_features, in_features)
+        dense = thread_scratch("expand", out_features * in_features).view(out_features, in_features)
         bitmask_expand()(
             num_threads, split.shape[0] - 1, pointer(split), pointer(packed.mask), packed.mask.shape[1],
             pointer(packed.row_offsets), pointer(packed.values), in_features, pointer(dense),
@@ -117,7 +104,7 @@ def bitmask_linear(x: torch.Tensor, packed: BitmaskPacked, options: BitmaskOptio
     y = torch.empty(batch, out_features, dtype=torch.float32)
     if batch > 1 and options.batched == "panels":
         num_threads = threads()
-        scratch = _thread_scratch("panels", num_threads * bitmask_panel_scratch())
+        scratch = thread_scratch("panels", num_threads * bitmask_panel_scratch())
         bitmask_gemm_panels()(
             num_threads, pointer(packed.mask), packed.mask.shape[1], pointer(packed.row_offsets),
             pointer(packed.values), pointer(packed.panel_bias), batch, in_features, out_features, pointer(rows),
