@@ -130,19 +130,8 @@ void bsr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_block_ro
     free(scratch);                                                                           \
 }
 
-/* Batched: ROW_GROUP consecutive output rows are buffered as a [ROW_GROUP, tile] block and
-   written to y [rows, out] with 8x8 transposes (runs of consecutive outputs). */
-#define ROW_GROUP 8
-static inline void _flush_rows(const float* tile, int64_t tile_width, int64_t count, int lanes,
-                               float* y, int64_t out, int64_t row0, int64_t b0) {
-    int l0 = 0;
-    if (count == ROW_GROUP)
-        for (; l0 + 8 <= lanes; l0 += 8)
-            _transpose_8x8(tile + l0, tile_width, y + (b0 + l0) * out + row0, out);
-    for (int l = l0; l < lanes; l++)
-        for (int64_t g = 0; g < count; g++) y[(b0 + l) * out + row0 + g] = tile[g * tile_width + l];
-}
-
+/* Batched: output rows are buffered as a [STORE_GROUP, tile] block (tile row: the output row
+   modulo STORE_GROUP) and written to y [rows, out] by the prelude's store_row_tile. */
 /* acc[i][*] = panel rows i < RB (row stride len) times xT tiles, NV registers wide. */
 #define DEFINE_BSR_ROWS(IDX, ITYPE, RB, NV)                                                  \
 static inline void _bsr_rows_##IDX##_##RB##_##NV(const float* panel, int64_t len,            \
@@ -194,11 +183,13 @@ static inline void _bsr_block_row_##IDX##_##NV(int64_t br, int64_t row0, int64_t
         for (int q = 0; q < rb; q++) {                                                       \
             int64_t row = br * r + i + q;                                                    \
             if (row >= row_end) break;                                                       \
-            int64_t g = (row - row0) % ROW_GROUP;                                            \
+            int64_t g = row % STORE_GROUP;                                                   \
             vf b = vset1(bias ? bias[row] : 0.0f);                                           \
             for (int v = 0; v < NV; v++) vstore(tile + g * NV * VL + v * VL, vadd(acc[q][v], b)); \
-            if (g == ROW_GROUP - 1 || row == row_end - 1)                                    \
-                _flush_rows(tile, NV * VL, g + 1, lanes, y, out, row - g, b0);               \
+            if (g == STORE_GROUP - 1 || row == row_end - 1) {                                \
+                int64_t first = row - g < row0 ? row0 - (row - g) : 0;  /* the task's first group */ \
+                store_row_tile(tile + first * NV * VL, NV * VL, g + 1 - first, lanes, y, out, row - g + first, b0); \
+            }                                                                                \
         }                                                                                    \
         i += rb;                                                                             \
     }                                                                                        \
@@ -211,7 +202,7 @@ static void _bsr_gemm_task_##IDX(void* context, int64_t t, int worker) {        
     const struct bsr_job* job = (const struct bsr_job*)context;                              \
     int64_t r = job->r, ldt = job->ldt;                                                      \
     const ITYPE* bci = (const ITYPE*)job->block_column_indices;                              \
-    float tile[ROW_GROUP * 4 * VL];                                                          \
+    float tile[STORE_GROUP * 4 * VL];                                                        \
     /* task_block_rows NULL: task t is tile t of the batch against every block row */       \
     int by_tiles = job->task_block_rows == NULL;                                             \
     int64_t width = job->batch_vectors * VL;                                                 \

@@ -49,21 +49,9 @@ SOURCE = GELU_SOURCE + r"""
 #define CSR_UK3 2
 #define CSR_UK4 1
 
-/* Batched outputs are computed ROW_GROUP rows at a time into a [ROW_GROUP, tile] buffer and
-   written with 8x8 transposes as runs of consecutive outputs of y [rows, out]: one float per
-   row would touch a new cache line per store (and, when out * 4 is a multiple of 4096, keep
-   hitting the same L1 set). */
-#define ROW_GROUP 8
-static inline void _store_tile(const float* tile, int64_t tile_width, int64_t rows_in_group,
-                               int lanes, float* y, int64_t out, int64_t r0, int64_t b0) {
-    int l0 = 0;
-    if (rows_in_group == ROW_GROUP)
-        for (; l0 + 8 <= lanes; l0 += 8)
-            _transpose_8x8(tile + l0, tile_width, y + (b0 + l0) * out + r0, out);
-    for (int l = l0; l < lanes; l++)
-        for (int64_t g = 0; g < rows_in_group; g++) y[(b0 + l) * out + r0 + g] = tile[g * tile_width + l];
-}
-
+/* Batched outputs are computed STORE_GROUP rows at a time into a [STORE_GROUP, tile] buffer
+   (groups aligned to multiples of STORE_GROUP) and written by the prelude's store_row_tile
+   as runs of consecutive outputs of y [rows, out]. */
 struct csr_job {
     const int64_t* task_rows;
     const int64_t* row_offsets;
@@ -119,7 +107,8 @@ static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, const float
     const ITYPE* column_indices = (const ITYPE*)job->column_indices;                         \
     const float *values = job->values, *bias = job->bias;                                    \
     const int64_t ldt = NV * VL;                                                             \
-    float tile[ROW_GROUP * NV * VL];                                                         \
+    float tile[STORE_GROUP * NV * VL];                                                       \
+    int64_t group_start = r0;                                                                \
     for (int64_t r = r0; r < r1; r++) {                                                      \
         vf acc[UK][NV];                                                                      \
         _Pragma("GCC unroll 8")                                                              \
@@ -143,7 +132,7 @@ static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, const float
             _Pragma("GCC unroll 4")                                                          \
             for (int j = 0; j < NV; j++) acc[0][j] = vfma(v, vload(column + j * VL), acc[0][j]); \
         }                                                                                    \
-        int64_t g = (r - r0) % ROW_GROUP;                                                    \
+        int64_t g = r - group_start;                                                         \
         vf b = vset1(bias ? bias[r] : 0.0f);                                                 \
         _Pragma("GCC unroll 4")                                                              \
         for (int j = 0; j < NV; j++) {                                                       \
@@ -154,8 +143,10 @@ static inline void _csr_rows_##IDX##_##NV(const struct csr_job* job, const float
             if (job->y_tiles) vstore(job->y + b0 * job->out + r * NV * VL + j * VL, result); \
             else vstore(tile + g * NV * VL + j * VL, result);                                \
         }                                                                                    \
-        if (!job->y_tiles && (g == ROW_GROUP - 1 || r == r1 - 1))                            \
-            _store_tile(tile, NV * VL, g + 1, lanes, job->y, job->out, r - g, b0);           \
+        if (!job->y_tiles && ((r + 1) % STORE_GROUP == 0 || r == r1 - 1)) {                  \
+            store_row_tile(tile, NV * VL, g + 1, lanes, job->y, job->out, group_start, b0);  \
+            group_start = r + 1;                                                             \
+        }                                                                                    \
     }                                                                                        \
 }
 

@@ -50,7 +50,6 @@ SOURCE = GELU_SOURCE + r"""
 #endif
 int i8_lanes(void) { return I8_LANES; }
 #define I8_LEVELS 255
-#define I8_ROW_GROUP 8
 
 /* ---------------------------------------------------------------- quantizing activations */
 
@@ -271,15 +270,31 @@ static void _i8_tile_task(void* context, int64_t task, int worker) {
 }
 #endif
 
-/* scales, inverses, zeros: [tiles * I8_LANES] (past `rows`: 0); out: the tiles */
-void i8_quantize_tiles(int num_threads, int64_t rows, int64_t in, int64_t in4, int quads, const float* x,
-                       float* scales, float* inverses, int32_t* zeros, uint8_t* out) {
-    int64_t tiles = (rows + I8_LANES - 1) / I8_LANES;
+/* The batched kernels' quantized activations, in one allocation: the tokens' scales and zero
+   points [tiles * I8_LANES] (0 past the last token) and their tiles (column tiles, or quad
+   tiles of in4 columns). */
+struct i8_tokens { float* scales; int32_t* zeros; uint8_t* tiles; void* memory; };
+
+/* x [rows, in] -> tokens; returns 0, or -1 (nothing allocated) when memory runs out. */
+static int i8_quantize_tokens(int num_threads, int64_t rows, int64_t in, int64_t in4, int quads, const float* x,
+                              struct i8_tokens* tokens) {
+    int64_t tiles = (rows + I8_LANES - 1) / I8_LANES, width = quads ? in4 : in;
+    size_t per_token = (size_t)tiles * I8_LANES * sizeof(float);  /* a multiple of 64 */
+    char* memory = (char*)aligned_alloc(64, 3 * per_token + (size_t)(tiles * width * I8_LANES + 63) / 64 * 64);
+    if (!memory) return -1;
+    memset(memory, 0, 3 * per_token);
+    float *scales = (float*)memory, *inverses = (float*)(memory + per_token);
+    int32_t* zeros = (int32_t*)(memory + 2 * per_token);
+    uint8_t* out = (uint8_t*)(memory + 3 * per_token);
     i8_scales(num_threads, rows, in, x, scales, inverses, zeros);
-    int64_t width = quads ? in4 : in;
     int64_t chunks = (width + I8_CHUNK - 1) / I8_CHUNK;
     struct i8_tile_job job = {x, inverses, zeros, out, rows, in, in4, chunks, quads};
     sr_parallel_for(num_threads, tiles * chunks, _i8_tile_task, &job);
+    tokens->scales = scales;
+    tokens->zeros = zeros;
+    tokens->tiles = out;
+    tokens->memory = memory;
+    return 0;
 }
 
 /* One token: its scale and zero point, and q - zero as int32 [in] (CSR) or u8 q [in32], 0
@@ -377,15 +392,12 @@ static inline void _i8_finish(const __m256i acc[4], int32_t row_sum, float w_sca
 
 /* ---------------------------------------------------------------- writing output tiles */
 
-/* Rows r0 .. r0 + group - 1 of a [group, I8_LANES] float tile -> y [rows, out] (GELU first). */
+/* Rows r0 .. r0 + group - 1 of a [group, I8_LANES] float tile -> y [rows, out] (GELU first).
+   The kernels fill STORE_GROUP rows at a time, aligned to multiples of STORE_GROUP. */
 static void _i8_store(float* tile, int64_t group, int lanes, int gelu, float* y, int64_t out, int64_t r0, int64_t b0) {
     if (gelu)
         for (int64_t i = 0; i < group * I8_LANES; i += VL) vstore(tile + i, vgelu(vload(tile + i)));
-    int l0 = 0;
-    if (group == I8_ROW_GROUP)
-        for (; l0 + 8 <= lanes; l0 += 8) _transpose_8x8(tile + l0, I8_LANES, y + (b0 + l0) * out + r0, out);
-    for (int l = l0; l < lanes; l++)
-        for (int64_t g = 0; g < group; g++) y[(b0 + l) * out + r0 + g] = tile[g * I8_LANES + l];
+    store_row_tile(tile, I8_LANES, group, lanes, y, out, r0, b0);
 }
 
 /* ---------------------------------------------------------------- sparse int8 (CSR, BSR) */
@@ -419,16 +431,19 @@ static void _i8_##NAME##_gemm_task_##IDX(void* context, int64_t t, int worker) {
     int by_tiles = job->task_rows == NULL;                                                      \
     int64_t r_begin = by_tiles ? 0 : job->task_rows[t], r_end = by_tiles ? job->out : job->task_rows[t + 1]; \
     int64_t b_begin = by_tiles ? t * I8_LANES : 0, b_end = by_tiles ? b_begin + I8_LANES : job->rows; \
-    float tile[I8_ROW_GROUP * I8_LANES] __attribute__((aligned(64)));                           \
+    float tile[STORE_GROUP * I8_LANES] __attribute__((aligned(64)));                            \
     for (int64_t b0 = b_begin; b0 < b_end; b0 += I8_LANES) {                                    \
         const uint8_t* xt = job->xt + b0 * job->in;  /* this tile */                            \
         int lanes = (int)(job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES);               \
+        int64_t group_start = r_begin;                                                          \
         for (int64_t r = r_begin; r < r_end; r++) {                                             \
-            int64_t g = (r - r_begin) % I8_ROW_GROUP;                                           \
+            int64_t g = r - group_start;                                                        \
             float bias = job->bias ? job->bias[r] : 0.0f;                                       \
             ROW(ITYPE)                                                                          \
-            if (g == I8_ROW_GROUP - 1 || r == r_end - 1)                                        \
-                _i8_store(tile, g + 1, lanes, job->gelu, job->y, job->out, r - g, b0);          \
+            if ((r + 1) % STORE_GROUP == 0 || r == r_end - 1) {                                 \
+                _i8_store(tile, g + 1, lanes, job->gelu, job->y, job->out, group_start, b0);    \
+                group_start = r + 1;                                                            \
+            }                                                                                   \
         }                                                                                       \
     }                                                                                           \
 }
@@ -494,14 +509,17 @@ DEFINE_I8_CSR(u16, uint16_t)
 DEFINE_I8_CSR(i32, int32_t)
 
 #define DEFINE_I8_CSR_ENTRY(IDX, ITYPE)                                                         \
-void i8_csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
-                       const int64_t* group_offsets, const ITYPE* columns, const int8_t* values, \
-                       const int32_t* row_sums, const float* w_scales, const float* bias,       \
-                       int64_t rows, int64_t in, int64_t out, const float* x_scales,            \
-                       const int32_t* x_zeros, const uint8_t* xt, float* y, int gelu) {         \
+int i8_csr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                 \
+                      const int64_t* group_offsets, const ITYPE* columns, const int8_t* values, \
+                      const int32_t* row_sums, const float* w_scales, const float* bias,        \
+                      int64_t rows, int64_t in, int64_t out, const float* x, float* y, int gelu) { \
+    struct i8_tokens tokens;                                                                    \
+    if (i8_quantize_tokens(num_threads, rows, in, 0, 0, x, &tokens)) return -1;                 \
     struct i8_sparse_job job = {task_rows, group_offsets, columns, values, row_sums, w_scales,  \
-                             bias, x_scales, x_zeros, xt, NULL, y, rows, in, out, gelu};        \
+                             bias, tokens.scales, tokens.zeros, tokens.tiles, NULL, y, rows, in, out, gelu}; \
     sr_parallel_for(num_threads, tasks, _i8_csr_gemm_task_##IDX, &job);                         \
+    free(tokens.memory);                                                                        \
+    return 0;                                                                                   \
 }                                                                                               \
 void i8_csr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
                        const int64_t* group_offsets, const ITYPE* columns, const int8_t* values, \
@@ -535,7 +553,7 @@ static void _i8_dense_gemm_task(void* context, int64_t t, int worker) {
     int64_t r_begin = t * job->rows_per_task;
     int64_t r_end = r_begin + job->rows_per_task < job->out ? r_begin + job->rows_per_task : job->out;
     int64_t quads = job->in4 / 4;
-    float tile[I8_ROW_GROUP * I8_LANES] __attribute__((aligned(64)));
+    float tile[STORE_GROUP * I8_LANES] __attribute__((aligned(64)));
     for (int64_t b0 = 0; b0 < job->rows; b0 += I8_LANES) {
         const uint8_t* xq = job->x + b0 / I8_LANES * quads * 4 * I8_LANES;  /* [quads, 4 * I8_LANES] */
         int lanes = (int)(job->rows - b0 < I8_LANES ? job->rows - b0 : I8_LANES);
@@ -581,7 +599,8 @@ static void _i8_dense_gemm_task(void* context, int64_t t, int worker) {
                         * (job->x_scales[b0 + l] * job->w_scales[r]) + bias;
                 }
 #endif
-                if (++filled == I8_ROW_GROUP || r == r_end - 1) {
+                filled++;
+                if ((r + 1) % STORE_GROUP == 0 || r == r_end - 1) {
                     _i8_store(tile, filled, lanes, job->gelu, job->y, job->out, group_start, b0);
                     group_start += filled;
                     filled = 0;
@@ -591,12 +610,16 @@ static void _i8_dense_gemm_task(void* context, int64_t t, int worker) {
     }
 }
 
-void i8_dense_gemm(int num_threads, int64_t rows_per_task, const int8_t* weight, const int32_t* row_sums,
-                   const float* w_scales, const float* bias, int64_t rows, int64_t in4, int64_t in32, int64_t out,
-                   const float* x_scales, const int32_t* x_zeros, const uint8_t* x, float* y, int gelu) {
-    struct i8_dense_job job = {weight, row_sums, w_scales, bias, x_scales, x_zeros, x, y, rows, in4, in32, out,
-                               rows_per_task, gelu};
+int i8_dense_gemm(int num_threads, int64_t rows_per_task, const int8_t* weight, const int32_t* row_sums,
+                  const float* w_scales, const float* bias, int64_t rows, int64_t in, int64_t in4, int64_t in32,
+                  int64_t out, const float* x, float* y, int gelu) {
+    struct i8_tokens tokens;
+    if (i8_quantize_tokens(num_threads, rows, in, in4, 1, x, &tokens)) return -1;
+    struct i8_dense_job job = {weight, row_sums, w_scales, bias, tokens.scales, tokens.zeros, tokens.tiles, y, rows,
+                               in4, in32, out, rows_per_task, gelu};
     sr_parallel_for(num_threads, (out + rows_per_task - 1) / rows_per_task, _i8_dense_gemm_task, &job);
+    free(tokens.memory);
+    return 0;
 }
 
 /* One token: x u8 q [in32]. */
@@ -653,15 +676,19 @@ static void _i8_bsr_gemv_task_##IDX(void* context, int64_t t, int worker) {     
                     + (job->bias ? job->bias[r] : 0.0f);                                        \
     }                                                                                           \
 }                                                                                               \
-void i8_bsr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
-                       const int64_t* block_offsets, const ITYPE* block_columns,                \
-                       const int8_t* values, const int32_t* row_sums, const float* w_scales,    \
-                       const float* bias, int64_t rows, int64_t quads, int64_t out,             \
-                       const float* x_scales, const int32_t* x_zeros, const uint8_t* xq, float* y, \
-                       int gelu) {                                                              \
+int i8_bsr_gemm_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                 \
+                      const int64_t* block_offsets, const ITYPE* block_columns,                 \
+                      const int8_t* values, const int32_t* row_sums, const float* w_scales,     \
+                      const float* bias, int64_t rows, int64_t in, int64_t quads, int64_t out,  \
+                      const float* x, float* y, int gelu) {                                     \
+    struct i8_tokens tokens;                                                                    \
+    if (i8_quantize_tokens(num_threads, rows, in, 4 * quads, 1, x, &tokens)) return -1;         \
     struct i8_sparse_job job = {task_rows, block_offsets, block_columns, values, row_sums,      \
-                                w_scales, bias, x_scales, x_zeros, xq, NULL, y, rows, 4 * quads, out, gelu}; \
+                                w_scales, bias, tokens.scales, tokens.zeros, tokens.tiles, NULL, y, rows, \
+                                4 * quads, out, gelu};                                          \
     sr_parallel_for(num_threads, tasks, _i8_bsr_gemm_task_##IDX, &job);                         \
+    free(tokens.memory);                                                                        \
+    return 0;                                                                                   \
 }                                                                                               \
 void i8_bsr_gemv_##IDX(int num_threads, int64_t tasks, const int64_t* task_rows,                \
                        const int64_t* block_offsets, const ITYPE* block_columns,                \
@@ -728,28 +755,10 @@ def lanes() -> int:
     return int(lanes_of())
 
 
-@functools.cache
-def quantize_tiles():
-    """`i8_quantize_tiles`: (threads, rows, in, in4, quads, x, scales [tiles * lanes()],
-    inverses [tiles * lanes()], zero points int32 [tiles * lanes()], out tiles)."""
-    return declare(_library(), "i8_quantize_tiles", [_INT, _I, _I, _I, _INT, _P, _P, _P, _P, _P])
-
-
-def quantized_tiles(rows: torch.Tensor, num_threads: int,
-                    in4: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """rows float32 [batch, in] -> (scales float32 [tiles * lanes], zero points int32
-    [tiles * lanes], u8 tiles): column tiles [tiles, in, lanes], or with in4 (a multiple of
-    4, at least in) quad tiles [tiles, in4 / 4, 4 * lanes]."""
-    batch, in_features = rows.shape
-    height = lanes()
-    tiles = -(-batch // height)
-    scales = torch.zeros(tiles * height, dtype=torch.float32)
-    inverses = torch.zeros(tiles * height, dtype=torch.float32)
-    zeros = torch.zeros(tiles * height, dtype=torch.int32)
-    out = torch.empty(tiles * (in4 or in_features) * height, dtype=torch.uint8)
-    quantize_tiles()(num_threads, batch, in_features, in4, int(in4 > 0), pointer(rows), pointer(scales),
-                     pointer(inverses), pointer(zeros), pointer(out))
-    return scales, zeros, out
+def check_status(status: int, name: str) -> None:
+    """A batched entry's status: -1 when its quantized activation tiles could not be allocated."""
+    if status:
+        raise MemoryError(f"{name}: no memory for the quantized activation tiles")
 
 
 def quantized_token(row: torch.Tensor, in32: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -780,9 +789,9 @@ def quantize_row():
 @functools.cache
 def csr_gemm(index: str):
     """`i8_csr_gemm_<index>`: (threads, tasks, task_rows, group_offsets, columns, values,
-    row_sums, w_scales, bias or None, rows, in, out, x_scales, x_zeros, column tiles, y, gelu)."""
-    return declare(_library(), f"i8_csr_gemm_{index}",
-                   [_INT, _I, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _INT])
+    row_sums, w_scales, bias or None, rows, in, out, x float32 [rows, in], y, gelu) -> status;
+    quantizes x into column tiles first."""
+    return _batched(f"i8_csr_gemm_{index}", [_INT, _I, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _INT])
 
 
 @functools.cache
@@ -795,9 +804,9 @@ def csr_gemv(index: str):
 @functools.cache
 def bsr_gemm(index: str):
     """`i8_bsr_gemm_<index>`: (threads, tasks, task_rows, block_offsets, block_columns, values,
-    row_sums, w_scales, bias or None, rows, quads, out, x_scales, x_zeros, quad tiles, y, gelu)."""
-    return declare(_library(), f"i8_bsr_gemm_{index}",
-                   [_INT, _I, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _INT])
+    row_sums, w_scales, bias or None, rows, in, quads, out, x float32 [rows, in], y, gelu) ->
+    status; quantizes x into quad tiles first."""
+    return _batched(f"i8_bsr_gemm_{index}", [_INT, _I, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _INT])
 
 
 @functools.cache
@@ -810,8 +819,16 @@ def bsr_gemv(index: str):
 @functools.cache
 def dense_gemm():
     """`i8_dense_gemm`: (threads, rows_per_task, weight [out, in32], row_sums, w_scales,
-    bias or None, rows, in4, in32, out, x_scales, x_zeros, quad tiles, y, gelu)."""
-    return declare(_library(), "i8_dense_gemm", [_INT, _I, _P, _P, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _INT])
+    bias or None, rows, in, in4, in32, out, x float32 [rows, in], y, gelu) -> status;
+    quantizes x into quad tiles first."""
+    return _batched("i8_dense_gemm", [_INT, _I, _P, _P, _P, _P, _I, _I, _I, _I, _I, _P, _P, _INT])
+
+
+def _batched(name: str, argtypes: list):
+    """A batched entry, which returns its status (see `check_status`)."""
+    function = declare(_library(), name, argtypes)
+    function.restype = ctypes.c_int
+    return function
 
 
 @functools.cache

@@ -146,7 +146,8 @@ static inline vf vgather_n(const float* base, vi idx, int n) {
 #endif
 
 #if defined(__AVX2__)
-static inline void _transpose_8x8(const float* s, int64_t lds, float* d, int64_t ldd) {
+/* Rows s, s + lds, ... s + 7 * lds of 8 floats -> d[j] = their column j (8 rows). */
+static inline void _transpose_8x8_registers(const float* s, int64_t lds, __m256 d[8]) {
     __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + lds), r2 = _mm256_loadu_ps(s + 2 * lds),
            r3 = _mm256_loadu_ps(s + 3 * lds), r4 = _mm256_loadu_ps(s + 4 * lds),
            r5 = _mm256_loadu_ps(s + 5 * lds), r6 = _mm256_loadu_ps(s + 6 * lds),
@@ -159,14 +160,20 @@ static inline void _transpose_8x8(const float* s, int64_t lds, float* d, int64_t
            u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
            u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
            u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
-    _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
-    _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
-    _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
-    _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
-    _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
-    _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
-    _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+    d[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    d[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    d[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    d[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    d[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    d[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    d[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    d[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+static inline void _transpose_8x8(const float* s, int64_t lds, float* d, int64_t ldd) {
+    __m256 columns[8];
+    _transpose_8x8_registers(s, lds, columns);
+    for (int j = 0; j < 8; j++) _mm256_storeu_ps(d + j * ldd, columns[j]);
 }
 #else
 static inline void _transpose_8x8(const float* s, int64_t lds, float* d, int64_t ldd) {
@@ -174,6 +181,68 @@ static inline void _transpose_8x8(const float* s, int64_t lds, float* d, int64_t
         for (int c = 0; c < 8; c++) d[c * ldd + r] = s[r * lds + c];
 }
 #endif
+
+#if defined(__AVX512F__)
+/* 16 rows s + i * lds of 16 floats -> d + j * ldd = their column j: 64 bytes, one store. In
+   each 128-bit lane L, unpacks and shuffles leave u[4m + p] = column 4L + p of rows
+   4m..4m + 3; a 4x4 transposition of 128-bit lanes across u[p], u[4 + p], u[8 + p],
+   u[12 + p] gathers the four row quarters of each column. */
+static inline void _transpose_16x16(const float* s, int64_t lds, float* d, int64_t ldd) {
+    __m512 t[16], u[16];
+    for (int k = 0; k < 16; k += 2) {
+        __m512 a = _mm512_loadu_ps(s + k * lds), b = _mm512_loadu_ps(s + (k + 1) * lds);
+        t[k] = _mm512_unpacklo_ps(a, b);
+        t[k + 1] = _mm512_unpackhi_ps(a, b);
+    }
+    for (int m = 0; m < 4; m++) {
+        u[4 * m] = _mm512_shuffle_ps(t[4 * m], t[4 * m + 2], 0x44);
+        u[4 * m + 1] = _mm512_shuffle_ps(t[4 * m], t[4 * m + 2], 0xEE);
+        u[4 * m + 2] = _mm512_shuffle_ps(t[4 * m + 1], t[4 * m + 3], 0x44);
+        u[4 * m + 3] = _mm512_shuffle_ps(t[4 * m + 1], t[4 * m + 3], 0xEE);
+    }
+    for (int p = 0; p < 4; p++) {
+        __m512 low01 = _mm512_shuffle_f32x4(u[p], u[4 + p], 0x44), low23 = _mm512_shuffle_f32x4(u[8 + p], u[12 + p], 0x44);
+        __m512 high01 = _mm512_shuffle_f32x4(u[p], u[4 + p], 0xEE), high23 = _mm512_shuffle_f32x4(u[8 + p], u[12 + p], 0xEE);
+        _mm512_storeu_ps(d + p * ldd, _mm512_shuffle_f32x4(low01, low23, 0x88));
+        _mm512_storeu_ps(d + (4 + p) * ldd, _mm512_shuffle_f32x4(low01, low23, 0xDD));
+        _mm512_storeu_ps(d + (8 + p) * ldd, _mm512_shuffle_f32x4(high01, high23, 0x88));
+        _mm512_storeu_ps(d + (12 + p) * ldd, _mm512_shuffle_f32x4(high01, high23, 0xDD));
+    }
+}
+#endif
+
+/* The batched kernels' output: rows 0..count-1 of a [count, tile_width] float tile (tile row
+   g: output r0 + g; lane l: input row b0 + l), lanes < `lanes` -> y[(b0 + l) * out + r0 + g].
+   Each run of 16 rows goes out as a 64-byte run per input row, in one store (AVX-512) or two
+   back to back (AVX2), and the runs of an input row follow each other: runs of 8 floats
+   written at different times kept missing L1 when out * 4 is a multiple of 4096, where
+   every row of y starts in the same set (a third of the int8 kernel's time on 3072-wide
+   layers). The kernels buffer STORE_GROUP rows (aligned to multiples of it) per call. */
+#define STORE_GROUP 64
+static inline void store_row_tile(const float* tile, int64_t tile_width, int64_t count, int lanes, float* y,
+                                  int64_t out, int64_t r0, int64_t b0) {
+    int64_t full = count / 16 * 16;
+    int l0 = 0;
+#if defined(__AVX512F__)
+    for (; l0 + 16 <= lanes; l0 += 16)
+        for (int64_t g = 0; g < full; g += 16)
+            _transpose_16x16(tile + g * tile_width + l0, tile_width, y + (b0 + l0) * out + r0 + g, out);
+#elif defined(__AVX2__)
+    for (; l0 + 8 <= lanes; l0 += 8)
+        for (int64_t g = 0; g < full; g += 16) {
+            __m256 first[8], second[8];
+            _transpose_8x8_registers(tile + g * tile_width + l0, tile_width, first);
+            _transpose_8x8_registers(tile + (g + 8) * tile_width + l0, tile_width, second);
+            for (int j = 0; j < 8; j++) {
+                float* run = y + (b0 + l0 + j) * out + r0 + g;
+                _mm256_storeu_ps(run, first[j]);
+                _mm256_storeu_ps(run + 8, second[j]);
+            }
+        }
+#endif
+    for (int l = 0; l < lanes; l++)
+        for (int64_t g = l < l0 ? full : 0; g < count; g++) y[(b0 + l) * out + r0 + g] = tile[g * tile_width + l];
+}
 
 /* dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols, and dst[c * ldd + r] = 0 for
    rows <= r < rows_padded; tasks of TRANSPOSE_COLUMNS columns. */

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparse_rt.formats.bsr_int8 import BLOCK, quads_of
+from sparse_rt.formats.bsr_int8 import quads_of
 from sparse_rt.kernels.cpu import _int8_native as native
 from sparse_rt.kernels.cpu._launch import (
     TaskSplit, bias_of, check_activation, check_cpu, pointer, rows_of, shaped_like, threads, tile_tasks,
@@ -89,12 +89,11 @@ def bsr_int8_linear(x: torch.Tensor, packed: BsrInt8Packed, gelu: bool = False) 
             pointer(y),
         )
         return shaped_like(gelu_erf(y) if gelu else y, x)
-    scales, zeros, quads = native.quantized_tiles(rows, num_threads, packed.quads * BLOCK)
-    native.bsr_gemm(packed.index)(
+    native.check_status(native.bsr_gemm(packed.index)(
         num_threads, *tile_tasks(split, batch, native.lanes(), num_threads), pointer(packed.block_offsets), pointer(packed.block_columns),
         pointer(packed.values), pointer(packed.row_sums), pointer(packed.scales), pointer(packed.bias), batch,
-        packed.quads, out_features, pointer(scales), pointer(zeros), pointer(quads), pointer(y), int(gelu),
-    )
+        in_features, packed.quads, out_features, pointer(rows), pointer(y), int(gelu),
+    ), "bsr_int8_linear")
     return shaped_like(y, x)
 
 

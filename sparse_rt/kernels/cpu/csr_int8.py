@@ -98,12 +98,11 @@ def csr_int8_linear(x: torch.Tensor, packed: CsrInt8Packed, gelu: bool = False) 
             pointer(scale), pointer(q), pointer(y),
         )
         return shaped_like(gelu_erf(y) if gelu else y, x)
-    scales, zeros, xt = native.quantized_tiles(rows, num_threads)
-    native.csr_gemm(packed.index)(
+    native.check_status(native.csr_gemm(packed.index)(
         num_threads, *tile_tasks(split, batch, native.lanes(), num_threads), pointer(packed.group_offsets), pointer(packed.columns),
         pointer(packed.values), pointer(packed.row_sums), pointer(packed.scales), pointer(packed.bias), batch,
-        in_features, out_features, pointer(scales), pointer(zeros), pointer(xt), pointer(y), int(gelu),
-    )
+        in_features, out_features, pointer(rows), pointer(y), int(gelu),
+    ), "csr_int8_linear")
     return shaped_like(y, x)
 
 

@@ -65,10 +65,11 @@ def dense_int8_linear(x: torch.Tensor, packed: DenseInt8Packed, gelu: bool = Fal
                             pointer(packed.scales), pointer(packed.bias), packed.in32, out_features, pointer(scale),
                             pointer(zero), pointer(q8), pointer(y))
         return shaped_like(gelu_erf(y) if gelu else y, x)
-    scales, zeros, quads = native.quantized_tiles(rows, num_threads, packed.in4)
-    native.dense_gemm()(num_threads, packed.rows_per_task, pointer(packed.weight), pointer(packed.row_sums),
-                        pointer(packed.scales), pointer(packed.bias), batch, packed.in4, packed.in32, out_features,
-                        pointer(scales), pointer(zeros), pointer(quads), pointer(y), int(gelu))
+    native.check_status(native.dense_gemm()(
+        num_threads, packed.rows_per_task, pointer(packed.weight), pointer(packed.row_sums), pointer(packed.scales),
+        pointer(packed.bias), batch, in_features, packed.in4, packed.in32, out_features, pointer(rows), pointer(y),
+        int(gelu),
+    ), "dense_int8_linear")
     return shaped_like(y, x)
 
 
