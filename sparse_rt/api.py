@@ -17,7 +17,7 @@ from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph
 from sparse_rt.ir.onnx_io import load as load_graph
 from sparse_rt.ir.onnx_io import read_model_proto
 from sparse_rt.ir.onnx_io import save as save_graph
-from sparse_rt.scheduler.workload import nonzero_weight_bytes, rows_per_input
+from sparse_rt.scheduler.workload import calibration_inputs, nonzero_weight_bytes, rows_per_input
 
 ModelLike = Graph | str | os.PathLike | bytes | onnx.ModelProto
 
@@ -34,6 +34,7 @@ def convert(
     progress: bool = False,
     quantize: str | None = None,
     quantize_tolerance: float | None = None,
+    calibration: Sequence[Mapping[str, Any]] | None = None,
 ) -> Graph:
     """Convert a model to a sparse_rt Graph with its linear layers lowered.
 
@@ -52,7 +53,10 @@ def convert(
     sparse_rt.scheduler.quantize.DEFAULT_TOLERANCE); other layers stay fp32. An ONNX
     model that is already quantized (onnxruntime's quantize_dynamic or quantize_static
     output) has its linear layers dequantized and converted with quantize="int8" unless
-    quantize says otherwise (see sparse_rt.converters.quantized).
+    quantize says otherwise (see sparse_rt.converters.quantized). calibration (with int8):
+    a few feeds {input name: array} like those the model will serve; each layer's int8
+    weights are then rounded by GPTQ against the inputs it sees on them
+    (sparse_rt.scheduler.rounding), not to nearest.
     """
     structured = None
     if isinstance(model, torch.nn.Module):
@@ -72,6 +76,8 @@ def convert(
             quantize = "int8" if quantize is None else quantize
             dequantize_linear_layers(graph)
         fuse_graph(graph)
+    if calibration is not None and quantize != "int8":
+        raise ValueError(f"calibration: rounds int8 weights, so it needs quantize='int8' (got quantize={quantize!r})")
     if lower:
         from sparse_rt.scheduler.cold import cold_rows_for
         from sparse_rt.scheduler.plan import make_chooser
@@ -84,7 +90,9 @@ def convert(
         cold_rows = cold_rows_for(nonzero_weight_bytes(graph, 1 if quantize == "int8" else 4)) if tune else 0
         chooser = make_chooser(torch.device(device), batch_sizes, tune=tune, structured=structured,
                                quantize=quantize, tolerance=tolerance, cold_rows=cold_rows)
-        lower_linear_layers(graph, chooser, progress=progress, keep_apart=_arrived_structured(structured), rows=rows)
+        inputs = None if calibration is None else calibration_inputs(graph, linear_inputs(graph), calibration)
+        lower_linear_layers(graph, chooser, progress=progress, keep_apart=_arrived_structured(structured), rows=rows,
+                            calibration=inputs)
         fuse_linear_activation(graph)
         fuse_relu(graph)
         chain_csr_layers(graph)

@@ -82,6 +82,7 @@ class Report:
     per_layer: list[dict] = field(default_factory=list)
     environment: dict[str, str] = field(default_factory=dict)
     quantize: str | None = None
+    calibration: int = 0  # feeds the int8 weights were rounded against (0: to nearest)
     precision: dict[str, int] = field(default_factory=dict)  # layers by precision ("int8", "fp32")
     agreement: list[dict] = field(default_factory=list)  # per engine, against onnxruntime fp32
 
@@ -222,6 +223,10 @@ def file_workload(path: str) -> Workload:
 # ----------------------------------------------------------------------------- measuring
 
 
+# The first seed of the calibration inputs (--calibration): apart from the timing feeds
+# (seed = batch) and the agreement's inputs (100_000 on).
+CALIBRATION_SEED = 200_000
+
 # Rounds the engines take turns in: a slow spell of the machine hits every engine alike.
 ROUNDS = 4
 
@@ -291,8 +296,9 @@ def run_bench(args: argparse.Namespace) -> Report:
         graph = sparse_rt.load(workload.onnx_path)
     else:
         # default options, as a user converts an exported file
+        calibration = [workload.make_feeds(1, seed=CALIBRATION_SEED + i) for i in range(args.calibration)]
         graph = sparse_rt.convert(str(workload.onnx_path), tune=not args.no_tune, progress=not args.quiet,
-                                  quantize=args.quantize)
+                                  quantize=args.quantize, calibration=calibration or None)
     ours = sparse_rt.InferenceSession(graph, threads=args.threads)
     convert_seconds = time.perf_counter() - start
     bar.update(1)
@@ -328,6 +334,7 @@ def run_bench(args: argparse.Namespace) -> Report:
         model=workload.name, sparsity=args.sparsity if args.model in MODELS else None, pattern=args.pattern,
         threads=args.threads, convert_seconds=convert_seconds, weight_bytes=weight_bytes(graph),
         rss_mb=rss, peak_rss_mb=0.0, environment=environment(), quantize=args.quantize,
+        calibration=args.calibration if args.quantize and not workload.converted else 0,
         precision=layer_precisions(graph),
     )
     bar.set_postfix_str("measuring")
@@ -468,8 +475,9 @@ def format_table(report: Report) -> str:
         lines.append(f"{r.engine:<16} {r.batch:>5} {r.p50_ms:>9.2f} {r.p90_ms:>9.2f} {r.p99_ms:>9.2f} "
                      f"{r.throughput:>10.1f} {speed:>7} {speed_int8:>11} {err:>11}")
     if report.quantize:
+        rounding = f"GPTQ on {report.calibration} calibration inputs" if report.calibration else "to nearest"
         lines.append(f"quantize {report.quantize}: linear layers by precision "
-                     + ", ".join(f"{k} {v}" for k, v in sorted(report.precision.items())))
+                     + ", ".join(f"{k} {v}" for k, v in sorted(report.precision.items())) + f"; weights rounded {rounding}")
     for a in report.agreement:
         lines.append(f"agreement with onnxruntime fp32 over {a['samples']} inputs, {a['engine']}: pooled argmax "
                      f"{a['argmax_agreement']:.1%}, pooled signs {a['sign_agreement']:.2%}, max rel error "
@@ -555,6 +563,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--quantize", choices=["int8"], default=None,
                         help="convert with int8 candidates; adds onnxruntime on its quantize_dynamic model")
+    parser.add_argument("--calibration", type=int, default=0,
+                        help="with --quantize: random inputs (seeded apart from the agreement's) the int8 weights "
+                             "are rounded against by GPTQ (default 0: to nearest)")
     parser.add_argument("--agreement", type=int, default=None,
                         help="inputs to compare outputs with onnxruntime fp32 on (default 256 with --quantize, else 0)")
     from sparse_rt.bench_decoders import add_decode_arguments
@@ -563,6 +574,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.agreement is None:
         args.agreement = 256 if args.quantize else 0
+    if args.calibration < 0 or (args.calibration and not args.quantize):
+        parser.error(f"--calibration: expected a count >= 0 with --quantize, got {args.calibration}")
     if not 0.0 <= args.sparsity < 1.0:
         parser.error(f"--sparsity: expected a fraction in [0, 1), got {args.sparsity}")
     if any(b < 1 for b in args.batch_sizes):

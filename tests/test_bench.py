@@ -19,6 +19,8 @@ from tests.scheduler.test_tuning import two_layer_model
         (["--iters", "3", "--seconds", "1"], "not allowed with"),
         (["--suite", "everything"], "--suite"),
         (["--suite", "models", "--suite-models", "bart"], "--suite-models"),
+        (["--calibration", "4"], "--calibration: expected a count >= 0 with --quantize"),
+        (["--quantize", "int8", "--calibration", "-1"], "--calibration"),
     ],
 )
 def test_bad_arguments_are_rejected(argv, message, capsys):
@@ -74,15 +76,17 @@ def test_quantize_int8_against_onnxruntime_fp32_and_int8(tmp_path, capsys):
     model, json_path = tmp_path / "m.onnx", tmp_path / "r.json"
     onnx.save(two_layer_model(256, 1024, 64), str(model))
     argv = ["--model", str(model), "--batch-sizes", "4", "--iters", "2", "--warmup", "0", "--threads", "1", "--no-tune",
-            "--no-memory", "--quantize", "int8", "--agreement", "3", "--json", str(json_path), "--quiet"]
+            "--no-memory", "--quantize", "int8", "--calibration", "2", "--agreement", "3", "--json", str(json_path),
+            "--quiet"]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "vs ort int8" in out and "agreement with onnxruntime fp32 over 3 inputs" in out
+    assert "weights rounded GPTQ on 2 calibration inputs" in out
     (report,) = json.loads(json_path.read_text())
     rows = {r["engine"]: r for r in report["latencies"]}
     assert set(rows) == {"onnxruntime", "onnxruntime_int8", "sparse_rt"}
     assert rows["sparse_rt"]["speedup_vs_ort_int8"] > 0 and 0 < rows["sparse_rt"]["max_rel_error_vs_ort"] < 0.05
-    assert report["quantize"] == "int8" and report["precision"] == {"int8": 2}
+    assert report["quantize"] == "int8" and report["precision"] == {"int8": 2} and report["calibration"] == 2
     agreement = {a["engine"]: a for a in report["agreement"]}
     assert set(agreement) == {"onnxruntime_int8", "sparse_rt"}
     assert agreement["sparse_rt"]["samples"] == 3 and agreement["sparse_rt"]["sign_agreement"] > 0.9

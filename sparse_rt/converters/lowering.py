@@ -38,13 +38,16 @@ class LinearLayer:
 
     activation: "gelu" when a GELU (erf form) is the only reader of its output, which
     conversion then fuses into it (so the tuner times kernels with it).
-    rows: the rows per call it sees at the model's representative input shapes, when known."""
+    rows: the rows per call it sees at the model's representative input shapes, when known.
+    calibration: float32 [rows, in], its inputs on the conversion's calibration feeds, when
+    given (int8 weights are then rounded against them)."""
 
     name: str
     weight: np.ndarray
     bias: np.ndarray | None
     activation: str | None = None
     rows: int | None = None
+    calibration: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def linear_inputs(graph: Graph) -> dict[str, int]:
 
 def lower_linear_layers(
     graph: Graph, choose: Chooser, progress: bool = False, keep_apart: Callable[[LinearLayer], bool] | None = None,
-    rows: Mapping[str, int] | None = None,
+    rows: Mapping[str, int] | None = None, calibration: Mapping[str, np.ndarray] | None = None,
 ) -> int:
     """Replace every recognised linear layer by a SparseLinear node (layers reading the same
     input merged into one; a 1x1 Conv given a dense weight stays); returns how many
@@ -108,6 +111,8 @@ def lower_linear_layers(
     keep_apart: layers never merged with their siblings (those arriving in a structured format).
     rows: {x name: rows per call} (`scheduler.workload.rows_per_input`), given to `choose` as
     LinearLayer.rows.
+    calibration: {x name: float32 [rows, in]} (`scheduler.workload.calibration_inputs`), given
+    to `choose` as LinearLayer.calibration.
     """
     consumers = graph.consumers()
     graph_outputs = {v.name for v in graph.outputs}
@@ -121,6 +126,8 @@ def lower_linear_layers(
             layer, x, y, extra = match
             if rows and x in rows:
                 layer = dataclasses.replace(layer, rows=int(rows[x]))
+            if calibration and x in calibration:
+                layer = dataclasses.replace(layer, calibration=calibration[x])
             if only_gelu_reader(y, consumers, graph_outputs) is not None:  # fuse_linear_activation folds it
                 layer = dataclasses.replace(layer, activation="gelu")
             matches.append(_Match(node, layer, x, (y,), (layer.weight.shape[0],), tuple(extra)))
@@ -165,7 +172,8 @@ def _merge_siblings(matches: list[_Match], keep_apart: Callable[[LinearLayer], b
                 g.layer.bias if g.layer.bias is not None else np.zeros(g.layer.weight.shape[0], np.float32)
                 for g in group
             ])
-        layer = LinearLayer("+".join(g.layer.name for g in group), weight, bias, rows=m.layer.rows)
+        layer = LinearLayer("+".join(g.layer.name for g in group), weight, bias, rows=m.layer.rows,
+                            calibration=m.layer.calibration)
         outputs = tuple(y for g in group for y in g.outputs)
         sizes = tuple(size for g in group for size in g.sizes)
         absorbed = tuple(n for g in group for n in g.absorbed) + tuple(g.node for g in group[1:])

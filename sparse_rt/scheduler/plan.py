@@ -12,7 +12,9 @@ from sparse_rt.scheduler.cache import TuningCache
 from sparse_rt.scheduler.heuristic import heuristic_choice
 from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, check_quantize, heuristic_int8
 from sparse_rt.scheduler.cold import CacheEvictor
-from sparse_rt.scheduler.tune import Timer, cold_wall_clock_timer, tune_layer, wall_clock_timer, weight_signature
+from sparse_rt.scheduler.tune import (
+    Timer, calibration_of, cold_wall_clock_timer, tune_layer, wall_clock_timer, weight_signature,
+)
 from sparse_rt.scheduler.workload import DEFAULT_SEQUENCE, ROW_SPREAD
 
 
@@ -74,7 +76,7 @@ def make_chooser(
                 return choice
             bias = None if layer.bias is None else torch.from_numpy(layer.bias)
             picked, precision = heuristic_int8(torch.from_numpy(layer.weight), bias, device, tolerance,
-                                               (choice.weight, choice.kernel, choice.config))
+                                               (choice.weight, choice.kernel, choice.config), calibration_of(layer))
             return Choice(*picked, tuned_rows=tuple(sorted(weights)), quantization=precision.to_json())
         try:
             return tune_layer(layer, device, weights, cache, timer, known, spread=spread,

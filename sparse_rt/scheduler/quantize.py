@@ -1,7 +1,9 @@
 """Int8 candidates for a layer, and the output error they cost against fp32.
 
 With `convert(..., quantize="int8")` (or a model that arrived quantized) each layer's
-weight is also offered as int8 formats (int8 CSR, int8 BSR with 1x4 blocks, int8 dense). Before they are timed,
+weight is also offered as int8 formats (int8 CSR, int8 BSR with 1x4 blocks, int8 dense),
+rounded to nearest, or by GPTQ against the layer's inputs on calibration feeds where the
+conversion was given some (`scheduler.rounding`). Before they are timed,
 the int8 kernel runs once on the tuning input and its output is compared with the fp32
 product x @ W.T + b: the relative error max |y_int8 - y| / max |y|. Above `tolerance`
 the layer stays fp32 and the report says why; otherwise the int8 candidates race the
@@ -20,7 +22,9 @@ from sparse_rt.formats.base import WeightFormat
 from sparse_rt.formats.bsr_int8 import BsrInt8Format, quads_of
 from sparse_rt.formats.csr_int8 import CsrInt8Format
 from sparse_rt.formats.dense_int8 import DenseInt8Format
+from sparse_rt.formats.int8 import quantize_per_channel
 from sparse_rt.kernels.registry import kernels_for
+from sparse_rt.scheduler.rounding import gptq_round
 
 QUANTIZE_MODES = (None, "int8")
 # Default bound on a layer's relative output error (int8 vs fp32, on the tuning input).
@@ -64,13 +68,15 @@ def check_quantize(quantize: str | None, tolerance: float) -> None:
         raise ValueError(f"quantization tolerance: expected a positive relative error, got {tolerance!r}")
 
 
-def int8_formats(weight: torch.Tensor) -> list[WeightFormat]:
-    """The int8 formats worth trying for a float [out, in] weight (int8 dense first)."""
-    formats: list[WeightFormat] = [DenseInt8Format.from_dense(weight)]
+def int8_formats(weight: torch.Tensor, calibration: torch.Tensor | None = None) -> list[WeightFormat]:
+    """The int8 formats worth trying for a float [out, in] weight (int8 dense first), its values
+    rounded to nearest, or by GPTQ against the layer's calibration inputs [rows, in]."""
+    q, scales = quantize_per_channel(weight) if calibration is None else gptq_round(weight, calibration)
+    formats: list[WeightFormat] = [DenseInt8Format(weight=q, scales=scales)]
     density = float((weight != 0).float().mean()) if weight.numel() else 0.0
     if density <= INT8_CSR_MAX_DENSITY:
-        formats.append(CsrInt8Format.from_dense(weight))
-        bsr = BsrInt8Format.from_dense(weight)
+        formats.append(CsrInt8Format.from_quantized(q, scales))
+        bsr = BsrInt8Format.from_quantized(q, scales)
         if bsr.blocks <= INT8_BSR_MAX_BLOCK_DENSITY * weight.shape[0] * quads_of(weight.shape[1]):
             formats.append(bsr)
     return formats
@@ -98,12 +104,13 @@ def error_input(in_features: int, rows: int = ERROR_ROWS) -> torch.Tensor:
 
 
 def int8_candidates(weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device,
-                    tolerance: float) -> tuple[list[WeightFormat], Precision]:
-    """(int8 formats that run on `device` and pass `tolerance`, the verdict if none is chosen).
+                    tolerance: float, calibration: torch.Tensor | None = None) -> tuple[list[WeightFormat], Precision]:
+    """(int8 formats that run on `device` and pass `tolerance`, the verdict if none is chosen);
+    calibration: the layer's inputs [rows, in] to round the weight against (`int8_formats`).
 
     The verdict returned is for the layer staying fp32: "fp32 (int8 error e > tolerance)" when
     int8 was too inaccurate, "fp32 (faster)" when int8 passed but loses the race."""
-    formats = [f for f in int8_formats(weight) if kernels_for(f, device)]
+    formats = [f for f in int8_formats(weight, calibration) if kernels_for(f, device)]
     if not formats:
         return [], Precision("fp32", None, tolerance, f"no int8 kernel on {device}")
     error = int8_error(formats[0], weight, bias, device, error_input(weight.shape[1]))
@@ -126,9 +133,10 @@ HEURISTIC_BSR_MIN_FILL = 0.75
 
 
 def heuristic_int8(weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device, tolerance: float,
-                   fp32: tuple[WeightFormat, str, dict]) -> tuple[tuple[WeightFormat, str, dict], Precision]:
+                   fp32: tuple[WeightFormat, str, dict], calibration: torch.Tensor | None = None,
+                   ) -> tuple[tuple[WeightFormat, str, dict], Precision]:
     """Timing-free: ((format, kernel, config), verdict), int8 when within `tolerance`, else `fp32`."""
-    formats, staying = int8_candidates(weight, bias, device, tolerance)
+    formats, staying = int8_candidates(weight, bias, device, tolerance, calibration)
     if not formats:
         return fp32, staying
     density = float((weight != 0).float().mean()) if weight.numel() else 0.0

@@ -72,6 +72,11 @@ def weight_signature(weight: torch.Tensor) -> str:
     return hashlib.blake2b(data, digest_size=10).hexdigest()
 
 
+def calibration_of(layer: LinearLayer) -> torch.Tensor | None:
+    """The layer's calibration inputs [rows, in] as a tensor, when the conversion had some."""
+    return None if layer.calibration is None else torch.from_numpy(layer.calibration)
+
+
 def tune_layer(
     layer: LinearLayer,
     device: torch.device,
@@ -142,7 +147,7 @@ def tune_layer(
     defaults = candidates(weight, device, structured, all_configs=False)
     precision = None
     if quantize == "int8":
-        formats, precision = int8_candidates(weight, bias, device, tolerance)
+        formats, precision = int8_candidates(weight, bias, device, tolerance, calibration_of(layer))
         defaults += [Candidate(f, k.name, k.configs(f, device)[0]) for f in formats for k in kernels_for(f, device)]
     for candidate in defaults:
         measure(candidate)

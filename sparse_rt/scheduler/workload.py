@@ -15,6 +15,7 @@ import math
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from sparse_rt.ir.graph import Graph
 
@@ -94,6 +95,35 @@ def rows_per_input(graph: Graph, feature_axes: Mapping[str, int],
         if None not in dims:
             rows[name] = max(1, math.prod(dims))
     return rows
+
+
+def calibration_inputs(graph: Graph, feature_axes: Mapping[str, int],
+                       feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """{value name: float32 [rows, features]}: the linear-layer inputs of `feature_axes` (as in
+    `rows_per_input`) over every calibration feed ({input name: array}), each value's feature
+    axis moved last and the rest flattened into rows. ValueError naming the feed that does not
+    run."""
+    from sparse_rt.runtime.session import InferenceSession
+
+    if isinstance(feeds, Mapping) or not isinstance(feeds, Sequence) or not feeds:
+        raise ValueError(f"calibration: expected a non-empty sequence of feeds {{input name: array}}, "
+                         f"got {type(feeds).__name__}")
+    session = InferenceSession(graph, retain_memory=False)
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in feature_axes}
+    for index, feed in enumerate(feeds):
+        if not isinstance(feed, Mapping):
+            raise ValueError(f"calibration feed {index}: expected a mapping {{input name: array}}, "
+                             f"got {type(feed).__name__}")
+        try:
+            values = session.intermediates(feed, set(feature_axes))
+        except (RuntimeError, ValueError, TypeError, KeyError) as error:
+            raise ValueError(f"calibration feed {index}: the model does not run on it: {error}") from error
+        for name, axis in feature_axes.items():
+            value = values.get(name)
+            if value is not None and value.is_floating_point() and value.dim() > max(axis, 0):
+                moved = value.movedim(axis, -1)
+                rows[name].append(moved.reshape(-1, moved.shape[-1]).to(torch.float32).numpy())
+    return {name: np.concatenate(parts) for name, parts in rows.items() if parts}
 
 
 def nonzero_weight_bytes(graph: Graph, bytes_per_value: int = 4) -> int:

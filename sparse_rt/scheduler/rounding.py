@@ -1,0 +1,78 @@
+"""Rounding a layer's weights to int8 against the inputs it sees (GPTQ with a fixed sparsity).
+
+Round-to-nearest makes each weight's error as small as it can be, but the layer's output
+error is what counts: y = x W^T summed over inputs that are correlated. GPTQ (Frantar et
+al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers",
+2023) rounds the columns of W left to right and spreads each column's rounding error over
+the columns not yet rounded, through the upper Cholesky factor of H^-1, H = X^T X the
+Hessian of ||X W^T - X Q^T||^2 over calibration inputs X [rows, in] (the same machinery as
+SparseGPT's, `pruning.sparsegpt`). Here the grid is sparse_rt's per-channel symmetric int8
+(scale = max |W[r]| / 127, as `formats.int8.quantize_per_channel`) and the sparsity is
+fixed: zeros of W stay zero, only the kept weights take the updates.
+
+On the bench's BERT-base-shaped model at 90% (int8 weights and activations, as torch
+arithmetic, 256 inputs), three sets of 8 random calibration sequences brought the mean
+relative error of the mean-pooled output from 6.9e-3 (rounding to nearest) to 4.8e-3,
+5.6e-3 and 5.8e-3, and its signs' agreement from 99.75% to 99.83-99.85%. The pooled
+argmax, which a handful of near-ties (top two within 0.5%) decides, moved on 4, 0 and 8
+of the 256 inputs, against 4 with rounding to nearest.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparse_rt.formats.int8 import QMAX
+from sparse_rt.pruning.sparsegpt import inverse_hessian_factor
+
+# Added to H's diagonal as a fraction of its mean (as SparseGPT and GPTQ do).
+DAMP = 0.01
+# Columns rounded together before their errors reach the later columns as one product.
+BLOCK_SIZE = 128
+
+
+def gptq_round(weight: torch.Tensor, inputs: torch.Tensor, damp: float = DAMP,
+               block_size: int = BLOCK_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """W float [out, in], calibration inputs X float [rows, in] -> (q int8 [out, in], scales
+    float32 [out]) with W ~= q * scales[:, None], q zero wherever W is.
+
+    ValueError for shapes that disagree or values that are not finite."""
+    weight = torch.as_tensor(weight).to(torch.float32)
+    inputs = torch.as_tensor(inputs).to(torch.float32)
+    if weight.dim() != 2 or inputs.dim() != 2 or inputs.shape[1] != weight.shape[1]:
+        raise ValueError(f"gptq_round: expected weight [out, in] and inputs [rows, in], got "
+                         f"{list(weight.shape)} and {list(inputs.shape)}")
+    for name, tensor in (("weight", weight), ("inputs", inputs)):
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"gptq_round: {name} holds NaN or Inf")
+    out_features, in_features = weight.shape
+    scales = weight.abs().amax(dim=1) / QMAX if in_features else torch.zeros(out_features)
+    if out_features == 0 or in_features == 0 or inputs.shape[0] == 0:
+        return _nearest(weight, scales), scales.contiguous()
+    step = torch.where(scales > 0, scales, torch.ones_like(scales))[:, None]
+    keep = weight != 0
+    hessian = inputs.to(torch.float64).T @ inputs.to(torch.float64)
+    factor = inverse_hessian_factor(hessian, damp)[0].to(torch.float32)
+    work = weight.clone()
+    for start in range(0, in_features, block_size):
+        stop = min(start + block_size, in_features)
+        block = work[:, start:stop].clone()
+        errors = torch.empty_like(block)
+        inverse = factor[start:stop, start:stop]
+        for column in range(stop - start):
+            w = block[:, column]
+            q = torch.where(keep[:, start + column], (w / step[:, 0]).round().clamp(-QMAX, QMAX) * step[:, 0],
+                            torch.zeros(()))
+            error = (w - q) / inverse[column, column]
+            block[:, column:] -= error[:, None] * inverse[column, column:][None, :]
+            block[:, column] = q
+            errors[:, column] = error
+        work[:, start:stop] = block
+        work[:, stop:] -= errors @ factor[start:stop, stop:]
+    return _nearest(torch.where(keep, work, torch.zeros(())), scales), scales.contiguous()
+
+
+def _nearest(weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """W [out, in] on the grid of `scales` -> int8 q (0 where a scale is 0)."""
+    step = torch.where(scales > 0, scales, torch.ones_like(scales))[:, None]
+    return (weight / step).round().clamp(-QMAX, QMAX).to(torch.int8)
