@@ -96,12 +96,6 @@ static void _i8_scale_task(void* context, int64_t r, int worker) {
     job->zeros[r] = (int32_t)rintf(-lo * inverse);
 }
 
-static void i8_scales(int num_threads, int64_t rows, int64_t in, const float* x, float* scales, float* inverses,
-                      int32_t* zeros) {
-    struct i8_scale_job job = {x, in, scales, inverses, zeros};
-    sr_parallel_for(num_threads, rows, _i8_scale_task, &job);
-}
-
 /* x -> u8 q = clamp(rint(x * inverse) + zero, 0, 255); NaN (times the inverse 0 of its row) -> 0 */
 static inline int32_t _i8_quantize(float x, float inverse, int32_t zero) {
     float v = rintf(x * inverse);
@@ -275,6 +269,15 @@ static void _i8_tile_task(void* context, int64_t task, int worker) {
    tiles of in4 columns). */
 struct i8_tokens { float* scales; int32_t* zeros; uint8_t* tiles; void* memory; };
 
+/* Tile t of tokens: its rows' scales, then every chunk of its columns. */
+struct i8_token_job { struct i8_scale_job scale; struct i8_tile_job tile; int64_t rows; };
+static void _i8_token_tile_task(void* context, int64_t t, int worker) {
+    struct i8_token_job* job = (struct i8_token_job*)context;
+    int64_t end = (t + 1) * I8_LANES < job->rows ? (t + 1) * I8_LANES : job->rows;
+    for (int64_t r = t * I8_LANES; r < end; r++) _i8_scale_task(&job->scale, r, worker);
+    for (int64_t c = 0; c < job->tile.chunks; c++) _i8_tile_task(&job->tile, t * job->tile.chunks + c, worker);
+}
+
 /* x [rows, in] -> tokens; returns 0, or -1 (nothing allocated) when memory runs out. */
 static int i8_quantize_tokens(int num_threads, int64_t rows, int64_t in, int64_t in4, int quads, const float* x,
                               struct i8_tokens* tokens) {
@@ -286,10 +289,15 @@ static int i8_quantize_tokens(int num_threads, int64_t rows, int64_t in, int64_t
     float *scales = (float*)memory, *inverses = (float*)(memory + per_token);
     int32_t* zeros = (int32_t*)(memory + 2 * per_token);
     uint8_t* out = (uint8_t*)(memory + 3 * per_token);
-    i8_scales(num_threads, rows, in, x, scales, inverses, zeros);
     int64_t chunks = (width + I8_CHUNK - 1) / I8_CHUNK;
-    struct i8_tile_job job = {x, inverses, zeros, out, rows, in, in4, chunks, quads};
-    sr_parallel_for(num_threads, tiles * chunks, _i8_tile_task, &job);
+    struct i8_token_job job = {{x, in, scales, inverses, zeros}, {x, inverses, zeros, out, rows, in, in4, chunks, quads},
+                               rows};
+    if (tiles % num_threads == 0 || tiles >= 4 * num_threads) {  /* whole tiles balance: one parallel loop */
+        sr_parallel_for(num_threads, tiles, _i8_token_tile_task, &job);
+    } else {
+        sr_parallel_for(num_threads, rows, _i8_scale_task, &job.scale);
+        sr_parallel_for(num_threads, tiles * chunks, _i8_tile_task, &job.tile);
+    }
     tokens->scales = scales;
     tokens->zeros = zeros;
     tokens->tiles = out;
