@@ -85,12 +85,13 @@ def convert(
 
         if batch_sizes is not None and shapes is not None:
             raise TypeError("convert: give shapes (representative inputs) or batch_sizes (rows to tune at), not both")
-        rows = rows_per_input(graph, linear_inputs(graph), shapes) if batch_sizes is None else None
+        feature_axes = linear_inputs(graph)
+        rows = rows_per_input(graph, feature_axes, shapes) if batch_sizes is None else None
         tolerance = DEFAULT_TOLERANCE if quantize_tolerance is None else quantize_tolerance
         cold_rows = cold_rows_for(nonzero_weight_bytes(graph, 1 if quantize == "int8" else 4)) if tune else 0
         chooser = make_chooser(torch.device(device), batch_sizes, tune=tune, structured=structured,
                                quantize=quantize, tolerance=tolerance, cold_rows=cold_rows)
-        inputs = None if calibration is None else calibration_inputs(graph, linear_inputs(graph), calibration)
+        inputs = None if calibration is None else calibration_inputs(graph, feature_axes, calibration)
         lower_linear_layers(graph, chooser, progress=progress, keep_apart=_arrived_structured(structured), rows=rows,
                             calibration=inputs)
         fuse_linear_activation(graph)

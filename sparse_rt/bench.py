@@ -334,7 +334,7 @@ def run_bench(args: argparse.Namespace) -> Report:
         model=workload.name, sparsity=args.sparsity if args.model in MODELS else None, pattern=args.pattern,
         threads=args.threads, convert_seconds=convert_seconds, weight_bytes=weight_bytes(graph),
         rss_mb=rss, peak_rss_mb=0.0, environment=environment(), quantize=args.quantize,
-        calibration=args.calibration if args.quantize and not workload.converted else 0,
+        calibration=0 if workload.converted else args.calibration,
         precision=layer_precisions(graph),
     )
     bar.set_postfix_str("measuring")

@@ -24,9 +24,14 @@ def quantize_per_channel(weight: torch.Tensor, what: str = "weight") -> tuple[to
         raise ValueError(f"{what}: expected finite values to quantize, got {float(weight[bad[0], bad[1]])} at {bad}")
     amax = weight.abs().amax(dim=1) if weight.shape[1] else torch.zeros(weight.shape[0])
     scales = amax / QMAX
+    return round_per_channel(weight, scales), scales.contiguous()
+
+
+def round_per_channel(weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """W float [out, in] on the grid of scales [out] -> int8 q, rounded to nearest even and
+    clamped to [-127, 127] (0 in rows whose scale is 0)."""
     divisor = torch.where(scales > 0, scales, torch.ones_like(scales))
-    q = torch.round(weight / divisor[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
-    return q, scales.contiguous()
+    return torch.round(weight / divisor[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
 
 
 def check_scales(fmt: str, scales: object, out_features: int) -> torch.Tensor:

@@ -45,6 +45,18 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> tuple[torch.Te
     return torch.linalg.cholesky(inverse, upper=True), dead
 
 
+def obs_column_step(block: torch.Tensor, errors: torch.Tensor, inverse: torch.Tensor, column: int,
+                    q: torch.Tensor) -> None:
+    """One optimal-brain-surgeon step within a block of columns [out, width]: column `column`
+    becomes q [out], and its error, scaled by the inverse Hessian factor's diagonal, goes to
+    errors[:, column] and is spread over the block's later columns through `inverse` (the
+    factor's [width, width] block)."""
+    error = (block[:, column] - q) / inverse[column, column]
+    block[:, column:] -= error[:, None] * inverse[column, column:][None, :]
+    block[:, column] = q
+    errors[:, column] = error
+
+
 def sparsegpt_reconstruct(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -98,11 +110,7 @@ def sparsegpt_reconstruct(
                     drop[:, column:column + width].scatter_(1, lowest, True)
                 drop[:, column:column + width] |= forced[:, start + column:start + column + width]
             w = block[:, column]
-            q = torch.where(drop[:, column], torch.zeros((), dtype=w.dtype), w)
-            error = (w - q) / inv[column, column]
-            block[:, column:] -= error[:, None] * inv[column, column:][None, :]
-            block[:, column] = q
-            errors[:, column] = error
+            obs_column_step(block, errors, inv, column, torch.where(drop[:, column], torch.zeros((), dtype=w.dtype), w))
         W[:, start:stop] = block
         W[:, stop:] -= errors @ factor[start:stop, stop:]
         removed[:, start:stop] = drop

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from sparse_rt.formats.int8 import QMAX
-from sparse_rt.pruning.sparsegpt import inverse_hessian_factor
+from sparse_rt.formats.int8 import QMAX, round_per_channel
+from sparse_rt.pruning.sparsegpt import inverse_hessian_factor, obs_column_step
 
 # Added to H's diagonal as a fraction of its mean (as SparseGPT and GPTQ do).
 DAMP = 0.01
@@ -48,8 +48,8 @@ def gptq_round(weight: torch.Tensor, inputs: torch.Tensor, damp: float = DAMP,
     out_features, in_features = weight.shape
     scales = weight.abs().amax(dim=1) / QMAX if in_features else torch.zeros(out_features)
     if out_features == 0 or in_features == 0 or inputs.shape[0] == 0:
-        return _nearest(weight, scales), scales.contiguous()
-    step = torch.where(scales > 0, scales, torch.ones_like(scales))[:, None]
+        return round_per_channel(weight, scales), scales.contiguous()
+    step = torch.where(scales > 0, scales, torch.ones_like(scales))
     keep = weight != 0
     hessian = inputs.to(torch.float64).T @ inputs.to(torch.float64)
     factor = inverse_hessian_factor(hessian, damp)[0].to(torch.float32)
@@ -61,18 +61,9 @@ def gptq_round(weight: torch.Tensor, inputs: torch.Tensor, damp: float = DAMP,
         inverse = factor[start:stop, start:stop]
         for column in range(stop - start):
             w = block[:, column]
-            q = torch.where(keep[:, start + column], (w / step[:, 0]).round().clamp(-QMAX, QMAX) * step[:, 0],
-                            torch.zeros(()))
-            error = (w - q) / inverse[column, column]
-            block[:, column:] -= error[:, None] * inverse[column, column:][None, :]
-            block[:, column] = q
-            errors[:, column] = error
+            q = torch.where(keep[:, start + column], (w / step).round().clamp(-QMAX, QMAX) * step, torch.zeros(()))
+            obs_column_step(block, errors, inverse, column, q)
         work[:, start:stop] = block
         work[:, stop:] -= errors @ factor[start:stop, stop:]
-    return _nearest(torch.where(keep, work, torch.zeros(())), scales), scales.contiguous()
+    return round_per_channel(torch.where(keep, work, torch.zeros(())), scales), scales.contiguous()
 
-
-def _nearest(weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """W [out, in] on the grid of `scales` -> int8 q (0 where a scale is 0)."""
-    step = torch.where(scales > 0, scales, torch.ones_like(scales))[:, None]
-    return (weight / step).round().clamp(-QMAX, QMAX).to(torch.int8)

@@ -270,10 +270,10 @@ static void _i8_tile_task(void* context, int64_t task, int worker) {
 struct i8_tokens { float* scales; int32_t* zeros; uint8_t* tiles; void* memory; };
 
 /* Tile t of tokens: its rows' scales, then every chunk of its columns. */
-struct i8_token_job { struct i8_scale_job scale; struct i8_tile_job tile; int64_t rows; };
+struct i8_token_job { struct i8_scale_job scale; struct i8_tile_job tile; };
 static void _i8_token_tile_task(void* context, int64_t t, int worker) {
     struct i8_token_job* job = (struct i8_token_job*)context;
-    int64_t end = (t + 1) * I8_LANES < job->rows ? (t + 1) * I8_LANES : job->rows;
+    int64_t end = (t + 1) * I8_LANES < job->tile.rows ? (t + 1) * I8_LANES : job->tile.rows;
     for (int64_t r = t * I8_LANES; r < end; r++) _i8_scale_task(&job->scale, r, worker);
     for (int64_t c = 0; c < job->tile.chunks; c++) _i8_tile_task(&job->tile, t * job->tile.chunks + c, worker);
 }
@@ -290,8 +290,7 @@ static int i8_quantize_tokens(int num_threads, int64_t rows, int64_t in, int64_t
     int32_t* zeros = (int32_t*)(memory + 2 * per_token);
     uint8_t* out = (uint8_t*)(memory + 3 * per_token);
     int64_t chunks = (width + I8_CHUNK - 1) / I8_CHUNK;
-    struct i8_token_job job = {{x, in, scales, inverses, zeros}, {x, inverses, zeros, out, rows, in, in4, chunks, quads},
-                               rows};
+    struct i8_token_job job = {{x, in, scales, inverses, zeros}, {x, inverses, zeros, out, rows, in, in4, chunks, quads}};
     if (tiles % num_threads == 0 || tiles >= 4 * num_threads) {  /* whole tiles balance: one parallel loop */
         sr_parallel_for(num_threads, tiles, _i8_token_tile_task, &job);
     } else {
