@@ -11,10 +11,12 @@ def _convert(args: argparse.Namespace) -> int:
     import sparse_rt
 
     start = time.perf_counter()
+    calibration = [_feed(path) for path in args.calibration] if args.calibration else None
     graph = sparse_rt.convert(args.model, shapes=dict(args.shapes) if args.shapes else None,
                               batch_sizes=args.batch_sizes, device=args.device, tune=not args.no_tune,
                               progress=not args.quiet, quantize=args.quantize,
-                              quantize_tolerance=args.quantize_tolerance)
+                              quantize_tolerance=args.quantize_tolerance, calibration=calibration,
+                              rounding=args.rounding)
     sparse_rt.save(graph, args.output)
     layers = sum(1 for n in graph.nodes if n.op_type == "SparseLinear")
     how = "heuristic" if args.no_tune else "tuned"
@@ -24,6 +26,19 @@ def _convert(args: argparse.Namespace) -> int:
     print(f"converted {args.model} -> {args.output}: {layers} linear layers lowered, {how} {at}, "
           f"{time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _feed(path: str) -> dict:
+    """One calibration feed {input name: array} from an .npz file (numpy.savez)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"calibration feed {path!r} does not exist") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"calibration feed {path!r}: expected an .npz file of input arrays: {error}") from None
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -80,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
                          help="also try int8 weights (activations quantized per token) per layer")
     convert.add_argument("--quantize-tolerance", type=float, default=None,
                          help="largest relative output error of an int8 layer against fp32 (default 0.05)")
+    convert.add_argument("--calibration", nargs="+", metavar="FEED.npz", default=None,
+                         help="with --quantize: feeds like those the model will serve, one .npz of input arrays "
+                              "each (numpy.savez); the int8 layers' biases are corrected on them")
+    convert.add_argument("--rounding", choices=["nearest", "gptq"], default="nearest",
+                         help="int8 weights rounded to nearest or by GPTQ against the calibration feeds")
     explain = commands.add_parser("explain", help="per-layer report of a converted model")
     explain.add_argument("model", help="a file written by `convert`")
     explain.add_argument("--batch", type=int, default=None, help="rows per call to report (default: the rows most layers were tuned at)")

@@ -21,6 +21,7 @@ from tests.scheduler.test_tuning import two_layer_model
         (["--suite", "models", "--suite-models", "bart"], "--suite-models"),
         (["--calibration", "4"], "--calibration: expected a count >= 0 with --quantize"),
         (["--quantize", "int8", "--calibration", "-1"], "--calibration"),
+        (["--quantize", "int8", "--calibration", "0", "--rounding", "gptq"], "--rounding gptq: rounds against calibration"),
     ],
 )
 def test_bad_arguments_are_rejected(argv, message, capsys):
@@ -76,12 +77,12 @@ def test_quantize_int8_against_onnxruntime_fp32_and_int8(tmp_path, capsys):
     model, json_path = tmp_path / "m.onnx", tmp_path / "r.json"
     onnx.save(two_layer_model(256, 1024, 64), str(model))
     argv = ["--model", str(model), "--batch-sizes", "4", "--iters", "2", "--warmup", "0", "--threads", "1", "--no-tune",
-            "--no-memory", "--quantize", "int8", "--calibration", "2", "--agreement", "3", "--json", str(json_path),
-            "--quiet"]
+            "--no-memory", "--quantize", "int8", "--calibration", "2", "--rounding", "gptq", "--agreement", "3",
+            "--json", str(json_path), "--quiet"]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "vs ort int8" in out and "agreement with onnxruntime fp32 over 3 inputs" in out
-    assert "weights rounded GPTQ on 2 calibration inputs" in out
+    assert "weights rounded by GPTQ, biases corrected on 2 calibration inputs" in out
     (report,) = json.loads(json_path.read_text())
     rows = {r["engine"]: r for r in report["latencies"]}
     assert set(rows) == {"onnxruntime", "onnxruntime_int8", "sparse_rt"}

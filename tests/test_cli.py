@@ -39,6 +39,26 @@ def test_convert_no_tune_and_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_convert_int8_with_calibration_feeds(tmp_path, capsys):
+    source, target = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(two_layer_model(), str(source))
+    feeds = []
+    for seed in range(2):
+        feeds.append(tmp_path / f"feed{seed}.npz")
+        np.savez(feeds[-1], x=np.random.default_rng(seed).standard_normal((8, 32)).astype(np.float32))
+    argv = ["convert", str(source), "-o", str(target), "--no-tune", "--quiet", "--quantize", "int8",
+            "--quantize-tolerance", "1", "--calibration", *map(str, feeds)]
+    assert main(argv) == 0
+    graph = sparse_rt.load(target)
+    assert all(n.attributes["format"].endswith("_int8") for n in graph.nodes if n.op_type == "SparseLinear")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    assert main(argv[:-2] + [str(tmp_path / "bad.npz")]) == 2
+    error = capsys.readouterr().err
+    assert "calibration feed" in error and "bad.npz': expected an .npz file of input arrays" in error
+    assert main(argv[:-2] + [str(tmp_path / "missing.npz")]) == 2
+    assert "missing.npz' does not exist" in capsys.readouterr().err
+
+
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "sparse_rt", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "convert" in result.stdout and "explain" in result.stdout

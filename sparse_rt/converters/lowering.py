@@ -63,6 +63,8 @@ class Choice:
     (`sparse_rt.scheduler.quantize.Precision`).
     cold_rows: the tuned row counts timed with the weight evicted from the caches (a model
     too large for the last-level cache; `sparse_rt.scheduler.cold`).
+    bias: float32 [out] to run with in place of the layer's own (int8 weights rounded against
+    calibration inputs carry a bias corrected for the rounding's mean output error).
     """
 
     weight: WeightFormat
@@ -73,6 +75,7 @@ class Choice:
     tuned_rows: tuple[int, ...] | None = None
     quantization: str | None = None
     cold_rows: tuple[int, ...] = ()
+    bias: np.ndarray | None = None
 
 
 Chooser = Callable[[LinearLayer], Choice]
@@ -252,9 +255,10 @@ def _emit(graph: Graph, match: _Match, choice: Choice) -> list[Node]:
         graph.constants[const] = _to_numpy(tensor)
         arrays[field_name] = const
     bias = ""
-    if layer.bias is not None:
+    values = layer.bias if choice.bias is None else choice.bias
+    if values is not None:
         bias = graph.fresh_name(f"{base}.bias")
-        graph.constants[bias] = layer.bias
+        graph.constants[bias] = values
     def linear(x_name: str, y_name: str) -> Node:
         return sparse_linear_node(base, x_name, y_name, bias, arrays, choice.weight, choice.kernel, choice.config,
                                   choice.timings, choice.dispatch, choice.tuned_rows, choice.quantization,

@@ -10,7 +10,7 @@ from sparse_rt.converters.lowering import Choice, Chooser, LinearLayer
 from sparse_rt.formats.base import WeightFormat
 from sparse_rt.scheduler.cache import TuningCache
 from sparse_rt.scheduler.heuristic import heuristic_choice
-from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, check_quantize, heuristic_int8
+from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, check_quantize, heuristic_int8, replaced_bias
 from sparse_rt.scheduler.cold import CacheEvictor
 from sparse_rt.scheduler.tune import (
     Timer, calibration_of, cold_wall_clock_timer, tune_layer, wall_clock_timer, weight_signature,
@@ -35,6 +35,7 @@ def make_chooser(
     structured: Mapping[str, WeightFormat] | None = None,
     quantize: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    rounding: str = "nearest",
     cold_rows: int = 0,
 ) -> Chooser:
     """A function LinearLayer -> Choice for `device`.
@@ -48,11 +49,12 @@ def make_chooser(
     structured: {weight_signature: format} for layers that arrived as a structured format
     (butterfly, permuted): that format joins the candidates and is the heuristic's pick.
     quantize="int8": int8 formats are candidates for every layer whose int8 output error is
-    within `tolerance` (sparse_rt.scheduler.quantize).
+    within `tolerance` (sparse_rt.scheduler.quantize), their weights rounded by `rounding`
+    ("nearest", or "gptq" against the layers' calibration inputs).
     cold_rows: tuned rows up to this count are timed with the weight evicted from the caches
     (`sparse_rt.scheduler.cold.cold_rows_for`: a model too large for the last-level cache).
     """
-    check_quantize(quantize, tolerance)
+    check_quantize(quantize, tolerance, rounding)
     # one eviction buffer for the whole conversion (made at its first cold call), freed with the chooser
     cold_timer = cold_wall_clock_timer(CacheEvictor())
     fixed = None if batch_sizes is None else batch_weights(batch_sizes)
@@ -75,12 +77,13 @@ def make_chooser(
             if quantize != "int8" or known is not None:
                 return choice
             bias = None if layer.bias is None else torch.from_numpy(layer.bias)
-            picked, precision = heuristic_int8(torch.from_numpy(layer.weight), bias, device, tolerance,
-                                               (choice.weight, choice.kernel, choice.config), calibration_of(layer))
-            return Choice(*picked, tuned_rows=tuple(sorted(weights)), quantization=precision.to_json())
+            picked, precision, running = heuristic_int8(torch.from_numpy(layer.weight), bias, device, tolerance,
+                                                        (choice.weight, choice.kernel, choice.config), calibration_of(layer), rounding)
+            return Choice(*picked, tuned_rows=tuple(sorted(weights)), quantization=precision.to_json(),
+                          bias=replaced_bias(bias, running))
         try:
             return tune_layer(layer, device, weights, cache, timer, known, spread=spread,
-                              quantize=None if known is not None else quantize, tolerance=tolerance,
+                              quantize=None if known is not None else quantize, tolerance=tolerance, rounding=rounding,
                               cold_rows=cold_rows, cold_timer=cold_timer)
         finally:
             cache.save()

@@ -2,10 +2,11 @@
 
 With `convert(..., quantize="int8")` (or a model that arrived quantized) each layer's
 weight is also offered as int8 formats (int8 CSR, int8 BSR with 1x4 blocks, int8 dense),
-rounded to nearest, or by GPTQ against the layer's inputs on calibration feeds where the
-conversion was given some (`scheduler.rounding`). Before they are timed,
-the int8 kernel runs once on the tuning input and its output is compared with the fp32
-product x @ W.T + b: the relative error max |y_int8 - y| / max |y|. Above `tolerance`
+rounded to nearest (or by GPTQ against the layer's inputs on calibration feeds); where the
+conversion was given calibration feeds, the bias is corrected for the rounding's mean
+output error on them (`scheduler.rounding`). Before they are timed, the int8 kernel runs once on the layer's
+calibration inputs (seeded Gaussian tokens without them) and its output is compared with
+the fp32 product x @ W.T + b: the relative error max |y_int8 - y| / max |y|. Above `tolerance`
 the layer stays fp32 and the report says why; otherwise the int8 candidates race the
 fp32 ones and the fastest wins. The verdict travels with the choice (`Precision`) and
 is saved in the node's `quantization` attribute, which `explain` prints.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from sparse_rt.formats.base import WeightFormat
@@ -24,9 +26,11 @@ from sparse_rt.formats.csr_int8 import CsrInt8Format
 from sparse_rt.formats.dense_int8 import DenseInt8Format
 from sparse_rt.formats.int8 import quantize_per_channel
 from sparse_rt.kernels.registry import kernels_for
-from sparse_rt.scheduler.rounding import gptq_round
+from sparse_rt.scheduler.rounding import corrected_bias, gptq_round
 
 QUANTIZE_MODES = (None, "int8")
+# How int8 weights are rounded: to nearest, or by GPTQ against the calibration inputs.
+ROUNDINGS = ("nearest", "gptq")
 # Default bound on a layer's relative output error (int8 vs fp32, on the tuning input).
 # Random Gaussian inputs give 1-2.5% with 7-bit activations; a layer with a few huge
 # weights or activation outliers exceeds 5% and stays fp32.
@@ -61,9 +65,11 @@ class Precision:
         return f"{self.precision}{error}" + (f" ({self.reason})" if self.reason else "")
 
 
-def check_quantize(quantize: str | None, tolerance: float) -> None:
+def check_quantize(quantize: str | None, tolerance: float, rounding: str = "nearest") -> None:
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize: expected one of {QUANTIZE_MODES}, got {quantize!r}")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding: expected one of {ROUNDINGS}, got {rounding!r}")
     if not 0.0 < tolerance:
         raise ValueError(f"quantization tolerance: expected a positive relative error, got {tolerance!r}")
 
@@ -83,45 +89,77 @@ def int8_formats(weight: torch.Tensor, calibration: torch.Tensor | None = None) 
 
 
 def int8_error(fmt: WeightFormat, weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device,
-               x: torch.Tensor) -> float:
-    """Relative error max |y_int8 - y| / max |y| of fmt's default kernel on x [rows, in] against
-    the fp32 x @ W.T + b (inf when the int8 output is not finite)."""
+               x: torch.Tensor, int8_bias: torch.Tensor | None = None) -> float:
+    """Relative error max |y_int8 - y| / max |y| of fmt's default kernel (bias `int8_bias`,
+    default `bias`) on x [rows, in] against the fp32 x @ W.T + b (inf when the int8 output is
+    not finite)."""
     kernel = kernels_for(fmt, device)[0]
-    bound = kernel.bind(fmt, bias, kernel.configs(fmt, device)[0], device)
+    bound = kernel.bind(fmt, bias if int8_bias is None else int8_bias, kernel.configs(fmt, device)[0], device)
     with torch.inference_mode():
-        actual = bound(x).to(torch.float64)
+        actual = bound(x.to(device)).to(torch.float64)
         expected = torch.nn.functional.linear(x.to(torch.float64), weight.to(torch.float64),
                                               None if bias is None else bias.to(torch.float64))
     if not bool(torch.isfinite(actual).all()):
         return float("inf")
     scale = max(float(expected.abs().max()) if expected.numel() else 0.0, 1e-30)
-    return float((actual - expected).abs().max()) / scale if expected.numel() else 0.0
+    return float((actual.cpu() - expected).abs().max()) / scale if expected.numel() else 0.0
 
 
-def error_input(in_features: int, rows: int = ERROR_ROWS) -> torch.Tensor:
-    """The seeded Gaussian tokens [rows, in] the error is measured on."""
+def error_input(in_features: int, calibration: torch.Tensor | None = None, rows: int = ERROR_ROWS) -> torch.Tensor:
+    """The tokens [rows, in] the error is measured on: `rows` of the layer's calibration inputs,
+    evenly spaced, or seeded Gaussian tokens without them."""
+    if calibration is not None and calibration.shape[0]:
+        picks = torch.linspace(0, calibration.shape[0] - 1, min(rows, calibration.shape[0])).round().long()
+        return calibration[picks].to(torch.float32)
     return torch.randn(rows, in_features, generator=torch.Generator().manual_seed(1234))
 
 
-def int8_candidates(weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device,
-                    tolerance: float, calibration: torch.Tensor | None = None) -> tuple[list[WeightFormat], Precision]:
-    """(int8 formats that run on `device` and pass `tolerance`, the verdict if none is chosen);
-    calibration: the layer's inputs [rows, in] to round the weight against (`int8_formats`).
+@dataclass(frozen=True)
+class Int8Candidates:
+    """A layer's int8 offer: `formats` that run on the device and pass the tolerance (empty when
+    none does), `staying` the verdict should fp32 stay, `bias` [out] (or None) for the int8
+    formats to run with: the layer's, or with calibration inputs its corrected one."""
 
-    The verdict returned is for the layer staying fp32: "fp32 (int8 error e > tolerance)" when
-    int8 was too inaccurate, "fp32 (faster)" when int8 passed but loses the race."""
-    formats = [f for f in int8_formats(weight, calibration) if kernels_for(f, device)]
+    formats: list[WeightFormat]
+    staying: Precision
+    bias: torch.Tensor | None
+
+
+def int8_candidates(weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device,
+                    tolerance: float, calibration: torch.Tensor | None = None,
+                    rounding: str = "nearest") -> Int8Candidates:
+    """The int8 formats of a float [out, in] weight, bias [out] or None; calibration: the
+    layer's inputs [rows, in], to correct the bias by (`scheduler.rounding.corrected_bias`)
+    and, with rounding="gptq", to round the weight against (`int8_formats`).
+
+    The verdict `staying` is "fp32 (int8 error e > tolerance)" when int8 was too inaccurate,
+    "fp32 (faster)" when int8 passed but loses the race."""
+    gptq_inputs = calibration if rounding == "gptq" else None
+    formats = [f for f in int8_formats(weight, gptq_inputs) if kernels_for(f, device)]
     if not formats:
-        return [], Precision("fp32", None, tolerance, f"no int8 kernel on {device}")
-    error = int8_error(formats[0], weight, bias, device, error_input(weight.shape[1]))
+        return Int8Candidates([], Precision("fp32", None, tolerance, f"no int8 kernel on {device}"), bias)
+    int8_bias = bias
+    if calibration is not None:
+        int8_bias = corrected_bias(weight, formats[0].to_dense(), bias, calibration)
+    error = int8_error(formats[0], weight, bias, device, error_input(weight.shape[1], calibration), int8_bias)
     if not error <= tolerance:
-        return [], Precision("fp32", error, tolerance, f"int8 error above the tolerance {tolerance:.2%}")
-    return formats, Precision("fp32", error, tolerance, "fp32 was faster")
+        return Int8Candidates([], Precision("fp32", error, tolerance, f"int8 error above the tolerance {tolerance:.2%}"), bias)
+    return Int8Candidates(formats, Precision("fp32", error, tolerance, "fp32 was faster"), int8_bias)
+
+
+def is_int8(fmt: WeightFormat) -> bool:
+    return fmt.name.endswith("_int8")
+
+
+def replaced_bias(layer_bias: torch.Tensor | None, running: torch.Tensor | None) -> np.ndarray | None:
+    """The float32 numpy bias a Choice carries in place of the layer's (`Choice.bias`): `running`
+    when it is not the layer's own, else None."""
+    return None if running is None or running is layer_bias else running.numpy().astype(np.float32)
 
 
 def verdict(chosen: WeightFormat, staying: Precision) -> Precision:
     """The layer's precision once `chosen` won: int8 formats take the measured error."""
-    if chosen.name.endswith("_int8"):
+    if is_int8(chosen):
         return Precision("int8", staying.error, staying.tolerance)
     return staying
 
@@ -134,13 +172,14 @@ HEURISTIC_BSR_MIN_FILL = 0.75
 
 def heuristic_int8(weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device, tolerance: float,
                    fp32: tuple[WeightFormat, str, dict], calibration: torch.Tensor | None = None,
-                   ) -> tuple[tuple[WeightFormat, str, dict], Precision]:
-    """Timing-free: ((format, kernel, config), verdict), int8 when within `tolerance`, else `fp32`."""
-    formats, staying = int8_candidates(weight, bias, device, tolerance, calibration)
-    if not formats:
-        return fp32, staying
+                   rounding: str = "nearest") -> tuple[tuple[WeightFormat, str, dict], Precision, torch.Tensor | None]:
+    """Timing-free: ((format, kernel, config), verdict, bias to run with), int8 when within
+    `tolerance`, else `fp32` with the layer's `bias`."""
+    offer = int8_candidates(weight, bias, device, tolerance, calibration, rounding)
+    if not offer.formats:
+        return fp32, offer.staying, bias
     density = float((weight != 0).float().mean()) if weight.numel() else 0.0
-    by_name = {f.name: f for f in formats}
+    by_name = {f.name: f for f in offer.formats}
     fmt = None
     if density <= HEURISTIC_CSR_MAX_DENSITY:
         csr, bsr = by_name.get("csr_int8"), by_name.get("bsr_int8")
@@ -148,4 +187,4 @@ def heuristic_int8(weight: torch.Tensor, bias: torch.Tensor | None, device: torc
         fmt = bsr if blocks_full else csr
     fmt = fmt or by_name["dense_int8"]
     kernel = kernels_for(fmt, device)[0]
-    return (fmt, kernel.name, kernel.configs(fmt, device)[0]), verdict(fmt, staying)
+    return (fmt, kernel.name, kernel.configs(fmt, device)[0]), verdict(fmt, offer.staying), offer.bias

@@ -24,7 +24,7 @@ from sparse_rt.kernels.registry import BoundLinear, Config, get_kernel, kernels_
 from sparse_rt.scheduler.cache import TuningCache, device_fingerprint
 from sparse_rt.scheduler.candidates import Candidate, candidates
 from sparse_rt.scheduler.cold import CacheEvictor
-from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, int8_candidates, verdict
+from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, int8_candidates, is_int8, replaced_bias, verdict
 
 Timer = Callable[[Candidate, BoundLinear, torch.Tensor], float]
 
@@ -87,6 +87,7 @@ def tune_layer(
     spread: Sequence[int] = (),
     quantize: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    rounding: str = "nearest",
     cold_rows: int = 0,
     cold_timer: Timer | None = None,
 ) -> Choice:
@@ -101,7 +102,8 @@ def tune_layer(
     layers of the same shape and sparsity share them.
 
     quantize="int8": the int8 formats join the candidates when their output error against
-    fp32 is within `tolerance` (see sparse_rt.scheduler.quantize).
+    fp32 is within `tolerance`, their weights rounded by `rounding` (see
+    sparse_rt.scheduler.quantize).
     cold_rows: the tuned rows (not the spread) up to this count are timed by `cold_timer`
     (default: with a CacheEvictor of this call's own), the weight evicted from the caches
     before each call (`scheduler.cold`: for models whose weights exceed the last-level cache),
@@ -135,7 +137,7 @@ def tune_layer(
             seconds = cache.get(key)
             if seconds is None or batch in fresh.get(label, {}):
                 if label not in bound:
-                    bound[label] = bind_with_activation(get_kernel(candidate.kernel), candidate.weight, bias,
+                    bound[label] = bind_with_activation(get_kernel(candidate.kernel), candidate.weight, bias_of(candidate),
                                                         candidate.config, device, layer.activation)
                 measured = (cold_timer if cold else timer)(candidate, bound[label], input_rows(batch))
                 seconds = measured if seconds is None else min(seconds, measured)
@@ -145,10 +147,13 @@ def tune_layer(
         scores[label] = (sum(batch_weights[b] * per_batch[b] for b in batch_weights), candidate)
 
     defaults = candidates(weight, device, structured, all_configs=False)
-    precision = None
+    offer = None
     if quantize == "int8":
-        formats, precision = int8_candidates(weight, bias, device, tolerance, calibration_of(layer))
-        defaults += [Candidate(f, k.name, k.configs(f, device)[0]) for f in formats for k in kernels_for(f, device)]
+        offer = int8_candidates(weight, bias, device, tolerance, calibration_of(layer), rounding)
+        defaults += [Candidate(f, k.name, k.configs(f, device)[0]) for f in offer.formats for k in kernels_for(f, device)]
+
+    def bias_of(candidate: Candidate) -> torch.Tensor | None:
+        return offer.bias if offer is not None and is_int8(candidate.weight) else bias
     for candidate in defaults:
         measure(candidate)
     # a second, interleaved round: a burst of other work slows one candidate, not the verdict
@@ -164,10 +169,10 @@ def tune_layer(
     if spread:
         for candidate in _best_per_kernel(chosen, scores):
             measure(candidate, spread)
-    quantization = None if precision is None else verdict(chosen.weight, precision).to_json()
+    quantization = None if offer is None else verdict(chosen.weight, offer.staying).to_json()
     cold = tuple(b for b in sorted(batch_weights) if b <= cold_rows)
     return Choice(chosen.weight, chosen.kernel, chosen.config, timings, batch_dispatch(chosen, scores, timings),
-                  tuple(sorted(batch_weights)), quantization, cold)
+                  tuple(sorted(batch_weights)), quantization, cold, bias=replaced_bias(bias, bias_of(chosen)))
 
 
 def _best_per_kernel(chosen: Candidate, scores: Mapping[str, tuple[float, Candidate]]) -> list[Candidate]:

@@ -53,6 +53,26 @@ def test_layer_above_the_tolerance_stays_fp32(tmp_path):
     assert verdict.precision == "fp32" and verdict.error > 1e-4 and "tolerance" in verdict.reason
 
 
+@pytest.mark.parametrize("int8_wins", [True, False])
+def test_calibrated_int8_choice_carries_the_corrected_bias(int8_wins, tmp_path):
+    weight, bias = sparse_weight(), np.linspace(-1, 1, 64).astype(np.float32)
+    inputs = np.abs(np.random.default_rng(3).standard_normal((256, 96))).astype(np.float32)
+    layer = LinearLayer("l", weight, bias, calibration=inputs)
+
+    def timer(candidate, bound, x):
+        return int8_fastest(candidate, bound, x) if int8_wins else 1.0 - int8_fastest(candidate, bound, x)
+    choice = tune_layer(layer, CPU, {8: 1.0}, TuningCache(tmp_path / "c"), timer, quantize="int8")
+    assert choice.weight.name.endswith("_int8") == int8_wins
+    if not int8_wins:
+        assert choice.bias is None
+        return
+    rounded = choice.weight.to_dense().double().numpy()
+    expected = bias - (rounded - weight) @ inputs.astype(np.float64).mean(0)
+    np.testing.assert_allclose(choice.bias, expected, rtol=1e-5, atol=1e-6)
+    verdict = Precision.from_json(choice.quantization)
+    assert verdict.precision == "int8" and 0 < verdict.error < verdict.tolerance
+
+
 def test_fp32_kept_when_faster(tmp_path):
     def fp32_fastest(candidate, bound, x):
         return 1.0 - int8_fastest(candidate, bound, x)

@@ -1,4 +1,5 @@
-"""GPTQ rounding of int8 weights against calibration inputs, and convert(..., calibration=)."""
+"""GPTQ rounding of int8 weights against calibration inputs, the corrected bias, and
+convert(..., calibration=)."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import sparse_rt
 from sparse_rt.formats.int8 import quantize_per_channel
-from sparse_rt.scheduler.rounding import gptq_round
+from sparse_rt.scheduler.rounding import corrected_bias, gptq_round
 from tests.helpers import relative_error
 
 
@@ -70,6 +71,33 @@ def test_bad_inputs():
         gptq_round(torch.ones(4, 8), x)
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_corrected_bias_keeps_the_mean_output(with_bias):
+    weight = sparse_weight(48, 80, density=0.2)
+    q, scales = quantize_per_channel(weight)
+    rounded = q.float() * scales[:, None]
+    bias = torch.linspace(-1, 1, 48) if with_bias else None
+    x = torch.relu(correlated_inputs(300, 80)) + 0.5  # inputs of nonzero mean: an offset to cancel
+    corrected = corrected_bias(weight, rounded, bias, x)
+    reference = x.double() @ weight.double().T + (0 if bias is None else bias.double())
+    before = (x.double() @ rounded.double().T + (0 if bias is None else bias.double())).mean(0) - reference.mean(0)
+    after = (x.double() @ rounded.double().T + corrected.double()).mean(0) - reference.mean(0)
+    assert corrected.dtype == torch.float32 and corrected.shape == (48,)
+    assert float(after.abs().max()) < 1e-3 * float(before.abs().max())
+    untouched = corrected_bias(weight, rounded, bias, torch.zeros(0, 80))
+    assert torch.equal(untouched, torch.zeros(48) if bias is None else bias)
+
+
+def test_corrected_bias_bad_inputs():
+    weight = torch.ones(4, 8)
+    with pytest.raises(ValueError, match=r"corrected_bias: expected inputs \[rows, 8\], got \[3, 5\]"):
+        corrected_bias(weight, weight, None, torch.ones(3, 5))
+    x = torch.ones(3, 8)
+    x[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="corrected_bias: inputs hold NaN or Inf"):
+        corrected_bias(weight, weight, None, x)
+
+
 def _model():
     w1, w2 = sparse_weight(128, 64, 0.2, 1).numpy(), sparse_weight(32, 128, 0.2, 2).numpy()
     nodes = [helper.make_node("MatMul", ["x", "w1t"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
@@ -90,7 +118,8 @@ def test_convert_rounds_against_the_calibration_feeds():
     model, w1, w2 = _model()
     feeds = [{"x": correlated_inputs(32, 64, seed=s).numpy()} for s in range(4)]
     nearest = sparse_rt.convert(model, tune=False, quantize="int8", quantize_tolerance=1.0)
-    calibrated = sparse_rt.convert(model, tune=False, quantize="int8", quantize_tolerance=1.0, calibration=feeds)
+    calibrated = sparse_rt.convert(model, tune=False, quantize="int8", quantize_tolerance=1.0, calibration=feeds,
+                                   rounding="gptq")
     formats = [n.attributes["format"] for n in calibrated.nodes if n.op_type == "SparseLinear"]
     assert all(f.endswith("_int8") for f in formats)
     values_nearest, values_calibrated = _int8_values(nearest), _int8_values(calibrated)
@@ -102,10 +131,33 @@ def test_convert_rounds_against_the_calibration_feeds():
     assert relative_error(y, expected) < 0.05
 
 
+def test_calibrated_layers_carry_a_corrected_bias():
+    """The layers have no bias; calibrated int8 ones gain the one that cancels their rounding's
+    mean output error (the second layer reads ReLU outputs: a large mean to correct)."""
+    model, w1, w2 = _model()
+    feeds = [{"x": correlated_inputs(64, 64, seed=s).numpy()} for s in range(4)]
+    options = dict(tune=False, quantize="int8", quantize_tolerance=1.0)
+    nearest = sparse_rt.convert(model, **options)
+    calibrated = sparse_rt.convert(model, calibration=feeds, **options)
+    layers = [n for n in calibrated.nodes if n.op_type == "SparseLinear"]
+    assert all(n.attributes["format"].endswith("_int8") and n.inputs[-1] for n in layers)
+    x = correlated_inputs(256, 64, seed=9).numpy()
+    expected = np.maximum(x @ w1.T, 0) @ w2.T
+
+    def mean_error(graph):
+        y = sparse_rt.InferenceSession(graph).run(None, {"x": x})[0]
+        return float(np.abs((y - expected).mean(0)).max() / np.abs(expected).max())
+    assert mean_error(calibrated) < 0.5 * mean_error(nearest)
+
+
 def test_calibration_errors():
     model, _, _ = _model()
-    with pytest.raises(ValueError, match="calibration: rounds int8 weights, so it needs quantize='int8'"):
+    with pytest.raises(ValueError, match="calibration: corrects int8 layers, so it needs quantize='int8'"):
         sparse_rt.convert(model, tune=False, calibration=[{"x": np.ones((2, 64), np.float32)}])
+    with pytest.raises(ValueError, match="rounding='gptq': rounds against calibration inputs, so it needs calibration"):
+        sparse_rt.convert(model, tune=False, quantize="int8", rounding="gptq")
+    with pytest.raises(ValueError, match=r"rounding: expected one of \('nearest', 'gptq'\), got 'down'"):
+        sparse_rt.convert(model, tune=False, quantize="int8", rounding="down")
     with pytest.raises(ValueError, match="calibration: expected a non-empty sequence of feeds"):
         sparse_rt.convert(model, tune=False, quantize="int8", calibration={"x": np.ones((2, 64), np.float32)})
     with pytest.raises(ValueError, match=r"calibration feed 1: the model does not run on it: unknown input\(s\) \[.z.\]"):
