@@ -4,9 +4,9 @@ With `convert(..., quantize="int8")` (or a model that arrived quantized) each la
 weight is also offered as int8 formats (int8 CSR, int8 BSR with 1x4 blocks, int8 dense),
 rounded to nearest (or by GPTQ against the layer's inputs on calibration feeds); where the
 conversion was given calibration feeds, the bias is corrected for the rounding's mean
-output error on them (`scheduler.rounding`). Before they are timed, the int8 kernel runs once on the layer's
-calibration inputs (seeded Gaussian tokens without them) and its output is compared with
-the fp32 product x @ W.T + b: the relative error max |y_int8 - y| / max |y|. Above `tolerance`
+output error on them (`scheduler.rounding`). Before they are timed, the int8 kernel runs
+once on the layer's calibration inputs (seeded Gaussian tokens without them) and its output
+is compared with the fp32 product x @ W.T + b: the relative error max |y_int8 - y| / max |y|. Above `tolerance`
 the layer stays fp32 and the report says why; otherwise the int8 candidates race the
 fp32 ones and the fastest wins. The verdict travels with the choice (`Precision`) and
 is saved in the node's `quantization` attribute, which `explain` prints.

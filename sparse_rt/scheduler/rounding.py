@@ -18,7 +18,7 @@ relative error of the mean-pooled output from 6.9e-3 (rounding to nearest) to 4.
 argmax, which a handful of near-ties (top two within 0.5%) decides, moved on 4, 0 and 8
 of the 256 inputs, against 4 with rounding to nearest.
 
-Most of what remained was not noise but an offset: each weight's rounding error is fixed,
+Most of the output error is not noise but an offset: each weight's rounding error is fixed,
 so the output error (Q - W) x has the mean (Q - W) E[x] over every token, which averaging
 over a sequence keeps while the token-to-token part cancels. With the mean pooled output,
 6.7e-3 of the 6.8e-3 relative error was this offset (int8 weights alone). Subtracting it
