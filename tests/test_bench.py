@@ -116,3 +116,14 @@ def test_decoders_are_tuned_at_the_rows_a_generation_runs():
     # one prefill of batch x prompt rows, then new_tokens - 1 one-token steps per sequence
     assert generation_rows([1], 32, 64) == {1: 63.0, 32: 1.0}
     assert generation_rows([1, 4], 4, 2) == {1: 1.0, 4: 2.0, 16: 1.0}  # 4 rows: a prefill and a step
+
+
+def test_models_suite_corrects_only_its_int8_points(monkeypatch):
+    from sparse_rt import bench_models
+
+    seen = []
+    monkeypatch.setattr(bench_models, "run_bench", lambda point: seen.append(point) or bench.Report(
+        model=point.model, sparsity=point.sparsity, pattern=point.pattern, threads=1, convert_seconds=0.0,
+        weight_bytes={}, rss_mb={}, peak_rss_mb=0.0))
+    bench_models.run_models_suite(bench.parse_args(["--suite", "models", "--suite-models", "bert", "--quiet"]))
+    assert {(p.quantize, p.calibration) for p in seen} == {(None, 0), ("int8", bench.DEFAULT_CALIBRATION)}
