@@ -10,7 +10,7 @@ from sparse_rt.converters.lowering import Choice, Chooser, LinearLayer
 from sparse_rt.formats.base import WeightFormat
 from sparse_rt.scheduler.cache import TuningCache
 from sparse_rt.scheduler.heuristic import heuristic_choice
-from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, check_quantize, heuristic_int8, replaced_bias
+from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, check_quantize, heuristic_int8
 from sparse_rt.scheduler.cold import CacheEvictor
 from sparse_rt.scheduler.tune import (
     Timer, calibration_of, cold_wall_clock_timer, tune_layer, wall_clock_timer, weight_signature,
@@ -77,10 +77,10 @@ def make_chooser(
             if quantize != "int8" or known is not None:
                 return choice
             bias = None if layer.bias is None else torch.from_numpy(layer.bias)
-            picked, precision, running = heuristic_int8(torch.from_numpy(layer.weight), bias, device, tolerance,
+            picked, precision, corrected = heuristic_int8(torch.from_numpy(layer.weight), bias, device, tolerance,
                                                         (choice.weight, choice.kernel, choice.config), calibration_of(layer), rounding)
             return Choice(*picked, tuned_rows=tuple(sorted(weights)), quantization=precision.to_json(),
-                          bias=replaced_bias(bias, running))
+                          bias=corrected)
         try:
             return tune_layer(layer, device, weights, cache, timer, known, spread=spread,
                               quantize=None if known is not None else quantize, tolerance=tolerance, rounding=rounding,

@@ -117,12 +117,20 @@ def error_input(in_features: int, calibration: torch.Tensor | None = None, rows:
 @dataclass(frozen=True)
 class Int8Candidates:
     """A layer's int8 offer: `formats` that run on the device and pass the tolerance (empty when
-    none does), `staying` the verdict should fp32 stay, `bias` [out] (or None) for the int8
-    formats to run with: the layer's, or with calibration inputs its corrected one."""
+    none does), `staying` the verdict should fp32 stay, `corrected_bias` [out] the bias the int8
+    formats run with in place of the layer's (None without calibration inputs)."""
 
     formats: list[WeightFormat]
     staying: Precision
-    bias: torch.Tensor | None
+    corrected_bias: torch.Tensor | None = None
+
+    def bias_for(self, fmt: WeightFormat, layer_bias: torch.Tensor | None) -> torch.Tensor | None:
+        """The bias `fmt` runs with: the corrected one for an int8 format where there is one."""
+        return self.corrected_bias if self.corrected_bias is not None and is_int8(fmt) else layer_bias
+
+    def choice_bias(self, fmt: WeightFormat) -> np.ndarray | None:
+        """`Choice.bias` for a layer that chose `fmt`: float32 [out], or None for the layer's own."""
+        return None if self.corrected_bias is None or not is_int8(fmt) else self.corrected_bias.numpy()
 
 
 def int8_candidates(weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device,
@@ -137,24 +145,16 @@ def int8_candidates(weight: torch.Tensor, bias: torch.Tensor | None, device: tor
     gptq_inputs = calibration if rounding == "gptq" else None
     formats = [f for f in int8_formats(weight, gptq_inputs) if kernels_for(f, device)]
     if not formats:
-        return Int8Candidates([], Precision("fp32", None, tolerance, f"no int8 kernel on {device}"), bias)
-    int8_bias = bias
-    if calibration is not None:
-        int8_bias = corrected_bias(weight, formats[0].to_dense(), bias, calibration)
-    error = int8_error(formats[0], weight, bias, device, error_input(weight.shape[1], calibration), int8_bias)
+        return Int8Candidates([], Precision("fp32", None, tolerance, f"no int8 kernel on {device}"))
+    corrected = None if calibration is None else corrected_bias(weight, formats[0].to_dense(), bias, calibration)
+    error = int8_error(formats[0], weight, bias, device, error_input(weight.shape[1], calibration), corrected)
     if not error <= tolerance:
-        return Int8Candidates([], Precision("fp32", error, tolerance, f"int8 error above the tolerance {tolerance:.2%}"), bias)
-    return Int8Candidates(formats, Precision("fp32", error, tolerance, "fp32 was faster"), int8_bias)
+        return Int8Candidates([], Precision("fp32", error, tolerance, f"int8 error above the tolerance {tolerance:.2%}"))
+    return Int8Candidates(formats, Precision("fp32", error, tolerance, "fp32 was faster"), corrected)
 
 
 def is_int8(fmt: WeightFormat) -> bool:
     return fmt.name.endswith("_int8")
-
-
-def replaced_bias(layer_bias: torch.Tensor | None, running: torch.Tensor | None) -> np.ndarray | None:
-    """The float32 numpy bias a Choice carries in place of the layer's (`Choice.bias`): `running`
-    when it is not the layer's own, else None."""
-    return None if running is None or running is layer_bias else running.numpy().astype(np.float32)
 
 
 def verdict(chosen: WeightFormat, staying: Precision) -> Precision:
@@ -172,12 +172,12 @@ HEURISTIC_BSR_MIN_FILL = 0.75
 
 def heuristic_int8(weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device, tolerance: float,
                    fp32: tuple[WeightFormat, str, dict], calibration: torch.Tensor | None = None,
-                   rounding: str = "nearest") -> tuple[tuple[WeightFormat, str, dict], Precision, torch.Tensor | None]:
-    """Timing-free: ((format, kernel, config), verdict, bias to run with), int8 when within
-    `tolerance`, else `fp32` with the layer's `bias`."""
+                   rounding: str = "nearest") -> tuple[tuple[WeightFormat, str, dict], Precision, np.ndarray | None]:
+    """Timing-free: ((format, kernel, config), verdict, `Choice.bias`), int8 when within
+    `tolerance`, else `fp32` with the layer's own bias (None)."""
     offer = int8_candidates(weight, bias, device, tolerance, calibration, rounding)
     if not offer.formats:
-        return fp32, offer.staying, bias
+        return fp32, offer.staying, None
     density = float((weight != 0).float().mean()) if weight.numel() else 0.0
     by_name = {f.name: f for f in offer.formats}
     fmt = None
@@ -187,4 +187,4 @@ def heuristic_int8(weight: torch.Tensor, bias: torch.Tensor | None, device: torc
         fmt = bsr if blocks_full else csr
     fmt = fmt or by_name["dense_int8"]
     kernel = kernels_for(fmt, device)[0]
-    return (fmt, kernel.name, kernel.configs(fmt, device)[0]), verdict(fmt, offer.staying), offer.bias
+    return (fmt, kernel.name, kernel.configs(fmt, device)[0]), verdict(fmt, offer.staying), offer.choice_bias(fmt)

@@ -24,7 +24,7 @@ from sparse_rt.kernels.registry import BoundLinear, Config, get_kernel, kernels_
 from sparse_rt.scheduler.cache import TuningCache, device_fingerprint
 from sparse_rt.scheduler.candidates import Candidate, candidates
 from sparse_rt.scheduler.cold import CacheEvictor
-from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, int8_candidates, is_int8, replaced_bias, verdict
+from sparse_rt.scheduler.quantize import DEFAULT_TOLERANCE, int8_candidates, verdict
 
 Timer = Callable[[Candidate, BoundLinear, torch.Tensor], float]
 
@@ -153,7 +153,7 @@ def tune_layer(
         defaults += [Candidate(f, k.name, k.configs(f, device)[0]) for f in offer.formats for k in kernels_for(f, device)]
 
     def bias_of(candidate: Candidate) -> torch.Tensor | None:
-        return offer.bias if offer is not None and is_int8(candidate.weight) else bias
+        return bias if offer is None else offer.bias_for(candidate.weight, bias)
     for candidate in defaults:
         measure(candidate)
     # a second, interleaved round: a burst of other work slows one candidate, not the verdict
@@ -172,7 +172,7 @@ def tune_layer(
     quantization = None if offer is None else verdict(chosen.weight, offer.staying).to_json()
     cold = tuple(b for b in sorted(batch_weights) if b <= cold_rows)
     return Choice(chosen.weight, chosen.kernel, chosen.config, timings, batch_dispatch(chosen, scores, timings),
-                  tuple(sorted(batch_weights)), quantization, cold, bias=replaced_bias(bias, bias_of(chosen)))
+                  tuple(sorted(batch_weights)), quantization, cold, bias=None if offer is None else offer.choice_bias(chosen.weight))
 
 
 def _best_per_kernel(chosen: Candidate, scores: Mapping[str, tuple[float, Candidate]]) -> list[Candidate]:
