@@ -155,8 +155,9 @@ def bind_silu_mul(node, ctx):
 
 @register_op("FusedConv", domain=SPARSE_DOMAIN)
 def bind_fused_conv(node, ctx):
-    """(X, W, B or absent) -> activation(Conv(X, W, B)): Conv's inputs and attributes, plus
-    activation "relu" (`sparse_rt.converters.conv_fusion`)."""
+    """(X, W, B or absent[, Z]) -> activation(Conv(X, W, B) + Z): Conv's inputs and
+    attributes, a residual Z that broadcasts to the output (optional), plus activation "relu"
+    or none (`sparse_rt.converters.conv_fusion`)."""
     return bind_conv_activation(node, ctx, node.attributes.get("activation"))
 
 

@@ -1,4 +1,4 @@
-"""ReLU fusions of conv networks (Conv, lowered 1x1 conv, residual Add), and the cases that must not fuse."""
+"""Residual and ReLU fusions of conv networks (Conv, lowered 1x1 conv, residual Add), and the cases that must not fuse."""
 
 import numpy as np
 import onnxruntime as ort
@@ -71,10 +71,60 @@ def test_every_relu_of_a_bottleneck_is_fused_and_the_output_matches_onnxruntime(
     assert_close(y, expected)
 
 
-def test_a_dense_one_by_one_conv_stays_a_conv_with_its_relu_fused():
+def test_a_dense_bottleneck_becomes_three_convs_the_last_adding_the_residual():
     graph, (y,), (expected,) = run_both(bottleneck(density=1.0))
-    assert ops(graph) == ["FusedConv", "FusedConv", "Conv", "AddRelu"]
+    assert ops(graph) == ["FusedConv", "FusedConv", "FusedConv"]
+    last = graph.nodes[-1]
+    assert last.inputs[2:] == ["", "x"] and last.attributes["activation"] == "relu" and last.outputs == ["y"]
     assert not any(n.op_type == "Transpose" for n in graph.nodes)
+    assert_close(y, expected)
+
+
+def residual_model(residual: str, then_relu: bool = True):
+    """x [n, 8, 9, 9] -> Conv 3x3 -> Add(conv, z) (-> Relu) -> y, z by `residual`:
+    "input" x itself, "later" Neg(x) computed between the Conv and the Add, "broadcast" a
+    [8, 1, 1] constant, "itself" the conv's own output."""
+    w = weight(8, 8, 3, 3)
+    inits = [w]
+    nodes = [helper.make_node("Conv", ["x", w.name], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    z = {"input": "x", "later": "neg", "broadcast": "shift", "itself": "c"}[residual]
+    if residual == "later":
+        nodes.append(helper.make_node("Neg", ["x"], ["neg"]))
+    if residual == "broadcast":
+        inits.append(numpy_helper.from_array(RNG.standard_normal((8, 1, 1)).astype(np.float32), "shift"))
+    nodes.append(helper.make_node("Add", [z, "c"] if residual == "later" else ["c", z], ["s" if then_relu else "y"]))
+    if then_relu:
+        nodes.append(helper.make_node("Relu", ["s"], ["y"]))
+    return model(nodes, inits)
+
+
+@pytest.mark.parametrize("then_relu", [True, False], ids=["relu", "no relu"])
+@pytest.mark.parametrize("residual", ["input", "later", "broadcast"])
+def test_conv_add_fuses_with_or_without_relu_and_matches_onnxruntime(residual, then_relu):
+    graph, (y,), (expected,) = run_both(residual_model(residual, then_relu))
+    assert ops(graph) == ["Neg", "FusedConv"] if residual == "later" else ["FusedConv"]
+    fused = graph.nodes[-1]
+    assert fused.inputs[3] == {"input": "x", "later": "neg", "broadcast": "shift"}[residual]
+    assert fused.attributes.get("activation") == ("relu" if then_relu else None)
+    assert_close(y, expected)
+
+
+def test_of_two_convs_meeting_in_an_add_the_first_takes_the_other_as_its_residual():
+    """A downsampling block's end: its main path and its shortcut are both convs."""
+    w1, w2 = weight(8, 8, 3, 3), weight(8, 8, 1, 1)
+    nodes = [helper.make_node("Conv", ["x", w1.name], ["main"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", w2.name], ["shortcut"], kernel_shape=[1, 1]),
+             helper.make_node("Add", ["main", "shortcut"], ["s"]),
+             helper.make_node("Relu", ["s"], ["y"])]
+    graph, (y,), (expected,) = run_both(model(nodes, [w1, w2]))
+    assert ops(graph) == ["Conv", "FusedConv"]
+    assert graph.nodes[1].inputs[1] == w1.name and graph.nodes[1].inputs[3] == "shortcut"
+    assert_close(y, expected)
+
+
+def test_a_conv_added_to_itself_stays_apart():
+    graph, (y,), (expected,) = run_both(residual_model("itself"))
+    assert ops(graph) == ["Conv", "AddRelu"]
     assert_close(y, expected)
 
 
@@ -89,8 +139,9 @@ def test_a_conv_output_reaches_the_caller_in_c_order():
     assert_close(y, expected)
 
 
-def test_a_fused_graph_saves_and_loads(tmp_path):
-    graph, _, _ = run_both(bottleneck())
+@pytest.mark.parametrize("density", [0.1, 1.0], ids=["sparse 1x1 convs", "dense, residual in the conv"])
+def test_a_fused_graph_saves_and_loads(tmp_path, density):
+    graph, _, _ = run_both(bottleneck(density))
     sparse_rt.save(graph, tmp_path / "m.onnx")
     x = RNG.standard_normal((1, 64, 9, 9)).astype(np.float32)
     (y,) = sparse_rt.InferenceSession(sparse_rt.load(tmp_path / "m.onnx")).run(None, {"x": x})
@@ -144,8 +195,7 @@ def test_linear_relu_near_misses_stay_apart(second_reader, activation):
 
 @pytest.mark.parametrize("near_miss", ["graph output", "second reader", "add of three"])
 def test_add_relu_near_misses_stay_apart(near_miss):
-    w = weight(8, 8, 3, 3)
-    nodes = [helper.make_node("Conv", ["x", w.name], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    nodes = [helper.make_node("Neg", ["x"], ["c"])]
     if near_miss == "add of three":
         nodes.append(helper.make_node("Sum", ["c", "x", "x"], ["s"]))
     else:
@@ -157,7 +207,7 @@ def test_add_relu_near_misses_stay_apart(near_miss):
     elif near_miss == "second reader":
         nodes.append(helper.make_node("Neg", ["s"], ["z"]))
         outputs.append("z")
-    graph, ours, ref = run_both(model(nodes, [w], outputs))
+    graph, ours, ref = run_both(model(nodes, [], outputs))
     assert "AddRelu" not in ops(graph) and "Relu" in ops(graph)
     for a, b in zip(ours, ref):
         assert_close(a, b)
@@ -182,3 +232,24 @@ def test_constant_weight_conv_matches_torch_across_layouts_and_shapes(activation
         y = conv(x, w, b)
         assert y.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("residual_shape", ["output", "per channel"])
+def test_constant_weight_conv_adds_a_residual_across_layouts(activation, residual_shape):
+    w, b = torch.randn(12, 8, 3, 3), torch.randn(12)
+    conv = ConstantWeightConv2d(w, 2, 1, 1, 1, activation)
+    for batch, size, channels_last in ((1, 15, False), (3, 15, True), (2, 20, False)):
+        x = torch.randn(batch, 8, size, size)
+        out = (batch, 12, (size - 1) // 2 + 1, (size - 1) // 2 + 1)
+        z = torch.randn(out if residual_shape == "output" else (12, 1, 1))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            z = z.contiguous(memory_format=torch.channels_last) if z.dim() == 4 else z
+        z_before = z.clone()
+        expected = F.conv2d(x.double(), w.double(), b.double(), 2, 1) + z.double()
+        expected = F.relu(expected) if activation else expected
+        y = conv(x, w, b, z)
+        assert tuple(y.shape) == out and y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
+        assert torch.equal(z, z_before)
