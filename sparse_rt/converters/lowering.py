@@ -7,6 +7,13 @@ Recognised (after constant folding, so weights are constants):
                           Transpose to channels-last, SparseLinear, Transpose back; where the
                           chosen format is dense the Conv stays (the convolution kernel reads
                           the activations in place and fuses the ReLU: no transposes)
+  Conv(x, W[out, in, kh, kw]) any other 2-D conv of group 1 (strides, dilations, explicit
+                          pads): Transpose to channels-last, Im2Col (its input patches as rows
+                          of kh * kw * in, `sparse_rt.ops.im2col`), SparseLinear over W laid
+                          out [out, kh, kw, in], Transpose back; tuned at its output positions
+                          (N x H' x W' rows); where the chosen format is dense the Conv stays.
+                          The tuner does not count the Im2Col copy: at ResNet-50's 3x3 shapes
+                          it takes a tenth to a third of the 90%-sparse layer's time.
 Linear layers (Gemm, MatMul) that read the same input, as an attention block's
 query, key and value projections do, are merged into one layer whose output a
 Split cuts back apart: one kernel call instead of three, one transposition of x
@@ -18,6 +25,7 @@ sparse_rt.scheduler).
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -27,8 +35,9 @@ from tqdm.auto import tqdm
 
 from sparse_rt.formats.base import WeightFormat
 from sparse_rt.converters.fusion import only_gelu_reader
-from sparse_rt.ir.graph import Graph, Node
+from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
 from sparse_rt.kernels.registry import Config
+from sparse_rt.scheduler.candidates import Candidate
 from sparse_rt.ops.sparse_linear import sparse_linear_node
 
 
@@ -97,9 +106,14 @@ class _Match:
 
 def linear_inputs(graph: Graph) -> dict[str, int]:
     """{x name: its feature axis} for the values Gemm and MatMul (axis -1) and Conv (axis 1)
-    nodes read as x: a superset of the inputs of the layers `lower_linear_layers` recognises."""
-    return {node.inputs[0]: 1 if node.op_type == "Conv" else -1 for node in graph.nodes
+    nodes read as x, and for the outputs (axis 1) of Convs other than pointwise ones, whose
+    rows are their output positions: a superset of the values whose rows
+    `lower_linear_layers` looks up."""
+    axes = {node.inputs[0]: 1 if node.op_type == "Conv" else -1 for node in graph.nodes
             if not node.domain and node.op_type in ("Gemm", "MatMul", "Conv") and node.inputs}
+    axes.update({node.outputs[0]: 1 for node in graph.nodes
+                 if not node.domain and node.op_type == "Conv" and not _pointwise(graph, node)})
+    return axes
 
 
 def lower_linear_layers(
@@ -112,10 +126,10 @@ def lower_linear_layers(
 
     progress: show a progress bar over the layers while `choose` runs (tuning).
     keep_apart: layers never merged with their siblings (those arriving in a structured format).
-    rows: {x name: rows per call} (`scheduler.workload.rows_per_input`), given to `choose` as
-    LinearLayer.rows.
+    rows: {value name: rows per call} (`scheduler.workload.rows_per_input`), given to `choose`
+    as LinearLayer.rows: x's for a layer, y's for a conv lowered through Im2Col.
     calibration: {x name: float32 [rows, in]} (`scheduler.workload.calibration_inputs`), given
-    to `choose` as LinearLayer.calibration.
+    to `choose` as LinearLayer.calibration where its width is the layer's (not for Im2Col).
     """
     consumers = graph.consumers()
     graph_outputs = {v.name for v in graph.outputs}
@@ -127,9 +141,10 @@ def lower_linear_layers(
         match = _match(graph, node, consumers, graph_outputs)
         if match is not None:
             layer, x, y, extra = match
-            if rows and x in rows:
-                layer = dataclasses.replace(layer, rows=int(rows[x]))
-            if calibration and x in calibration:
+            rows_key = y if node.op_type == "Conv" and not _pointwise(graph, node) else x
+            if rows and rows_key in rows:
+                layer = dataclasses.replace(layer, rows=int(rows[rows_key]))
+            if calibration and x in calibration and calibration[x].shape[1] == layer.weight.shape[1]:
                 layer = dataclasses.replace(layer, calibration=calibration[x])
             if only_gelu_reader(y, consumers, graph_outputs) is not None:  # fuse_linear_activation folds it
                 layer = dataclasses.replace(layer, activation="gelu")
@@ -138,7 +153,13 @@ def lower_linear_layers(
     matches = _merge_siblings(matches, keep_apart or (lambda layer: False))
     absorbed.update(id(n) for m in matches for n in m.absorbed)
     layers = tqdm(matches, desc="tuning layers", unit="layer", disable=not progress, leave=False)
-    replaced = {id(m.node): _emit(graph, m, choose(m.layer)) for m in layers}
+    replaced = {}
+    for m in layers:
+        choice = choose(m.layer)
+        if m.node.op_type == "Conv" and not _pointwise(graph, m.node) and not _patches_pay(graph, m, choice):
+            replaced[id(m.node)] = [m.node]
+        else:
+            replaced[id(m.node)] = _emit(graph, m, choice)
     nodes: list[Node] = []
     for node in graph.nodes:
         if id(node) in replaced:
@@ -225,20 +246,75 @@ def _match(graph, node, consumers, graph_outputs):
         return LinearLayer(label, weight, _contiguous(bias)), node.inputs[0], y, extra
     if node.op_type == "Conv":
         w = _float_constant(graph, node.inputs[1])
-        if w is None or w.ndim not in (3, 4) or any(k != 1 for k in w.shape[2:]):
+        if w is None or w.ndim not in (3, 4):
             return None
         attrs = node.attributes
-        spatial = w.ndim - 2
-        if attrs.get("group", 1) != 1 or any(s != 1 for s in attrs.get("strides", [1] * spatial)):
+        if attrs.get("group", 1) != 1 or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             return None
-        if any(p != 0 for p in attrs.get("pads", [0] * 2 * spatial)) or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        pointwise = _pointwise(graph, node)
+        if not pointwise and w.ndim != 4:
             return None
         bias = _float_constant(graph, node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
         if len(node.inputs) > 2 and node.inputs[2] and bias is None:
             return None
-        weight = _contiguous(w.reshape(w.shape[0], w.shape[1]))
-        return LinearLayer(label, weight, _contiguous(bias)), node.inputs[0], node.outputs[0], []
+        # [out, in, kh, kw] -> [out, kh, kw, in]: the order of Im2Col's rows
+        weight = w.reshape(w.shape[0], w.shape[1]) if pointwise else w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+        return LinearLayer(label, _contiguous(weight), _contiguous(bias)), node.inputs[0], node.outputs[0], []
     return None
+
+
+def _patches_pay(graph: Graph, match: _Match, choice: Choice) -> bool:
+    """Whether a KxK conv chosen sparse runs faster lowered through Im2Col than as the Conv:
+    the chosen kernel's time plus the Im2Col copy's below the dense kernel's at the layer's
+    rows, when the choice was timed; without timings, where the input has IM2COL_MIN_CHANNELS."""
+    if choice.weight.name == "dense":
+        return False
+    weight = graph.constants[match.node.inputs[1]]
+    if weight.shape[1] < IM2COL_MIN_CHANNELS:
+        return False
+    if not choice.timings:
+        return True
+    rows = max(choice.tuned_rows or (match.layer.rows or 1,))
+    chosen = choice.timings.get(Candidate(choice.weight, choice.kernel, choice.config).label, {}).get(rows)
+    dense = [t[rows] for label, t in choice.timings.items() if label.startswith("dense/") and rows in t]
+    if chosen is None or not dense:
+        return True
+    return chosen + _im2col_seconds(weight.shape, match.node.attributes, rows) < min(dense)
+
+
+# Below this many input channels each patch row is copied in pieces too small to pay (an RGB
+# stem: ResNet-50's 7x7 conv took 3.8 ms to copy into rows against 1.3 ms to convolve)
+IM2COL_MIN_CHANNELS = 16
+
+
+def _im2col_seconds(weight_shape, attributes, rows: int) -> float:
+    """Median seconds of Im2Col making `rows` patch rows for a conv of `weight_shape`
+    [out, in, kh, kw] on a square channels-last input, no padding."""
+    from sparse_rt.ops.im2col import im2col
+
+    _, channels, kh, kw = weight_shape
+    (sh, sw), (dh, dw) = attributes.get("strides", (1, 1)), attributes.get("dilations", (1, 1))
+    out_h = max(1, round(rows ** 0.5))
+    out_w = -(-rows // out_h)
+    x = torch.randn(1, (out_h - 1) * sh + dh * (kh - 1) + 1, (out_w - 1) * sw + dw * (kw - 1) + 1, channels)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        im2col(x, (kh, kw), (sh, sw), (0, 0, 0, 0), (dh, dw))
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _pointwise(graph: Graph, node: Node) -> bool:
+    """A Conv with a 1x1 kernel, stride 1 and no padding: a linear layer over channels as it is."""
+    w = graph.constants.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    kernel = list(w.shape[2:]) if w is not None else node.attributes.get("kernel_shape")
+    if not kernel:
+        return False
+    spatial = len(kernel)
+    attrs = node.attributes
+    return (all(k == 1 for k in kernel) and all(s == 1 for s in attrs.get("strides", [1] * spatial))
+            and all(p == 0 for p in attrs.get("pads", [0] * 2 * spatial)))
 
 
 def _contiguous(array: np.ndarray | None) -> np.ndarray | None:
@@ -275,11 +351,16 @@ def _emit(graph: Graph, match: _Match, choice: Choice) -> list[Node]:
     rank = graph.constants[node.inputs[1]].ndim
     to_last, to_first = ([0, 2, 1], [0, 2, 1]) if rank == 3 else ([0, 2, 3, 1], [0, 3, 1, 2])
     x_last, y_last = graph.fresh_name(f"{base}.x_channels_last"), graph.fresh_name(f"{base}.y_channels_last")
-    return [
-        Node("Transpose", [x], [x_last], {"perm": to_last}, f"{base}.to_channels_last"),
-        linear(x_last, y_last),
-        Node("Transpose", [y_last], [y], {"perm": to_first}, f"{base}.to_channels_first"),
-    ]
+    nodes = [Node("Transpose", [x], [x_last], {"perm": to_last}, f"{base}.to_channels_last")]
+    if not _pointwise(graph, node):
+        attrs, patches = node.attributes, graph.fresh_name(f"{base}.patches")
+        geometry = {"kernel_shape": list(graph.constants[node.inputs[1]].shape[2:]),
+                    "strides": list(attrs.get("strides", [1, 1])), "dilations": list(attrs.get("dilations", [1, 1])),
+                    "pads": list(attrs.get("pads", [0, 0, 0, 0]))}
+        nodes.append(Node("Im2Col", [x_last], [patches], geometry, f"{base}.im2col", SPARSE_DOMAIN))
+        x_last = patches
+    return nodes + [linear(x_last, y_last),
+                    Node("Transpose", [y_last], [y], {"perm": to_first}, f"{base}.to_channels_first")]
 
 
 def _split(graph: Graph, base: str, merged: str, match: _Match) -> Node:

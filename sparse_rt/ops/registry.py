@@ -117,4 +117,5 @@ def _load_builtin_ops() -> None:
         _loaded = True
         import sparse_rt.ops.builtin  # noqa: F401  (registers the standard ops)
         import sparse_rt.ops.fused  # noqa: F401  (registers the fused ops)
+        import sparse_rt.ops.im2col  # noqa: F401  (registers Im2Col)
         import sparse_rt.ops.sparse_linear  # noqa: F401  (registers SparseLinear)

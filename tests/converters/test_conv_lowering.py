@@ -1,0 +1,111 @@
+"""KxK convolutions lowered to Im2Col + SparseLinear, and those that stay convolutions."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import sparse_rt
+from sparse_rt.converters.lowering import (
+    IM2COL_MIN_CHANNELS,
+    Choice,
+    LinearLayer,
+    _Match,
+    _patches_pay,
+    linear_inputs,
+    lower_linear_layers,
+)
+from sparse_rt.converters.onnx import import_onnx
+from sparse_rt.formats import get_format
+from sparse_rt.scheduler.candidates import Candidate
+from sparse_rt.scheduler.heuristic import heuristic_choice
+from sparse_rt.scheduler.workload import rows_per_input
+from tests.helpers import assert_close
+
+RNG = np.random.default_rng(0)
+
+
+def conv_model(channels=16, out=24, kernel=(3, 3), density=0.1, size=(11, 13), **attributes):
+    """x [n, channels, *size] -> Conv(x, W [out, channels / group, *kernel], b) -> y."""
+    group = attributes.get("group", 1)
+    shape = (out, channels // group, *kernel)
+    w = (RNG.standard_normal(shape) * (RNG.random(shape) < density)).astype(np.float32)
+    b = RNG.standard_normal(out).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=list(kernel), **attributes)
+    spatial = ["h", "w"][:len(size)]
+    graph = helper.make_graph(
+        [node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", channels, *size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", out, *[None] * len(spatial)])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def run_both(proto, batch=2, **convert_options):
+    shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]]
+    x = RNG.standard_normal((batch, *shape)).astype(np.float32)
+    graph = sparse_rt.convert(proto, **convert_options)
+    (y,) = sparse_rt.InferenceSession(graph).run(None, {"x": x})
+    (expected,) = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    return graph, y, expected
+
+
+@pytest.mark.parametrize("attributes", [
+    dict(pads=[1, 1, 1, 1]),
+    dict(pads=[1, 1, 1, 1], strides=[2, 2]),
+    dict(pads=[0, 1, 2, 0], strides=[2, 1], dilations=[1, 2]),
+    dict(),
+], ids=["3x3", "stride 2", "asymmetric pads, dilated", "no pads"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_sparse_kxk_conv_runs_as_im2col_and_sparse_linear_and_matches_onnxruntime(attributes, batch):
+    graph, y, expected = run_both(conv_model(**attributes), batch, tune=False)
+    assert [n.op_type for n in graph.nodes] == ["Transpose", "Im2Col", "SparseLinear", "Transpose"]
+    assert graph.nodes[2].attributes["format"] != "dense"
+    assert_close(y, expected)
+
+
+@pytest.mark.parametrize("case", ["few channels", "grouped", "dense weight", "1-D kernel 3", "SAME_UPPER"])
+def test_convs_that_stay_convolutions(case):
+    options = {
+        "few channels": dict(channels=IM2COL_MIN_CHANNELS - 1, pads=[1, 1, 1, 1]),
+        "grouped": dict(group=2, pads=[1, 1, 1, 1]),
+        "dense weight": dict(density=1.0, pads=[1, 1, 1, 1]),
+        "1-D kernel 3": dict(kernel=(3,), size=(11,), pads=[1, 1]),
+        "SAME_UPPER": dict(auto_pad="SAME_UPPER"),
+    }[case]
+    graph, y, expected = run_both(conv_model(**options), tune=False)
+    assert [n.op_type for n in graph.nodes] == ["Conv"]
+    assert_close(y, expected)
+
+
+def test_a_kxk_conv_is_tuned_at_its_output_positions():
+    graph = import_onnx(conv_model(size=(16, 16), pads=[1, 1, 1, 1], strides=[2, 2]))
+    rows = rows_per_input(graph, linear_inputs(graph))
+    seen = []
+
+    def choose(layer):
+        seen.append(layer)
+        return heuristic_choice(layer, torch.device("cpu"), None, batch=layer.rows)
+
+    lower_linear_layers(graph, choose, rows=rows)
+    (layer,) = seen
+    assert layer.rows == 8 * 8  # one 16x16 image, stride 2: 64 output positions, not 256 input ones
+    assert layer.weight.shape == (24, 3 * 3 * 16)
+
+
+def test_patches_pay_only_when_the_sparse_kernel_and_the_copy_beat_dense():
+    graph = import_onnx(conv_model(pads=[1, 1, 1, 1]))
+    node = graph.nodes[0]
+    weight = graph.constants["w"].transpose(0, 2, 3, 1).reshape(24, -1)
+    layer = LinearLayer("conv", weight, None, rows=143)
+    match = _Match(node, layer, "x", ("y",), (24,), ())
+    csr = get_format("csr").from_dense(torch.from_numpy(weight))
+    sparse_label = Candidate(csr, "csr_cpu", {}).label
+
+    def choice(sparse_seconds, dense_seconds):
+        timings = {sparse_label: {143: sparse_seconds}, "dense/dense_cpu": {143: dense_seconds}}
+        return Choice(csr, "csr_cpu", {}, timings, tuned_rows=(143,))
+
+    assert _patches_pay(graph, match, choice(0.5, 1.0))
+    assert not _patches_pay(graph, match, choice(1.0, 1.0 + 1e-9))  # the copy tips it
+    assert _patches_pay(graph, match, Choice(csr, "csr_cpu", {}))  # untimed (the heuristic)
