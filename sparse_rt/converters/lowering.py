@@ -11,9 +11,11 @@ Recognised (after constant folding, so weights are constants):
                           pads): Transpose to channels-last, Im2Col (its input patches as rows
                           of kh * kw * in, `sparse_rt.ops.im2col`), SparseLinear over W laid
                           out [out, kh, kw, in], Transpose back; tuned at its output positions
-                          (N x H' x W' rows); where the chosen format is dense the Conv stays.
-                          The tuner does not count the Im2Col copy: at ResNet-50's 3x3 shapes
-                          it takes a tenth to a third of the 90%-sparse layer's time.
+                          (N x H' x W' rows). The Conv stays where the chosen format is
+                          dense, where the input has under IM2COL_MIN_CHANNELS channels, and
+                          where the chosen kernel's time plus the Im2Col copy's (timed at the
+                          layer's rows) is not below the dense kernel's (`_patches_pay`).
+                          Int8 weights of such a layer are not calibrated on its patch rows.
 Linear layers (Gemm, MatMul) that read the same input, as an attention block's
 query, key and value projections do, are merged into one layer whose output a
 Split cuts back apart: one kernel call instead of three, one transposition of x
