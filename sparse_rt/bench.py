@@ -7,7 +7,7 @@ the same pruned file and against the pruned torch module, the engines taking tur
 in four rounds so that a slow spell of the machine does not favour one of them.
 
 `--model` also takes the real architectures of `sparse_rt.zoo_hf` (bert-base,
-distilbert, roberta-base, minilm, vit-base, gpt2, resnet50: transformers
+distilbert, roberta-base, minilm, vit-base, gpt2, resnet50, resnet50-all-convs: transformers
 configs, seeded weights, exported by torch.onnx.export with dynamic axes) or
 any ONNX file. The exported file is converted with default options, as a user
 converts it.
@@ -151,7 +151,7 @@ def transformers_workload(name: str, sparsity: float, pattern: str, seq_len: int
 
 
 def prune(module: torch.nn.Module, sparsity: float, pattern: str, filter_fn=None) -> None:
-    """Prune every linear (and 1x1 conv) layer chosen by `filter_fn(module, name)` (default: all)
+    """Prune every linear (and conv) layer chosen by `filter_fn(module, name)` (default: all)
     with the project's pruners, then bake the zeros in."""
     from sparse_rt.pruning.magnitude import magnitude_prune
     from sparse_rt.pruning.masks import finalize

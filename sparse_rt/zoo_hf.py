@@ -14,6 +14,7 @@ bring.
   vit-base      ViTModel (224, patch 16)       pixel_values [B, 3, 224, 224] float32   every Linear of the 12 layers
   gpt2          GPT2Model (no cache)           input_ids [B, S] int64                  every linear map of the 12 blocks
   resnet50      ResNetForImageClassification   pixel_values [B, 3, 224, 224] float32   every 1x1 conv and the classifier
+  resnet50-all-convs  the same                 the same                                every conv and the classifier
 
 GPT-2's blocks use transformers' `Conv1D` (a linear map with its weight stored
 [in, out]); they are swapped for the equal `nn.Linear` before pruning, which is
@@ -45,14 +46,15 @@ class Architecture:
     """One model family: how to build it, what it takes, which layers are pruned.
 
     kind: "tokens" (input_ids [B, S] (+ attention_mask)) or "image" (pixel_values [B, 3, H, W]).
-    prune_convs: prune every 1x1 conv and Linear, not only the Linear layers of the numbered blocks.
+    prune_convs: "1x1" prunes every 1x1 conv and Linear, "all" every conv and Linear; None
+    only the Linear layers of the numbered blocks.
     """
 
     name: str
     build: Callable[[object, bool], nn.Module]
     kind: str
     attention_mask: bool = True
-    prune_convs: bool = False
+    prune_convs: str | None = None
     opset: int = OPSET
 
 
@@ -114,7 +116,8 @@ ARCHITECTURES = {
         Architecture("minilm", _minilm, "tokens"),
         Architecture("vit-base", _vit, "image"),
         Architecture("gpt2", _gpt2, "tokens", attention_mask=False, opset=18),
-        Architecture("resnet50", _resnet50, "image", prune_convs=True, opset=18),
+        Architecture("resnet50", _resnet50, "image", prune_convs="1x1", opset=18),
+        Architecture("resnet50-all-convs", _resnet50, "image", prune_convs="all", opset=18),
     )
 }
 
@@ -152,12 +155,14 @@ def _conv1d_to_linear(module: nn.Module, conv1d: type) -> None:
 def pruned_layers_filter(name: str) -> Callable[[nn.Module, str], bool]:
     """filter_fn for the pruners: the Linear layers inside the numbered blocks (a qualified name with an
     index, such as encoder.layer.3.attention.self.query or h.3.mlp.c_fc, so neither the embeddings nor
-    the pooler); ResNet: every 1x1 conv and Linear."""
+    the pooler); ResNet: every 1x1 conv (or every conv) and Linear."""
     arch = architecture(name)
 
     def keep(module: nn.Module, qualified: str) -> bool:
-        if arch.prune_convs:
+        if arch.prune_convs == "all":
             return True
+        if arch.prune_convs == "1x1":
+            return isinstance(module, nn.Linear) or getattr(module, "kernel_size", None) == (1, 1)
         return isinstance(module, nn.Linear) and any(part.isdigit() for part in qualified.split("."))
 
     return keep

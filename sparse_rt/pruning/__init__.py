@@ -1,6 +1,6 @@
 """The training side: pruners that mask linear layers, and trainable structured layers.
 
-Pruners work on any nn.Module's nn.Linear and 1x1 nn.Conv2d layers (chosen by a
+Pruners work on any nn.Module's nn.Linear and nn.Conv2d (groups=1) layers (chosen by a
 `filter_fn(module, name)`), attach masks as parametrizations that keep pruned
 weights exactly zero through training (`masks`), and `finalize` bakes them into
 plain layers. One-shot pruners (`wanda_prune`, `sparsegpt_prune`) take calibration

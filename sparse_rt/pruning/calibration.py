@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Calibration = Iterable[Any]
@@ -32,10 +33,31 @@ class _Stop(Exception):
 
 
 def layer_rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A linear layer's input as float32 rows [rows, in_features] (a 1x1 conv's channels last)."""
-    if isinstance(layer, nn.Conv2d):  # x: [B, C, H, W] -> [B*H*W, C]
-        x = x.movedim(1, -1)
-    return x.reshape(-1, x.shape[-1]).float()
+    """A linear layer's input as float32 rows [rows, in_features]: a 1x1 conv's channels last,
+    another conv's input patches, one row per output position in (kernel row, kernel column,
+    channel) order, the order of `masks.as_matrix`."""
+    if not isinstance(layer, nn.Conv2d):
+        return x.reshape(-1, x.shape[-1]).float()
+    if layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.padding in ((0, 0), "valid"):
+        x = x.movedim(1, -1)  # x: [B, C, H, W] -> [B*H*W, C]
+        return x.reshape(-1, x.shape[-1]).float()
+    return _patch_rows(layer, x)
+
+
+def _patch_rows(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """x [B, C, H, W] -> [B * H' * W', kh * kw * C]: the patches `layer` convolves."""
+    (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation
+    if layer.padding == "same":
+        totals = (dh * (kh - 1), dw * (kw - 1))
+        (top, left), (bottom, right) = [t // 2 for t in totals], [t - t // 2 for t in totals]
+    else:
+        (top, left) = (bottom, right) = (0, 0) if layer.padding == "valid" else layer.padding
+    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    x = F.pad(x, (left, right, top, bottom), mode=mode)
+    cols = F.unfold(x, (kh, kw), dilation=(dh, dw), stride=layer.stride)  # [B, C * kh * kw, L]
+    batch, channels = x.shape[0], x.shape[1]
+    cols = cols.reshape(batch, channels, kh * kw, -1).permute(0, 3, 2, 1)
+    return cols.reshape(-1, kh * kw * channels).float()
 
 
 def feed_layer_inputs(

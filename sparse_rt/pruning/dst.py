@@ -39,6 +39,8 @@ from sparse_rt.pruning.magnitude import check_sparsity
 from sparse_rt.pruning.masks import (
     LayerFilter,
     apply_masks,
+    as_matrix,
+    from_matrix,
     layer_mask,
     require_layers,
     trainable_weight,
@@ -208,7 +210,7 @@ class DynamicSparseTraining(ABC):
         with torch.no_grad():
             for name, layer in self.layers.items():
                 weight = trainable_weight(layer)
-                grown = grown_masks[name].reshape(weight.shape)
+                grown = from_matrix(layer, grown_masks[name])
                 weight.masked_fill_(grown, 0.0)
                 self._clear_optimizer_state(weight, grown)
         return grown_masks
@@ -261,7 +263,7 @@ def dense_gradients(
     with parametrize.cached():
         weights = [layer.weight for layer in layers.values()]
         gradients = torch.autograd.grad(loss_closure(), weights)
-    return {name: g.reshape(g.shape[0], -1) for name, g in zip(layers, gradients)}
+    return {name: as_matrix(layer, g) for (name, layer), g in zip(layers.items(), gradients)}
 
 
 def _top(scores: torch.Tensor, count: int) -> torch.Tensor:

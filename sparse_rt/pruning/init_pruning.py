@@ -31,7 +31,14 @@ from torch.func import functional_call
 
 from sparse_rt.pruning.lottery import imp_sparsities
 from sparse_rt.pruning.magnitude import SCOPES, check_sparsity, select_top
-from sparse_rt.pruning.masks import LayerFilter, apply_masks, layer_mask, require_layers, trainable_weight
+from sparse_rt.pruning.masks import (
+    LayerFilter,
+    apply_masks,
+    as_matrix,
+    layer_mask,
+    require_layers,
+    trainable_weight,
+)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -48,8 +55,8 @@ def snip_scores(
     weights = [trainable_weight(layer) for layer in layers.values()]
     gradients = _summed_gradients(model, batches, loss_fn, weights, "SNIP")
     return {
-        name: (gradient * weight.detach()).abs().reshape(weight.shape[0], -1).float()
-        for name, weight, gradient in zip(layers, weights, gradients)
+        name: as_matrix(layer, (gradient * weight.detach()).abs()).float()
+        for (name, layer), weight, gradient in zip(layers.items(), weights, gradients)
     }
 
 
@@ -85,8 +92,8 @@ def grasp_scores(
         for total, part in zip(hessian_gradient, torch.autograd.grad(inner, weights)):
             total.add_(part)
     return {
-        name: (-hg * weight.detach()).reshape(weight.shape[0], -1).float()
-        for name, weight, hg in zip(layers, weights, hessian_gradient)
+        name: as_matrix(layer, -hg * weight.detach()).float()
+        for (name, layer), weight, hg in zip(layers.items(), weights, hessian_gradient)
     }
 
 
@@ -117,8 +124,7 @@ def synflow_scores(
             module.training = training
     scores = {}
     for (key, name), gradient in zip(chosen.items(), gradients):
-        score = (gradient * parameters[key].detach()).abs()
-        scores[name] = score.reshape(score.shape[0], -1)
+        scores[name] = as_matrix(layers[name], (gradient * parameters[key].detach()).abs())
     return {name: scores[name] for name in layers}
 
 

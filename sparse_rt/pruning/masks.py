@@ -8,8 +8,11 @@ therefore exactly zero in every forward pass, whatever the optimizer does to
 `original` (momentum, weight decay), and their gradient is zero. The mask is a
 buffer (`parametrizations.weight.0.mask`), so it is saved in `state_dict`.
 
-Prunable layers are `nn.Linear` and 1x1 `nn.Conv2d` with `groups=1`; a 1x1
-convolution's weight [out, in, 1, 1] is viewed as its [out, in] matrix.
+Prunable layers are `nn.Linear` and `nn.Conv2d` with `groups=1`. A convolution's
+weight [out, in, kh, kw] is viewed as the [out, kh * kw * in] matrix that conversion
+lowers it to (`sparse_rt.converters.lowering`: Im2Col rows in kernel row, kernel column,
+channel order; a 1x1 conv's is its [out, in] matrix), so block and N:M masks keep their
+structure in the converted layer. `as_matrix` and `from_matrix` convert between the two.
 `finalize(model)` bakes the zeros into plain `weight` parameters and removes the
 parametrizations, leaving ordinary `nn.Linear` / `nn.Conv2d` modules.
 """
@@ -38,10 +41,26 @@ class WeightMask(nn.Module):
 
 
 def is_prunable(module: nn.Module) -> bool:
-    """Whether `module` is a linear layer the pruners handle (nn.Linear or 1x1 nn.Conv2d, groups=1)."""
+    """Whether `module` is a linear layer the pruners handle (nn.Linear, or nn.Conv2d with groups=1)."""
     if isinstance(module, nn.Linear):
         return True
-    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+    return isinstance(module, nn.Conv2d) and module.groups == 1
+
+
+def as_matrix(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped like `layer`'s weight as its [out, in] matrix: a conv's [out, in, kh, kw]
+    -> [out, kh * kw * in] (a copy where the order changes)."""
+    if isinstance(layer, nn.Conv2d):
+        tensor = tensor.permute(0, 2, 3, 1)
+    return tensor.reshape(tensor.shape[0], -1)
+
+
+def from_matrix(layer: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
+    """The inverse of `as_matrix`: an [out, in] matrix shaped like `layer`'s weight."""
+    if isinstance(layer, nn.Conv2d):
+        out_channels, in_channels, kh, kw = layer.weight.shape
+        return matrix.reshape(out_channels, kh, kw, in_channels).permute(0, 3, 1, 2).contiguous()
+    return matrix.reshape(layer.weight.shape)
 
 
 def prunable_layers(model: nn.Module, filter_fn: LayerFilter | None = None) -> dict[str, nn.Module]:
@@ -57,14 +76,13 @@ def require_layers(model: nn.Module, filter_fn: LayerFilter | None, what: str) -
     """`prunable_layers`, raising ValueError (naming `what`) when none is chosen."""
     layers = prunable_layers(model, filter_fn)
     if not layers:
-        raise ValueError(f"{what}: expected at least one nn.Linear or 1x1 nn.Conv2d layer, found none")
+        raise ValueError(f"{what}: expected at least one nn.Linear or nn.Conv2d (groups=1) layer, found none")
     return layers
 
 
 def weight_matrix(layer: nn.Module) -> torch.Tensor:
     """The layer's effective weight (masked if a mask is attached) as a detached [out, in] matrix."""
-    weight = layer.weight.detach()
-    return weight.reshape(weight.shape[0], -1)
+    return as_matrix(layer, layer.weight.detach())
 
 
 def trainable_weight(layer: nn.Module) -> nn.Parameter:
@@ -81,7 +99,7 @@ def layer_mask(layer: nn.Module) -> torch.Tensor | None:
     masks = [p.mask for p in layer.parametrizations.weight if isinstance(p, WeightMask)]
     if not masks:
         return None
-    return masks[0].reshape(masks[0].shape[0], -1)
+    return as_matrix(layer, masks[0])
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
@@ -90,7 +108,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         layer = model.get_submodule(name)
         if not is_prunable(layer):
             raise ValueError(
-                f"layer {name!r}: expected nn.Linear or 1x1 nn.Conv2d with groups=1, "
+                f"layer {name!r}: expected nn.Linear or nn.Conv2d with groups=1, "
                 f"got {type(layer).__name__}({layer.extra_repr()})"
             )
         weight = trainable_weight(layer)
@@ -101,7 +119,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             )
         if mask.dtype != torch.bool:
             raise ValueError(f"mask of layer {name!r}: expected dtype torch.bool, got {mask.dtype}")
-        mask = mask.to(weight.device).reshape(weight.shape)
+        mask = from_matrix(layer, mask.to(weight.device))
         if parametrize.is_parametrized(layer, "weight"):
             chain = layer.parametrizations.weight
             if len(chain) != 1 or not isinstance(chain[0], WeightMask):

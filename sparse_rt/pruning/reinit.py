@@ -19,7 +19,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparse_rt.pruning.masks import LayerFilter, layer_mask, require_layers, trainable_weight, weight_matrix
+from sparse_rt.pruning.masks import (
+    LayerFilter,
+    from_matrix,
+    layer_mask,
+    require_layers,
+    trainable_weight,
+    weight_matrix,
+)
 
 
 def sign_constant_reinit(
@@ -59,6 +66,6 @@ def sign_constant_reinit(
         weight = trainable_weight(layer)
         new = torch.where(kept, torch.sign(initial) * value, torch.zeros((), dtype=weight.dtype))
         with torch.no_grad():
-            weight.copy_(new.reshape(weight.shape))
+            weight.copy_(from_matrix(layer, new))
         constants[name] = value
     return constants

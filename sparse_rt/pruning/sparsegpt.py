@@ -20,7 +20,7 @@ from torch import nn
 from sparse_rt.pruning.calibration import Calibration, feed_layer_inputs, input_groups
 from sparse_rt.pruning.magnitude import check_sparsity
 from sparse_rt.pruning.masks import LayerFilter, apply_masks, layer_mask, require_layers, trainable_weight
-from sparse_rt.pruning.masks import weight_matrix
+from sparse_rt.pruning.masks import from_matrix, weight_matrix
 from sparse_rt.pruning.wanda import check_nm
 
 
@@ -159,7 +159,7 @@ def sparsegpt_prune(
             )
             parameter = trainable_weight(layer)
             with torch.no_grad():
-                parameter.copy_(weight.reshape(parameter.shape).to(parameter.device, parameter.dtype))
+                parameter.copy_(from_matrix(layer, weight).to(parameter.device, parameter.dtype))
             masks[name] = kept
             apply_masks(model, {name: kept})
         del hessian

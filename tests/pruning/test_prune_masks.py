@@ -85,24 +85,24 @@ def test_filter_and_layer_kinds():
     model = nn.Sequential(
         nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 8, 1, groups=2), nn.Linear(4, 2)
     )
-    assert list(prunable_layers(model)) == ["0", "3"]
+    assert list(prunable_layers(model)) == ["0", "1", "3"]  # grouped convs are not
     chosen = prunable_layers(model, lambda module, name: isinstance(module, nn.Conv2d))
-    assert list(chosen) == ["0"]
-    masks = magnitude_prune(model, 0.5, filter_fn=lambda module, name: name == "0")
-    assert list(masks) == ["0"] and masks["0"].shape == (4, 3)
-    assert densities(model) == {"0": 0.5, "3": 1.0}
+    assert list(chosen) == ["0", "1"]
+    masks = magnitude_prune(model, 0.5, filter_fn=lambda module, name: name in ("0", "1"))
+    assert list(masks) == ["0", "1"] and masks["0"].shape == (4, 3) and masks["1"].shape == (4, 3 * 3 * 4)
+    assert densities(model) == {"0": 0.5, "1": 0.5, "3": 1.0}
 
 
 def test_apply_masks_errors_name_the_layer():
-    model = nn.Sequential(nn.Linear(4, 3), nn.Conv2d(2, 2, 3))
+    model = nn.Sequential(nn.Linear(4, 3), nn.Conv2d(2, 4, 3, groups=2))
     with pytest.raises(ValueError, match=r"mask of layer '0': expected shape \[3, 4\], got \[4, 3\]"):
         apply_masks(model, {"0": torch.ones(4, 3, dtype=torch.bool)})
     with pytest.raises(ValueError, match=r"mask of layer '0': expected dtype torch.bool, got torch.float32"):
         apply_masks(model, {"0": torch.ones(3, 4)})
     with pytest.raises(
         ValueError,
-        match=r"layer '1': expected nn.Linear or 1x1 nn.Conv2d .*got Conv2d\(2, 2, kernel_size=\(3, 3\)",
+        match=r"layer '1': expected nn.Linear or nn.Conv2d with groups=1, got Conv2d\(2, 4, kernel_size=\(3, 3\)",
     ):
-        apply_masks(model, {"1": torch.ones(2, 18, dtype=torch.bool)})
+        apply_masks(model, {"1": torch.ones(4, 9, dtype=torch.bool)})
     with pytest.raises(ValueError, match="magnitude pruning: expected at least one"):
         magnitude_prune(nn.Sequential(nn.ReLU()), 0.5)
