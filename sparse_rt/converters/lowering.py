@@ -13,8 +13,9 @@ Recognised (after constant folding, so weights are constants):
                           out [out, kh, kw, in], Transpose back; tuned at its output positions
                           (N x H' x W' rows). The Conv stays where the chosen format is
                           dense, where the input has under IM2COL_MIN_CHANNELS channels, and
-                          where the chosen kernel's time plus the Im2Col copy's (timed at the
-                          layer's rows) is not below the dense kernel's (`_patches_pay`).
+                          where the chosen kernel's time plus the Im2Col copy's is not well
+                          below the dense convolution's, timed at the layer's rows
+                          (`_patches_pay`).
                           Int8 weights of such a layer are not calibrated on its patch rows.
 Linear layers (Gemm, MatMul) that read the same input, as an attention block's
 query, key and value projections do, are merged into one layer whose output a
@@ -40,6 +41,8 @@ from sparse_rt.converters.fusion import only_gelu_reader
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
 from sparse_rt.kernels.registry import Config
 from sparse_rt.scheduler.candidates import Candidate
+from sparse_rt.ops.conv import ConstantWeightConv2d
+from sparse_rt.ops.im2col import im2col
 from sparse_rt.ops.sparse_linear import sparse_linear_node
 
 
@@ -267,8 +270,9 @@ def _match(graph, node, consumers, graph_outputs):
 
 def _patches_pay(graph: Graph, match: _Match, choice: Choice) -> bool:
     """Whether a KxK conv chosen sparse runs faster lowered through Im2Col than as the Conv:
-    the chosen kernel's time plus the Im2Col copy's below the dense kernel's at the layer's
-    rows, when the choice was timed; without timings, where the input has IM2COL_MIN_CHANNELS."""
+    the chosen kernel's time plus the Im2Col copy's below PATCH_MARGIN times the dense
+    convolution's, both timed at the layer's rows, when the choice was timed; without
+    timings, where the input has IM2COL_MIN_CHANNELS."""
     if choice.weight.name == "dense":
         return False
     weight = graph.constants[match.node.inputs[1]]
@@ -278,33 +282,58 @@ def _patches_pay(graph: Graph, match: _Match, choice: Choice) -> bool:
         return True
     rows = max(choice.tuned_rows or (match.layer.rows or 1,))
     chosen = choice.timings.get(Candidate(choice.weight, choice.kernel, choice.config).label, {}).get(rows)
-    dense = [t[rows] for label, t in choice.timings.items() if label.startswith("dense/") and rows in t]
-    if chosen is None or not dense:
+    if chosen is None:
         return True
-    return chosen + _im2col_seconds(weight.shape, match.node.attributes, rows) < min(dense)
+    x, geometry = _conv_input(weight.shape, match.node.attributes, rows)
+    return chosen + _im2col_seconds(x, geometry) < PATCH_MARGIN * _conv_seconds(x, weight, geometry)
 
 
 # Below this many input channels each patch row is copied in pieces too small to pay (an RGB
 # stem: ResNet-50's 7x7 conv took 3.8 ms to copy into rows against 1.3 ms to convolve)
 IM2COL_MIN_CHANNELS = 16
+# The lowered conv must beat the convolution by this factor, as timed on a small hot input:
+# in a model its input comes from memory, and the copy took 0.08-0.10 ms where the timing
+# said 0.02 (a dense 128 -> 128 3x3 conv on 16x16 positions, whose dense-equivalent bitmask
+# kernel had timed 0.354 + 0.023 against the convolution's 0.39 ms, then ran 0.53 against it)
+PATCH_MARGIN = 0.75
 
 
-def _im2col_seconds(weight_shape, attributes, rows: int) -> float:
-    """Median seconds of Im2Col making `rows` patch rows for a conv of `weight_shape`
-    [out, in, kh, kw] on a square channels-last input, no padding."""
-    from sparse_rt.ops.im2col import im2col
-
+def _conv_input(weight_shape, attributes, rows: int) -> tuple[torch.Tensor, dict]:
+    """A channels-last input [1, H, W, in] on which a conv of `weight_shape` [out, in, kh, kw]
+    and the strides and dilations of `attributes`, unpadded, has about `rows` output positions
+    (a square of them), and that geometry."""
     _, channels, kh, kw = weight_shape
-    (sh, sw), (dh, dw) = attributes.get("strides", (1, 1)), attributes.get("dilations", (1, 1))
+    strides, dilations = attributes.get("strides", (1, 1)), attributes.get("dilations", (1, 1))
     out_h = max(1, round(rows ** 0.5))
     out_w = -(-rows // out_h)
-    x = torch.randn(1, (out_h - 1) * sh + dh * (kh - 1) + 1, (out_w - 1) * sw + dw * (kw - 1) + 1, channels)
+    size = [(out - 1) * s + d * (k - 1) + 1 for out, s, d, k in zip((out_h, out_w), strides, dilations, (kh, kw))]
+    geometry = {"kernel": (kh, kw), "strides": tuple(strides), "dilations": tuple(dilations)}
+    return torch.randn(1, *size, channels), geometry
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
+    fn()  # warm: the convolution reorders its weight at its first call
     times = []
-    for _ in range(5):
+    for _ in range(repeats):
         start = time.perf_counter()
-        im2col(x, (kh, kw), (sh, sw), (0, 0, 0, 0), (dh, dw))
+        fn()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def _im2col_seconds(x: torch.Tensor, geometry: dict) -> float:
+    """Median seconds of Im2Col on x [1, H, W, in], no padding."""
+    return _median_seconds(lambda: im2col(x, geometry["kernel"], geometry["strides"], (0, 0, 0, 0),
+                                          geometry["dilations"]))
+
+
+def _conv_seconds(x: torch.Tensor, weight: np.ndarray, geometry: dict) -> float:
+    """Median seconds of the dense convolution the Conv runs as (`ConstantWeightConv2d`) on x."""
+    w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
+    conv = ConstantWeightConv2d(w, geometry["strides"], 0, geometry["dilations"], 1, None)
+    channels_first = x.permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
+    with torch.inference_mode():
+        return _median_seconds(lambda: conv(channels_first, w))
 
 
 def _pointwise(graph: Graph, node: Node) -> bool:
