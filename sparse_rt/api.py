@@ -98,7 +98,7 @@ def convert(
                                quantize=quantize, tolerance=tolerance, rounding=rounding, cold_rows=cold_rows)
         inputs = None if calibration is None else calibration_inputs(graph, feature_axes, calibration)
         lower_linear_layers(graph, chooser, progress=progress, keep_apart=_arrived_structured(structured), rows=rows,
-                            calibration=inputs)
+                            calibration=inputs, device=device)
         fuse_linear_activation(graph)
         fuse_relu(graph)
         chain_csr_layers(graph)

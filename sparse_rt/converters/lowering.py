@@ -124,6 +124,7 @@ def linear_inputs(graph: Graph) -> dict[str, int]:
 def lower_linear_layers(
     graph: Graph, choose: Chooser, progress: bool = False, keep_apart: Callable[[LinearLayer], bool] | None = None,
     rows: Mapping[str, int] | None = None, calibration: Mapping[str, np.ndarray] | None = None,
+    device: torch.device | str = "cpu",
 ) -> int:
     """Replace every recognised linear layer by a SparseLinear node (layers reading the same
     input merged into one; a 1x1 Conv given a dense weight stays); returns how many
@@ -135,6 +136,8 @@ def lower_linear_layers(
     as LinearLayer.rows: x's for a layer, y's for a conv lowered through Im2Col.
     calibration: {x name: float32 [rows, in]} (`scheduler.workload.calibration_inputs`), given
     to `choose` as LinearLayer.calibration where its width is the layer's (not for Im2Col).
+    device: where the model runs (the chooser's device): a KxK conv's lowering is weighed
+    against the convolution there.
     """
     consumers = graph.consumers()
     graph_outputs = {v.name for v in graph.outputs}
@@ -161,7 +164,8 @@ def lower_linear_layers(
     replaced = {}
     for m in layers:
         choice = choose(m.layer)
-        if m.node.op_type == "Conv" and not _pointwise(graph, m.node) and not _patches_pay(graph, m, choice):
+        if m.node.op_type == "Conv" and not _pointwise(graph, m.node) and not _patches_pay(graph, m, choice,
+                                                                                           torch.device(device)):
             replaced[id(m.node)] = [m.node]
         else:
             replaced[id(m.node)] = _emit(graph, m, choice)
@@ -268,7 +272,7 @@ def _match(graph, node, consumers, graph_outputs):
     return None
 
 
-def _patches_pay(graph: Graph, match: _Match, choice: Choice) -> bool:
+def _patches_pay(graph: Graph, match: _Match, choice: Choice, device: torch.device) -> bool:
     """Whether a KxK conv chosen sparse runs faster lowered through Im2Col than as the Conv:
     the chosen kernel's time plus the Im2Col copy's below PATCH_MARGIN times the dense
     convolution's, both timed at the layer's rows, when the choice was timed; without
@@ -284,7 +288,7 @@ def _patches_pay(graph: Graph, match: _Match, choice: Choice) -> bool:
     chosen = choice.timings.get(Candidate(choice.weight, choice.kernel, choice.config).label, {}).get(rows)
     if chosen is None:
         return True
-    x, geometry = _conv_input(weight.shape, match.node.attributes, rows)
+    x, geometry = _conv_input(weight.shape, match.node.attributes, rows, device)
     return chosen + _im2col_seconds(x, geometry) < PATCH_MARGIN * _conv_seconds(x, weight, geometry)
 
 
@@ -298,25 +302,29 @@ IM2COL_MIN_CHANNELS = 16
 PATCH_MARGIN = 0.75
 
 
-def _conv_input(weight_shape, attributes, rows: int) -> tuple[torch.Tensor, dict]:
-    """A channels-last input [1, H, W, in] on which a conv of `weight_shape` [out, in, kh, kw]
-    and the strides and dilations of `attributes`, unpadded, has about `rows` output positions
-    (a square of them), and that geometry."""
+def _conv_input(weight_shape, attributes, rows: int, device: torch.device) -> tuple[torch.Tensor, dict]:
+    """A channels-last input [1, H, W, in] on `device` on which a conv of `weight_shape`
+    [out, in, kh, kw] and the strides and dilations of `attributes`, unpadded, has about
+    `rows` output positions (a square of them), and that geometry."""
     _, channels, kh, kw = weight_shape
     strides, dilations = attributes.get("strides", (1, 1)), attributes.get("dilations", (1, 1))
     out_h = max(1, round(rows ** 0.5))
     out_w = -(-rows // out_h)
     size = [(out - 1) * s + d * (k - 1) + 1 for out, s, d, k in zip((out_h, out_w), strides, dilations, (kh, kw))]
     geometry = {"kernel": (kh, kw), "strides": tuple(strides), "dilations": tuple(dilations)}
-    return torch.randn(1, *size, channels), geometry
+    return torch.randn(1, *size, channels, device=device), geometry
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
-    fn()  # warm: the convolution reorders its weight at its first call
+def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 5) -> float:
+    """Median seconds of fn() on `device` after a warm call (the convolution reorders its weight then)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
@@ -324,16 +332,16 @@ def _median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
 def _im2col_seconds(x: torch.Tensor, geometry: dict) -> float:
     """Median seconds of Im2Col on x [1, H, W, in], no padding."""
     return _median_seconds(lambda: im2col(x, geometry["kernel"], geometry["strides"], (0, 0, 0, 0),
-                                          geometry["dilations"]))
+                                          geometry["dilations"]), x.device)
 
 
 def _conv_seconds(x: torch.Tensor, weight: np.ndarray, geometry: dict) -> float:
     """Median seconds of the dense convolution the Conv runs as (`ConstantWeightConv2d`) on x."""
-    w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
+    w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).to(x.device)
     conv = ConstantWeightConv2d(w, geometry["strides"], 0, geometry["dilations"], 1, None)
     channels_first = x.permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
     with torch.inference_mode():
-        return _median_seconds(lambda: conv(channels_first, w))
+        return _median_seconds(lambda: conv(channels_first, w), x.device)
 
 
 def _pointwise(graph: Graph, node: Node) -> bool:

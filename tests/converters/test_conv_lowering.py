@@ -48,7 +48,8 @@ def run_both(proto, batch=2, **convert_options):
     x = RNG.standard_normal((batch, *shape)).astype(np.float32)
     graph = sparse_rt.convert(proto, **convert_options)
     (y,) = sparse_rt.InferenceSession(graph).run(None, {"x": x})
-    (expected,) = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    reference = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (expected,) = reference.run(None, {"x": x})
     return graph, y, expected
 
 
@@ -108,16 +109,18 @@ def test_patches_pay_only_when_the_sparse_kernel_and_the_copy_beat_the_convoluti
     def timed(sparse_seconds):
         return Choice(csr, "csr_cpu", {}, {label: {143: sparse_seconds}}, tuned_rows=(143,))
 
-    assert _patches_pay(graph, match, timed(0.5))
-    assert not _patches_pay(graph, match, timed(0.7))  # 0.8 with the copy: not PATCH_MARGIN below 1.0
-    assert _patches_pay(graph, match, Choice(csr, "csr_cpu", {}))  # untimed (the heuristic)
+    cpu = torch.device("cpu")
+    assert _patches_pay(graph, match, timed(0.5), cpu)
+    assert not _patches_pay(graph, match, timed(0.7), cpu)  # 0.8 with the copy: not PATCH_MARGIN below 1.0
+    assert _patches_pay(graph, match, Choice(csr, "csr_cpu", {}), cpu)  # untimed (the heuristic)
     dense = get_format("dense").from_dense(torch.from_numpy(weight))
-    assert not _patches_pay(graph, match, Choice(dense, "dense_cpu_native", {}))
+    assert not _patches_pay(graph, match, Choice(dense, "dense_cpu_native", {}), cpu)
 
 
 def test_the_convolution_is_timed_on_the_layer_s_output_positions():
     weight = np.ones((8, 16, 3, 3), np.float32)
-    x, geometry = lowering._conv_input(weight.shape, {"strides": [2, 1], "dilations": [1, 2]}, 60)
+    attributes = {"strides": [2, 1], "dilations": [1, 2]}
+    x, geometry = lowering._conv_input(weight.shape, attributes, 60, torch.device("cpu"))
     assert geometry == {"kernel": (3, 3), "strides": (2, 1), "dilations": (1, 2)}
     rows = im2col(x, (3, 3), (2, 1), (0, 0, 0, 0), (1, 2)).shape
     assert rows[1] * rows[2] >= 60 and rows[3] == 9 * 16

@@ -45,7 +45,8 @@ def test_the_matrix_view_is_the_one_conversion_lowers_to():
     conv = nn.Conv2d(5, 7, (3, 2))
     matrix = as_matrix(conv, conv.weight.detach())
     assert matrix.shape == (7, 3 * 2 * 5)
-    assert torch.equal(matrix[2, (1 * 2 + 0) * 5 + 4], conv.weight[2, 4, 1, 0].detach())  # (kernel row, column, channel)
+    # column (kernel row 1, kernel column 0, channel 4)
+    assert torch.equal(matrix[2, (1 * 2 + 0) * 5 + 4], conv.weight[2, 4, 1, 0].detach())
     assert torch.equal(from_matrix(conv, matrix), conv.weight.detach())
 
 
