@@ -125,3 +125,11 @@ def test_the_convolution_is_timed_on_the_layer_s_output_positions():
     rows = im2col(x, (3, 3), (2, 1), (0, 0, 0, 0), (1, 2)).shape
     assert rows[1] * rows[2] >= 60 and rows[3] == 9 * 16
     assert lowering._conv_seconds(x, weight, geometry) > 0 and lowering._im2col_seconds(x, geometry) > 0
+
+
+def test_int8_quantization_lowers_a_sparse_kxk_conv_to_an_int8_format():
+    proto = conv_model(channels=32, out=32, size=(12, 12), pads=[1, 1, 1, 1])
+    graph, y, expected = run_both(proto, 1, tune=False, quantize="int8")
+    assert [n.op_type for n in graph.nodes] == ["Transpose", "Im2Col", "SparseLinear", "Transpose"]
+    assert graph.nodes[2].attributes["format"].endswith("int8")
+    assert np.abs(y - expected).max() <= 0.03 * np.abs(expected).max()
