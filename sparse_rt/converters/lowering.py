@@ -28,7 +28,6 @@ sparse_rt.scheduler).
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -116,8 +115,7 @@ def linear_inputs(graph: Graph) -> dict[str, int]:
     `lower_linear_layers` looks up."""
     axes = {node.inputs[0]: 1 if node.op_type == "Conv" else -1 for node in graph.nodes
             if not node.domain and node.op_type in ("Gemm", "MatMul", "Conv") and node.inputs}
-    axes.update({node.outputs[0]: 1 for node in graph.nodes
-                 if not node.domain and node.op_type == "Conv" and not _pointwise(graph, node)})
+    axes.update({node.outputs[0]: 1 for node in graph.nodes if _patch_conv(graph, node)})
     return axes
 
 
@@ -149,7 +147,7 @@ def lower_linear_layers(
         match = _match(graph, node, consumers, graph_outputs)
         if match is not None:
             layer, x, y, extra = match
-            rows_key = y if node.op_type == "Conv" and not _pointwise(graph, node) else x
+            rows_key = y if _patch_conv(graph, node) else x
             if rows and rows_key in rows:
                 layer = dataclasses.replace(layer, rows=int(rows[rows_key]))
             if calibration and x in calibration and calibration[x].shape[1] == layer.weight.shape[1]:
@@ -164,8 +162,7 @@ def lower_linear_layers(
     replaced = {}
     for m in layers:
         choice = choose(m.layer)
-        if m.node.op_type == "Conv" and not _pointwise(graph, m.node) and not _patches_pay(graph, m, choice,
-                                                                                           torch.device(device)):
+        if _patch_conv(graph, m.node) and not _patches_pay(graph, m, choice, torch.device(device)):
             replaced[id(m.node)] = [m.node]
         else:
             replaced[id(m.node)] = _emit(graph, m, choice)
@@ -275,8 +272,8 @@ def _match(graph, node, consumers, graph_outputs):
 def _patches_pay(graph: Graph, match: _Match, choice: Choice, device: torch.device) -> bool:
     """Whether a KxK conv chosen sparse runs faster lowered through Im2Col than as the Conv:
     the chosen kernel's time plus the Im2Col copy's below PATCH_MARGIN times the dense
-    convolution's, both timed at the layer's rows, when the choice was timed; without
-    timings, where the input has IM2COL_MIN_CHANNELS."""
+    convolution's, all three timed alike (`scheduler.tune.best_time`) at the layer's rows,
+    when the choice was timed; without timings, where the input has IM2COL_MIN_CHANNELS."""
     if choice.weight.name == "dense":
         return False
     weight = graph.constants[match.node.inputs[1]]
@@ -315,33 +312,27 @@ def _conv_input(weight_shape, attributes, rows: int, device: torch.device) -> tu
     return torch.randn(1, *size, channels, device=device), geometry
 
 
-def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 5) -> float:
-    """Median seconds of fn() on `device` after a warm call (the convolution reorders its weight then)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def _im2col_seconds(x: torch.Tensor, geometry: dict) -> float:
-    """Median seconds of Im2Col on x [1, H, W, in], no padding."""
-    return _median_seconds(lambda: im2col(x, geometry["kernel"], geometry["strides"], (0, 0, 0, 0),
-                                          geometry["dilations"]), x.device)
+    """Seconds of Im2Col on x [1, H, W, in], no padding, timed as the tuner times kernels."""
+    from sparse_rt.scheduler.tune import best_time
+
+    return best_time(lambda rows: im2col(rows, geometry["kernel"], geometry["strides"], (0, 0, 0, 0),
+                                         geometry["dilations"]), x)
 
 
 def _conv_seconds(x: torch.Tensor, weight: np.ndarray, geometry: dict) -> float:
-    """Median seconds of the dense convolution the Conv runs as (`ConstantWeightConv2d`) on x."""
+    """Seconds of the dense convolution the Conv runs as (`ConstantWeightConv2d`) on x, timed
+    as the tuner times kernels (the weight is reordered at the untimed warm-up calls)."""
+    from sparse_rt.scheduler.tune import best_time
+
     w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).to(x.device)
     conv = ConstantWeightConv2d(w, geometry["strides"], 0, geometry["dilations"], 1, None)
-    channels_first = x.permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
-    with torch.inference_mode():
-        return _median_seconds(lambda: conv(channels_first, w), x.device)
+    return best_time(lambda rows: conv(rows.permute(0, 3, 1, 2), w), x)  # NCHW shape, channels-last memory
+
+
+def _patch_conv(graph: Graph, node: Node) -> bool:
+    """A Conv (of the default domain) other than a pointwise one: lowered through Im2Col."""
+    return not node.domain and node.op_type == "Conv" and not _pointwise(graph, node)
 
 
 def _pointwise(graph: Graph, node: Node) -> bool:
@@ -391,7 +382,7 @@ def _emit(graph: Graph, match: _Match, choice: Choice) -> list[Node]:
     to_last, to_first = ([0, 2, 1], [0, 2, 1]) if rank == 3 else ([0, 2, 3, 1], [0, 3, 1, 2])
     x_last, y_last = graph.fresh_name(f"{base}.x_channels_last"), graph.fresh_name(f"{base}.y_channels_last")
     nodes = [Node("Transpose", [x], [x_last], {"perm": to_last}, f"{base}.to_channels_last")]
-    if not _pointwise(graph, node):
+    if _patch_conv(graph, node):
         attrs, patches = node.attributes, graph.fresh_name(f"{base}.patches")
         geometry = {"kernel_shape": list(graph.constants[node.inputs[1]].shape[2:]),
                     "strides": list(attrs.get("strides", [1, 1])), "dilations": list(attrs.get("dilations", [1, 1])),
