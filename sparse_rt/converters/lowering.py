@@ -39,7 +39,6 @@ from sparse_rt.formats.base import WeightFormat
 from sparse_rt.converters.fusion import only_gelu_reader
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
 from sparse_rt.kernels.registry import Config
-from sparse_rt.scheduler.candidates import Candidate
 from sparse_rt.ops.conv import ConstantWeightConv2d
 from sparse_rt.ops.im2col import im2col
 from sparse_rt.ops.sparse_linear import sparse_linear_node
@@ -272,8 +271,9 @@ def _match(graph, node, consumers, graph_outputs):
 def _patches_pay(graph: Graph, match: _Match, choice: Choice, device: torch.device) -> bool:
     """Whether a KxK conv chosen sparse runs faster lowered through Im2Col than as the Conv:
     the chosen kernel's time plus the Im2Col copy's below PATCH_MARGIN times the dense
-    convolution's, all three timed alike (`scheduler.tune.best_time`) at the layer's rows,
-    when the choice was timed; without timings, where the input has IM2COL_MIN_CHANNELS."""
+    convolution's, all three timed together and alike (`scheduler.tune.best_time`) at the
+    layer's rows, when the choice was tuned; without timings (the heuristic), where the input
+    has IM2COL_MIN_CHANNELS."""
     if choice.weight.name == "dense":
         return False
     weight = graph.constants[match.node.inputs[1]]
@@ -282,11 +282,9 @@ def _patches_pay(graph: Graph, match: _Match, choice: Choice, device: torch.devi
     if not choice.timings:
         return True
     rows = max(choice.tuned_rows or (match.layer.rows or 1,))
-    chosen = choice.timings.get(Candidate(choice.weight, choice.kernel, choice.config).label, {}).get(rows)
-    if chosen is None:
-        return True
     x, geometry = _conv_input(weight.shape, match.node.attributes, rows, device)
-    return chosen + _im2col_seconds(x, geometry) < PATCH_MARGIN * _conv_seconds(x, weight, geometry)
+    return (_kernel_seconds(match.layer, choice, rows, device) + _im2col_seconds(x, geometry)
+            < PATCH_MARGIN * _conv_seconds(x, weight, geometry))
 
 
 # Below this many input channels each patch row is copied in pieces too small to pay (an RGB
@@ -310,6 +308,22 @@ def _conv_input(weight_shape, attributes, rows: int, device: torch.device) -> tu
     size = [(out - 1) * s + d * (k - 1) + 1 for out, s, d, k in zip((out_h, out_w), strides, dilations, (kh, kw))]
     geometry = {"kernel": (kh, kw), "strides": tuple(strides), "dilations": tuple(dilations)}
     return torch.randn(1, *size, channels, device=device), geometry
+
+
+def _kernel_seconds(layer: LinearLayer, choice: Choice, rows: int, device: torch.device) -> float:
+    """Seconds of the chosen kernel on `rows` rows, timed afresh beside the copy and the
+    convolution: the tuner's figure may come from its cache, taken while the machine ran
+    faster or slower (a VM's memory state moved the convolution from 0.36 to 0.57 ms, and
+    a cached 0.353 ms then lowered a dense CNN's 3x3 convs)."""
+    from sparse_rt.kernels.activation import bind_with_activation
+    from sparse_rt.kernels.registry import get_kernel
+    from sparse_rt.scheduler.tune import best_time
+
+    bias = layer.bias if choice.bias is None else choice.bias
+    bound = bind_with_activation(get_kernel(choice.kernel), choice.weight,
+                                 None if bias is None else torch.from_numpy(bias), choice.config, device,
+                                 layer.activation)
+    return best_time(bound, torch.randn(rows, layer.weight.shape[1], device=device))
 
 
 def _im2col_seconds(x: torch.Tensor, geometry: dict) -> float:

@@ -19,6 +19,7 @@ from sparse_rt.converters.lowering import (
 )
 from sparse_rt.converters.onnx import import_onnx
 from sparse_rt.formats import get_format
+from sparse_rt.kernels.registry import get_kernel
 from sparse_rt.ops.im2col import im2col
 from sparse_rt.scheduler.candidates import Candidate
 from sparse_rt.scheduler.heuristic import heuristic_choice
@@ -106,8 +107,9 @@ def test_patches_pay_only_when_the_sparse_kernel_and_the_copy_beat_the_convoluti
     monkeypatch.setattr(lowering, "_conv_seconds", lambda x, w, geometry: 1.0)
     monkeypatch.setattr(lowering, "_im2col_seconds", lambda x, geometry: 0.1)
 
-    def timed(sparse_seconds):
-        return Choice(csr, "csr_cpu", {}, {label: {143: sparse_seconds}}, tuned_rows=(143,))
+    def timed(sparse_seconds):  # the kernel timed afresh, beside the copy and the convolution
+        monkeypatch.setattr(lowering, "_kernel_seconds", lambda layer, choice, rows, device: sparse_seconds)
+        return Choice(csr, "csr_cpu", {}, {label: {143: 0.01}}, tuned_rows=(143,))
 
     cpu = torch.device("cpu")
     assert _patches_pay(graph, match, timed(0.5), cpu)
@@ -125,6 +127,10 @@ def test_the_convolution_is_timed_on_the_layer_s_output_positions():
     rows = im2col(x, (3, 3), (2, 1), (0, 0, 0, 0), (1, 2)).shape
     assert rows[1] * rows[2] >= 60 and rows[3] == 9 * 16
     assert lowering._conv_seconds(x, weight, geometry) > 0 and lowering._im2col_seconds(x, geometry) > 0
+    matrix = np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(8, -1))
+    csr = get_format("csr").from_dense(torch.from_numpy(matrix))
+    choice = Choice(csr, "csr_cpu_rowwise", get_kernel("csr_cpu_rowwise").configs(csr, torch.device("cpu"))[0])
+    assert lowering._kernel_seconds(LinearLayer("conv", matrix, None), choice, 60, torch.device("cpu")) > 0
 
 
 def test_int8_quantization_lowers_a_sparse_kxk_conv_to_an_int8_format():
