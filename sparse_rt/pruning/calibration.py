@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparse_rt.ops.im2col import im2col
+
 Calibration = Iterable[Any]
 """Batches for `model(batch)`, `model(*batch)` or `model(**batch)`."""
 
@@ -54,10 +56,8 @@ def _patch_rows(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         (top, left) = (bottom, right) = (0, 0) if layer.padding == "valid" else layer.padding
     mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
     x = F.pad(x, (left, right, top, bottom), mode=mode)
-    cols = F.unfold(x, (kh, kw), dilation=(dh, dw), stride=layer.stride)  # [B, C * kh * kw, L]
-    batch, channels = x.shape[0], x.shape[1]
-    cols = cols.reshape(batch, channels, kh * kw, -1).permute(0, 3, 2, 1)
-    return cols.reshape(-1, kh * kw * channels).float()
+    patches = im2col(x.movedim(1, -1), (kh, kw), layer.stride, (0, 0, 0, 0), (dh, dw))  # conversion's own rows
+    return patches.reshape(-1, patches.shape[-1]).float()
 
 
 def feed_layer_inputs(
