@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import onnx
 import torch
 
+from sparse_rt.converters.conv_algorithms import choose_conv_algorithms
 from sparse_rt.converters.conv_fusion import fuse_relu
 from sparse_rt.converters.fusion import chain_csr_layers, fuse_graph, fuse_linear_activation
 from sparse_rt.converters.lowering import linear_inputs, lower_linear_layers
@@ -101,6 +102,8 @@ def convert(
                             calibration=inputs, device=device)
         fuse_linear_activation(graph)
         fuse_relu(graph)
+        if tune:
+            choose_conv_algorithms(graph, shapes, device, cold=cold_rows > 0)
         chain_csr_layers(graph)
     return graph
 

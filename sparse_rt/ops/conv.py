@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from sparse_rt.ir.graph import Node
+from sparse_rt.kernels.cpu import winograd
+from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.ops.common import check_attribute, constant_input
 from sparse_rt.ops.registry import BindContext, register_op
 
@@ -67,6 +69,9 @@ def bind_conv_activation(node: Node, ctx: BindContext, activation: str | None):
     if activation is not None and activation not in CONV_ACTIVATIONS:
         raise ValueError(f"conv activation: expected None or one of {list(CONV_ACTIVATIONS)}, got {activation!r}")
     attributes = node.attributes
+    winograd_from = attributes.get("winograd_from")
+    if winograd_from is not None and (not isinstance(winograd_from, int) or winograd_from < 1):
+        raise ValueError(f"attribute 'winograd_from': expected a batch size (an int >= 1), got {winograd_from!r}")
     group = int(attributes.get("group", 1))
     auto_pad = check_attribute("auto_pad", attributes.get("auto_pad", "NOTSET"), AUTO_PADS)
     strides = attributes.get("strides")
@@ -96,7 +101,7 @@ def bind_conv_activation(node: Node, ctx: BindContext, activation: str | None):
         weight = constant_input(node, ctx, 1)
         if fixed is F.conv2d and weight is not None and weight.ndim == 4:
             return ConstantWeightConv2d(torch.from_numpy(np.array(weight, dtype=weight.dtype)).to(ctx.device),
-                                        stride, padding, dilation, group, activation)
+                                        stride, padding, dilation, group, activation, winograd_from)
         if fixed is not None:
             return _then(lambda x, w, b=None: fixed(x, w, b, stride, padding, dilation, group), activation)
 
@@ -152,21 +157,36 @@ class ConstantWeightConv2d:
     A residual z of the output's shape is added in the same epilogue, before the activation
     (oneDNN's binary post-op): ResNet-50's 1x1 expansion conv and its Add at [8, 64, 56, 56]
     took 5.7 against 7.0 ms with torch's add-relu after the convolution, two threads.
-    activation: None or "relu".
+    activation: None or "relu". winograd_from: a 3x3, stride-1, ungrouped float32 conv runs as
+    Winograd F(4x4, 3x3) on the CPU (`sparse_rt.kernels.cpu.winograd`) at batches of at least
+    this many images (chosen by `sparse_rt.converters.conv_algorithms`).
     """
 
-    def __init__(self, weight: torch.Tensor, stride, padding, dilation, group: int, activation: str | None) -> None:
+    def __init__(self, weight: torch.Tensor, stride, padding, dilation, group: int, activation: str | None,
+                 winograd_from: int | None = None) -> None:
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
         self.group, self.activation = group, activation
         self.weight = weight.contiguous(memory_format=torch.channels_last)
         self.prepack = (weight.device.type == "cpu" and weight.dtype == torch.float32
                         and torch.backends.mkldnn.is_available())
         self.packed: torch.Tensor | None = None
+        self.winograd, self.winograd_from = None, winograd_from
+        if (winograd_from is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
+                and winograd.supports(weight.shape, self.stride, self.dilation, group) and native_available()):
+            top, left = self.padding
+            self.winograd = winograd.WinogradConv3x3(weight, (top, left, top, left))
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
                  z: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"conv2d: expected x [N, C, H, W], got shape {list(x.shape)}")
+        if (self.winograd is not None and x.shape[0] >= self.winograd_from and x.dtype == torch.float32
+                and x.device.type == "cpu"):
+            relu = self.activation == "relu"
+            if z is None or (z.dtype == torch.float32 and tuple(z.shape) == self.output_shape(x)):
+                return self.winograd(x, b, z, relu)
+            y = _add_residual(self.winograd(x, b), z)
+            return torch.relu_(y) if relu else y
         if self.prepack and x.dtype == torch.float32 and x.device.type == "cpu":
             if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,107 @@
+"""Per-conv choice of algorithm for the dense 3x3 convolutions, by timing: oneDNN's direct
+convolution or Winograd F(4x4, 3x3) (`sparse_rt.kernels.cpu.winograd`).
+
+Applied after the conv fusions. A Conv or FusedConv with a constant 3x3 weight, stride 1,
+dilation 1, one group and symmetric pads is timed both ways on its input from one run of the
+graph on representative inputs (`scheduler.workload.representative_feeds`); where Winograd
+takes under WINOGRAD_MARGIN of the direct time, at that batch or at BATCH_FACTOR times it,
+the node gets attribute winograd_from, the least such batch: it runs as Winograd from there
+up (a Conv becomes a FusedConv without activation, so the attribute stays out of the ONNX
+domain). When the model's weights exceed the last-level cache, every timed call comes after
+an eviction (`scheduler.cold`), as in the model the weights come from memory: Winograd's
+transformed weight is four times the size, and on ResNet-50 the 14x14x256 convs that took
+0.58 against 0.96 ms with a hot weight ran 1.27-1.37 against 1.13 ms in the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
+
+# Winograd must beat the direct convolution by this factor: it rounds a few ulps more, and
+# the choice should not flip on noise.
+WINOGRAD_MARGIN = 0.9
+# Each conv is timed at the representative batch and at this many times it: a batch reads
+# the transformed weight once for all its images.
+BATCH_FACTOR = 8
+
+
+def choose_conv_algorithms(graph: Graph, shapes=None, device: str | torch.device = "cpu",
+                           cold: bool = False) -> dict[str, dict[int, tuple[float, float]]]:
+    """Give the 3x3 convs that run faster as Winograd attribute winograd_from (the least batch
+    timed faster); returns {node label: {batch: (direct seconds, winograd seconds)}} for every
+    conv timed. cold: time each call after a cache eviction."""
+    from sparse_rt.kernels.cpu._native import native_available
+
+    candidates = [node for node in graph.nodes if _winograd_candidate(graph, node)]
+    if not candidates or torch.device(device).type != "cpu" or not native_available():
+        return {}
+    inputs = _conv_inputs(graph, shapes, {node.inputs[0] for node in candidates})
+    evict = None
+    if cold:
+        from sparse_rt.scheduler.cold import CacheEvictor
+
+        evict = CacheEvictor()
+    timings = {}
+    for node in candidates:
+        weight = graph.constants[node.inputs[1]]
+        x = inputs.get(node.inputs[0])
+        if x is None or x.dtype != torch.float32 or x.shape[1] != weight.shape[1]:
+            continue
+        batched = x.repeat(BATCH_FACTOR, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+        timings[node.label()] = {len(rows): _timings(node, weight, rows, evict) for rows in (x, batched)}
+        faster = [batch for batch, (direct, winograd) in timings[node.label()].items()
+                  if winograd < WINOGRAD_MARGIN * direct]
+        node.attributes.pop("winograd_from", None)
+        if faster:
+            node.op_type, node.domain = "FusedConv", SPARSE_DOMAIN
+            node.attributes["winograd_from"] = min(faster)
+    return timings
+
+
+def _winograd_candidate(graph: Graph, node: Node) -> bool:
+    from sparse_rt.kernels.cpu.winograd import supports
+
+    if not ((node.op_type == "Conv" and not node.domain) or (node.op_type == "FusedConv" and node.domain == SPARSE_DOMAIN)):
+        return False
+    weight = graph.constants.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    attributes = node.attributes
+    pads = list(attributes.get("pads", [0, 0, 0, 0]))
+    return (weight is not None and weight.ndim == 4 and np.issubdtype(weight.dtype, np.floating)
+            and attributes.get("auto_pad", "NOTSET") == "NOTSET" and pads[:2] == pads[2:]
+            and supports(weight.shape, attributes.get("strides", (1, 1)), attributes.get("dilations", (1, 1)),
+                         int(attributes.get("group", 1))))
+
+
+def _conv_inputs(graph: Graph, shapes, names: set[str]) -> dict[str, torch.Tensor]:
+    """The values `names` from one run on representative inputs ({} when the run fails)."""
+    from sparse_rt.runtime.session import InferenceSession
+    from sparse_rt.scheduler.workload import representative_feeds
+
+    try:
+        session = InferenceSession(graph, retain_memory=False)
+        values = session.intermediates(representative_feeds(graph, shapes), names)
+    except (RuntimeError, ValueError, TypeError, IndexError):
+        return {}
+    return {name: value.contiguous(memory_format=torch.channels_last) for name, value in values.items()
+            if name in names and value.dim() == 4}
+
+
+def _timings(node: Node, weight: np.ndarray, x: torch.Tensor, evict) -> tuple[float, float]:
+    """(direct, winograd) seconds of the conv on x, relu and bias included, timed alike."""
+    from sparse_rt.ops.conv import ConstantWeightConv2d
+    from sparse_rt.scheduler.tune import best_time
+
+    w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
+    padding = list(node.attributes.get("pads", [0, 0, 0, 0]))[:2]
+    activation = node.attributes.get("activation")
+    bias = torch.zeros(w.shape[0])
+    runs = {"min_runs": 3, "max_runs": 7, "before": evict} if evict is not None else {}
+    seconds = []
+    for winograd_from in (None, 1):
+        conv = ConstantWeightConv2d(w, 1, padding, 1, 1, activation, winograd_from)
+        seconds.append(best_time(lambda rows, conv=conv: conv(rows, w, bias), x, **runs))
+    return seconds[0], seconds[1]
+

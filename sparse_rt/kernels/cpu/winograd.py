@@ -1,0 +1,84 @@
+"""Winograd F(4x4, 3x3) convolution: a 3x3, stride-1, ungrouped conv in 4x fewer
+multiplies than the direct one.
+
+Each 4x4 output tile comes from the 6x6 input tile under it; the weight is transformed once
+to U [36, C, K] (`transform_weight`), each call transforms x's tiles to V [36, tiles, C]
+and M = V @ U [36, tiles, K] back to the output (the C transforms of
+`_winograd_native`, the products through torch.bmm). On ResNet-50's 3x3 convs at batch 1
+(56x56x64 to 14x14x256, two threads) the products take a third to a half of oneDNN's
+direct convolution; at 7x7x512 they take longer, as U is four times the weight's size.
+The tuner weighs the two per conv (`sparse_rt.converters.conv_algorithms`).
+
+Rounding: the transforms scale values by up to 8 (B^T, A^T) and 1/24 (G), so outputs
+differ from the direct convolution's by a few float32 ulps times the channel count more;
+the tests hold it to 1e-5 relative to the output's scale.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparse_rt.kernels.cpu._winograd_native import winograd_input, winograd_output
+
+TILE = 4  # output rows and columns per tile
+ALPHA = TILE + 2  # input rows and columns per tile
+
+_G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=torch.float64)
+
+
+def supports(weight_shape, strides, dilations, group: int) -> bool:
+    """Whether a conv of weight [K, C, kh, kw] with these strides, dilations and groups is one
+    this kernel computes: 3x3, stride 1, dilation 1, one group."""
+    return (len(weight_shape) == 4 and tuple(weight_shape[2:]) == (3, 3) and group == 1
+            and all(int(s) == 1 for s in strides) and all(int(d) == 1 for d in dilations))
+
+
+def transform_weight(weight: torch.Tensor) -> torch.Tensor:
+    """weight [K, C, 3, 3] -> U [36, C, K] float32, U[i * 6 + j, c, k] = (G g G^T)[i, j] of
+    g = weight[k, c] (computed in float64)."""
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"winograd: expected a weight [K, C, 3, 3], got shape {list(weight.shape)}")
+    g = weight.detach().to(device="cpu", dtype=torch.float64)
+    u = torch.einsum("ia,kcab,jb->ijck", _G, g, _G)
+    return u.reshape(ALPHA * ALPHA, weight.shape[1], weight.shape[0]).to(torch.float32).contiguous()
+
+
+class WinogradConv3x3:
+    """x [N, C, H, W] (any memory format, float32, cpu) -> conv3x3(x) + bias (+ z), then ReLU
+    when asked: [N, K, out_h, out_w] in channels-last memory, out_h = H + pad_top + pad_bottom
+    - 2 (likewise out_w). weight [K, C, 3, 3]; pads (top, left, bottom, right); z, the
+    residual: the output's shape."""
+
+    def __init__(self, weight: torch.Tensor, pads: tuple[int, int, int, int]) -> None:
+        self.u = transform_weight(weight)
+        self.out_channels, self.in_channels = int(weight.shape[0]), int(weight.shape[1])
+        self.pads = tuple(int(p) for p in pads)
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                 relu: bool = False) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels or x.dtype != torch.float32 or x.device.type != "cpu":
+            raise ValueError(f"winograd conv: expected x float32 [N, {self.in_channels}, H, W] on cpu, "
+                             f"got {str(x.dtype).removeprefix('torch.')} {list(x.shape)} on {x.device}")
+        n, c, h, w = x.shape
+        top, left, bottom, right = self.pads
+        out_h, out_w = h + top + bottom - 2, w + left + right - 2
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"winograd conv: a 3x3 kernel does not fit the padded input {h + top + bottom}x"
+                             f"{w + left + right}")
+        tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
+        k = self.out_channels
+        threads = torch.get_num_threads()
+        rows = x.permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]: a view of channels-last x
+        y = torch.empty(n, out_h, out_w, k)
+        if bias is not None:
+            bias = bias.to(torch.float32).contiguous()
+        if z is not None:
+            z = z.to(torch.float32).permute(0, 2, 3, 1).contiguous()
+        v = torch.empty(ALPHA * ALPHA, n * tiles_h * tiles_w, c)
+        winograd_input()(threads, rows.data_ptr(), v.data_ptr(), n, h, w, c, tiles_h, tiles_w, top, left)
+        m = torch.bmm(v, self.u)
+        winograd_output()(threads, m.data_ptr(), None if bias is None else bias.data_ptr(),
+                          None if z is None else z.data_ptr(), y.data_ptr(), n, out_h, out_w, k, tiles_h, tiles_w,
+                          int(relu))
+        return y.permute(0, 3, 1, 2)
