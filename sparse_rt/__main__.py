@@ -43,9 +43,13 @@ def _feed(path: str) -> dict:
 
 def _explain(args: argparse.Namespace) -> int:
     import sparse_rt
-    from sparse_rt.scheduler.explain import format_report, layer_reports
+    from sparse_rt.scheduler.explain import format_conv_report, format_report, layer_reports
 
-    print(format_report(layer_reports(sparse_rt.load(args.model)), args.batch))
+    graph = sparse_rt.load(args.model)
+    print(format_report(layer_reports(graph), args.batch))
+    convs = format_conv_report(graph)
+    if convs:
+        print(convs)
     return 0
 
 

@@ -131,3 +131,23 @@ def format_report(reports: list[LayerReport], batch: int | None = None) -> str:
         lines.append(f"linear layers at batch {batch}: {total * 1e3:.3f} ms vs dense {total_dense * 1e3:.3f} ms "
                      f"-> predicted speedup {total_dense / total:.2f}x")
     return "\n".join(lines)
+
+
+def format_conv_report(graph: Graph) -> str:
+    """The 3x3 convs timed as oneDNN's direct convolution against Winograd F(4x4, 3x3)
+    (`converters.conv_algorithms`): one row per conv with its ms per batch and the choice;
+    "" when none was timed."""
+    rows = []
+    for node in graph.nodes:
+        if node.domain != SPARSE_DOMAIN or node.op_type != "FusedConv" or "timings" not in node.attributes:
+            continue
+        timings = json.loads(node.attributes["timings"])
+        batches = sorted({int(b) for per_batch in timings.values() for b in per_batch})
+        cells = "  ".join(f"batch {b}: " + " / ".join(f"{timings[a][str(b)] * 1e3:.3f}" for a in ("direct", "winograd"))
+                          for b in batches)
+        start = node.attributes.get("winograd_from")
+        choice = "direct" if start is None else f"winograd from batch {start}"
+        rows.append(f"  {node.label()[:32]:<32} {choice:<26} {cells}")
+    if not rows:
+        return ""
+    return "\n".join(["3x3 convolutions (ms direct / winograd, as timed at conversion):", *rows])

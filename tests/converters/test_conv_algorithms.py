@@ -1,6 +1,8 @@
 """Choosing Winograd or the direct convolution per 3x3 conv: which convs are candidates, the
 choice as timed, the bound op, and save/load; each model checked against onnxruntime."""
 
+import re
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -8,6 +10,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import sparse_rt
+import sparse_rt.__main__
 from sparse_rt.converters import conv_algorithms
 from sparse_rt.converters.conv_algorithms import choose_conv_algorithms
 from sparse_rt.ir.graph import SPARSE_DOMAIN
@@ -77,8 +80,22 @@ def test_slower_convs_stay_direct(monkeypatch):
     model = conv_model([{**SAME, "relu": True}, SAME])
     force(monkeypatch, False)
     graph = sparse_rt.convert(model)
-    assert [node.op_type for node in graph.nodes if "Conv" in node.op_type] == ["FusedConv", "Conv"]
+    assert [node.op_type for node in graph.nodes if "Conv" in node.op_type] == ["FusedConv", "FusedConv"]
     assert not any("winograd_from" in node.attributes for node in graph.nodes)
+    x = RNG.standard_normal((2, 16, 12, 12)).astype(np.float32)
+    assert_close(sparse_rt.InferenceSession(graph).run(None, {"x": x})[0], onnxruntime_output(model, x), rtol=1e-4)
+
+
+def test_explain_reports_each_timed_conv(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(conv_algorithms, "_timings", lambda node, weight, x, evict: (1e-3, 2e-3 if len(x) == 1 else 4e-4))
+    graph = sparse_rt.convert(conv_model([{**SAME, "relu": True}, {"kernel_shape": [3, 3], "strides": [2, 2]}]))
+    path = tmp_path / "convs.onnx"
+    sparse_rt.save(graph, path)
+    assert sparse_rt.__main__.main(["explain", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "3x3 convolutions (ms direct / winograd, as timed at conversion):" in out
+    assert re.search(r"r0 +winograd from batch 8 +batch 1: 1\.000 / 2\.000  batch 8: 1\.000 / 0\.400", out)
+    assert "c1" not in out.split("3x3 convolutions")[1]  # stride 2: not timed
 
 
 def test_a_conv_faster_only_batched_runs_as_winograd_from_that_batch(monkeypatch):
