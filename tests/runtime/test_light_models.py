@@ -115,3 +115,28 @@ def test_global_average_pool_of_channels_last_equal_channels_is_equal():
     pooled = bind_global_average_pool(None, None)(x).reshape(-1)
     assert torch.equal(pooled, pooled[:1].expand_as(pooled))
     torch.testing.assert_close(pooled[0].double(), plane.double().mean(), rtol=1e-7, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
+def test_light_model_with_winograd_convs_matches_onnxruntime(path: Path, monkeypatch):
+    """Seeded dense weights, every 3x3 stride-1 conv run as Winograd (the timing forced)."""
+    from sparse_rt import convert
+    from sparse_rt.converters import conv_algorithms
+    from sparse_rt.runtime.session import InferenceSession
+
+    model = _with_weights(onnx.load(path), 0.0)
+    feeds = random_feeds(model)
+    graph = convert(model, tune=False)
+    monkeypatch.setattr(conv_algorithms, "_timings", lambda *args: (1.0, 0.5))
+    if not conv_algorithms.choose_conv_algorithms(graph):
+        pytest.skip(f"{path.stem} has no 3x3 stride-1 conv")
+    assert any(node.attributes.get("winograd_from") == 1 for node in graph.nodes)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    expected = ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"]).run(None, feeds)
+    names = [v.name for v in graph.inputs]
+    actual = InferenceSession(graph).run(None, {name: feeds[name] for name in names if name in feeds})
+    for got, want in zip(actual, expected):
+        assert _max_rel(got, want) < RTOL_FLOAT32, f"{path.stem} (winograd): max rel err {_max_rel(got, want):.3g}"
