@@ -7,11 +7,11 @@ auto_pad SAME_UPPER/SAME_LOWER put an odd padding at the end/begin.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sparse_rt.ir.graph import Node
+from sparse_rt.ir.tensors import tensor_view
 from sparse_rt.kernels.cpu import winograd
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.ops.common import check_attribute, constant_input
@@ -100,8 +100,8 @@ def bind_conv_activation(node: Node, ctx: BindContext, activation: str | None):
         fixed = _CONV.get(len(kernel_shape)) if kernel_shape else None
         weight = constant_input(node, ctx, 1)
         if fixed is F.conv2d and weight is not None and weight.ndim == 4:
-            return ConstantWeightConv2d(torch.from_numpy(np.array(weight, dtype=weight.dtype)).to(ctx.device),
-                                        stride, padding, dilation, group, activation, winograd_from)
+            return ConstantWeightConv2d(tensor_view(weight).to(ctx.device), stride, padding, dilation, group,
+                                        activation, winograd_from)
         if fixed is not None:
             return _then(lambda x, w, b=None: fixed(x, w, b, stride, padding, dilation, group), activation)
 
@@ -166,22 +166,27 @@ class ConstantWeightConv2d:
                  winograd_from: int | None = None) -> None:
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
         self.group, self.activation = group, activation
-        self.weight = weight.contiguous(memory_format=torch.channels_last)
+        self.weight = weight  # kept as given (a view of the graph's constant): oneDNN packs from it
         self.prepack = (weight.device.type == "cpu" and weight.dtype == torch.float32
                         and torch.backends.mkldnn.is_available())
         self.packed: torch.Tensor | None = None
-        self.winograd, self.winograd_from = None, winograd_from
-        if (winograd_from is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
-                and winograd.supports(weight.shape, self.stride, self.dilation, group) and native_available()):
-            top, left = self.padding
-            self.winograd = winograd.WinogradConv3x3(weight, (top, left, top, left))
+        self.channels_last: torch.Tensor | None = None if self.prepack else weight.contiguous(
+            memory_format=torch.channels_last)
+        # Winograd's transformed weight (4x the weight) is made at the first call that runs it
+        self.winograd: winograd.WinogradConv3x3 | None = None
+        self.winograd_from = winograd_from if (
+            winograd_from is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and winograd.supports(weight.shape, self.stride, self.dilation, group) and native_available()) else None
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
                  z: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"conv2d: expected x [N, C, H, W], got shape {list(x.shape)}")
-        if (self.winograd is not None and x.shape[0] >= self.winograd_from and x.dtype == torch.float32
+        if (self.winograd_from is not None and x.shape[0] >= self.winograd_from and x.dtype == torch.float32
                 and x.device.type == "cpu"):
+            if self.winograd is None:
+                top, left = self.padding
+                self.winograd = winograd.WinogradConv3x3(self.weight, (top, left, top, left))
             relu = self.activation == "relu"
             if z is None or (z.dtype == torch.float32 and tuple(z.shape) == self.output_shape(x)):
                 return self.winograd(x, b, z, relu)
@@ -205,7 +210,9 @@ class ConstantWeightConv2d:
                 x, self.packed, b, self.padding, self.stride, self.dilation, self.group, "none", [], None)
         else:
             x = x.contiguous(memory_format=torch.channels_last)
-            y = F.conv2d(x, self.weight, b, self.stride, self.padding, self.dilation, self.group)
+            if self.channels_last is None:  # torch's conv2d on an input oneDNN does not take
+                self.channels_last = self.weight.contiguous(memory_format=torch.channels_last)
+            y = F.conv2d(x, self.channels_last, b, self.stride, self.padding, self.dilation, self.group)
         if z is not None:
             y = _add_residual(y, z)
         return torch.relu_(y) if self.activation == "relu" else y

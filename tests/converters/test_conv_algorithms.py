@@ -159,11 +159,13 @@ def test_bound_winograd_conv_with_a_broadcast_residual():
     w = torch.randn(8, 8, 3, 3)
     x, z, b = torch.randn(2, 8, 7, 7), torch.randn(1, 8, 1, 1), torch.randn(8)
     direct = ConstantWeightConv2d(w, 1, 1, 1, 1, "relu")
-    winograd = ConstantWeightConv2d(w, 1, 1, 1, 1, "relu", 1)
-    assert winograd.winograd is not None
+    winograd = ConstantWeightConv2d(w, 1, 1, 1, 1, "relu", 2)
+    winograd(x[:1], w, b)
+    assert winograd.winograd is None  # made at the first call from batch 2 on
     for residual in (None, z, torch.randn(2, 8, 7, 7)):
         assert_close(winograd(x, w, b, residual), direct(x, w, b, residual), rtol=1e-4)
-    assert ConstantWeightConv2d(w, 2, 1, 1, 1, None, 1).winograd is None  # stride 2: direct
+    assert winograd.winograd is not None
+    assert ConstantWeightConv2d(w, 2, 1, 1, 1, None, 1).winograd_from is None  # stride 2: direct
 
 
 def test_bad_winograd_batch_is_named():
