@@ -107,6 +107,23 @@ def _resnet50(t, tiny: bool) -> nn.Module:
     return t.ResNetForImageClassification(t.ResNetConfig(**small) if tiny else t.ResNetConfig(num_labels=1000))
 
 
+def _convnext(t, tiny: bool) -> nn.Module:
+    small = dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=10)
+    return t.ConvNextForImageClassification(t.ConvNextConfig(**small) if tiny else t.ConvNextConfig(num_labels=1000))
+
+
+def _mobilenet_v2(t, tiny: bool) -> nn.Module:
+    small = dict(depth_multiplier=0.35, image_size=64, num_labels=10)
+    config = t.MobileNetV2Config(**small) if tiny else t.MobileNetV2Config(num_labels=1000)
+    model = t.MobileNetV2ForImageClassification(config)
+    # transformers draws every conv weight at std 0.02, under which 50 convs from fan-in 9 to
+    # 960 shrink the features to nothing (the logits are the classifier's bias): He's init
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model
+
+
 ARCHITECTURES = {
     a.name: a
     for a in (
@@ -118,6 +135,8 @@ ARCHITECTURES = {
         Architecture("gpt2", _gpt2, "tokens", attention_mask=False, opset=18),
         Architecture("resnet50", _resnet50, "image", prune_convs="1x1", opset=18),
         Architecture("resnet50-all-convs", _resnet50, "image", prune_convs="all", opset=18),
+        Architecture("convnext-tiny", _convnext, "image", opset=18),
+        Architecture("mobilenet-v2", _mobilenet_v2, "image", prune_convs="1x1", opset=18),
     )
 }
 

@@ -103,11 +103,12 @@ def _timings(node: Node, weight: np.ndarray, x: torch.Tensor, evict) -> tuple[fl
     w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
     padding = list(node.attributes.get("pads", [0, 0, 0, 0]))[:2]
     activation = node.attributes.get("activation")
+    bounds = (node.attributes["clip_min"], node.attributes["clip_max"]) if activation == "clip" else None
     bias = torch.zeros(w.shape[0])
     runs = {"min_runs": 3, "max_runs": 7, "before": evict} if evict is not None else {}
     seconds = []
     for winograd_from in (None, 1):
-        conv = ConstantWeightConv2d(w, 1, padding, 1, 1, activation, winograd_from)
+        conv = ConstantWeightConv2d(w, 1, padding, 1, 1, activation, winograd_from, bounds)
         seconds.append(best_time(lambda rows, conv=conv: conv(rows, w, bias), x, **runs))
     return seconds[0], seconds[1]
 

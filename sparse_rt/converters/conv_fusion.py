@@ -5,6 +5,8 @@
                the ReLU run in oneDNN's convolution epilogue (a residual block's last conv)
   Conv ReLU    Conv, then Relu -> ai.sparse_rt::FusedConv, activation "relu" (the ReLU runs in
                oneDNN's convolution epilogue; see sparse_rt.ops.conv.ConstantWeightConv2d)
+  Conv Clip    Conv, then Clip between two constant bounds (MobileNet's ReLU6) -> FusedConv,
+               activation "clip", attributes clip_min and clip_max (oneDNN's hardtanh post-op)
   Linear ReLU  SparseLinear, then Relu, directly or through a Transpose (lowering puts one
                after each 1x1 conv, back to channels-first) -> SparseLinear with activation
                "relu" (the dense kernel applies it in registers, others right after), then
@@ -21,6 +23,8 @@ no Add either.
 """
 
 from __future__ import annotations
+
+import math
 
 from sparse_rt.converters.fusion import _only_reader
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
@@ -55,11 +59,15 @@ def fuse_relu(graph: Graph) -> int:
                 folded += 2 if relu else 1
                 continue
             relu = only_reader(node.outputs[0], "Relu")
-            if relu is None:
+            clip = None if relu else only_reader(node.outputs[0], "Clip")
+            bounds = None if clip is None else _clip_bounds(graph, clip)
+            if relu is None and bounds is None:
                 continue
-            replacement[id(node)] = Node("FusedConv", list(node.inputs), list(relu.outputs),
-                                         {**node.attributes, "activation": "relu"}, node.name, SPARSE_DOMAIN)
-            removed.add(id(relu))
+            activation = {"activation": "relu"} if relu else {"activation": "clip", "clip_min": bounds[0],
+                                                               "clip_max": bounds[1]}
+            replacement[id(node)] = Node("FusedConv", list(node.inputs), list((relu or clip).outputs),
+                                         {**node.attributes, **activation}, node.name, SPARSE_DOMAIN)
+            removed.add(id(relu or clip))
             folded += 1
         elif node.op_type == "Add" and not node.domain and len(node.inputs) == 2:
             relu = only_reader(node.outputs[0], "Relu")
@@ -81,3 +89,19 @@ def fuse_relu(graph: Graph) -> int:
     graph.nodes = [replacement.get(id(n), n) for n in graph.nodes if id(n) not in removed]
     graph.validate()
     return folded
+
+
+def _clip_bounds(graph: Graph, clip: Node) -> tuple[float, float] | None:
+    """(min, max) of a Clip with both bounds finite constants (attributes before opset 11,
+    scalar inputs since), else None."""
+    if "min" in clip.attributes or "max" in clip.attributes:
+        bounds = [clip.attributes.get("min"), clip.attributes.get("max")]
+    else:
+        bounds = []
+        for index in (1, 2):
+            name = clip.inputs[index] if len(clip.inputs) > index else ""
+            value = graph.constants.get(name) if name else None
+            bounds.append(None if value is None or value.size != 1 else value.reshape(-1)[0].item())
+    if any(b is None or not math.isfinite(b) for b in bounds) or bounds[0] > bounds[1]:
+        return None
+    return float(bounds[0]), float(bounds[1])

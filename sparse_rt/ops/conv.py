@@ -63,12 +63,18 @@ def bind_conv(node: Node, ctx: BindContext):
 
 def bind_conv_activation(node: Node, ctx: BindContext, activation: str | None):
     """Conv, plus a residual when called with a 4th input z (same shape as the output), then
-    `activation` (None or "relu"): activation(Conv(x, w, b) + z). In the convolution's
-    epilogue for a 2-D conv with a constant weight and symmetric pads (`ConstantWeightConv2d`),
-    else after it."""
+    `activation` (None, "relu", or "clip" between the node's attributes clip_min and clip_max):
+    activation(Conv(x, w, b) + z). In the convolution's epilogue for a 2-D conv with a constant
+    weight (`ConstantWeightConv2d`), else after it."""
     if activation is not None and activation not in CONV_ACTIVATIONS:
         raise ValueError(f"conv activation: expected None or one of {list(CONV_ACTIVATIONS)}, got {activation!r}")
     attributes = node.attributes
+    bounds = None
+    if activation == "clip":
+        bounds = (attributes.get("clip_min"), attributes.get("clip_max"))
+        if not all(isinstance(bound, (int, float)) for bound in bounds) or bounds[0] > bounds[1]:
+            raise ValueError(f"conv activation 'clip': expected float attributes clip_min <= clip_max, got {bounds}")
+        bounds = (float(bounds[0]), float(bounds[1]))
     winograd_from = attributes.get("winograd_from")
     if winograd_from is not None and (not isinstance(winograd_from, int) or winograd_from < 1):
         raise ValueError(f"attribute 'winograd_from': expected a batch size (an int >= 1), got {winograd_from!r}")
@@ -91,24 +97,28 @@ def bind_conv_activation(node: Node, ctx: BindContext, activation: str | None):
             begins, ends = split_pads(pads)
         return rank, stride, dilation, begins, ends
 
+    kernel_shape = attributes.get("kernel_shape")
+    weight = constant_input(node, ctx, 1)
+    if auto_pad == "NOTSET" and weight is not None and weight.ndim == 4 and (not kernel_shape or len(kernel_shape) == 2):
+        begins, ends = split_pads(pads) if pads else ([0, 0], [0, 0])
+        padding = [min(b, e) for b, e in zip(begins, ends)]  # the rest, on one side, by F.pad
+        extra = torch_pad_list([b - p for b, p in zip(begins, padding)], [e - p for e, p in zip(ends, padding)])
+        return ConstantWeightConv2d(tensor_view(weight).to(ctx.device), list(strides) if strides else 1, padding,
+                                    list(dilations) if dilations else 1, group, activation, winograd_from,
+                                    bounds, extra)
+
     if auto_pad == "NOTSET" and (not pads or split_pads(pads)[0] == split_pads(pads)[1]):
         padding = split_pads(pads)[0] if pads else 0
         stride = list(strides) if strides else 1
         dilation = list(dilations) if dilations else 1
-
-        kernel_shape = attributes.get("kernel_shape")
         fixed = _CONV.get(len(kernel_shape)) if kernel_shape else None
-        weight = constant_input(node, ctx, 1)
-        if fixed is F.conv2d and weight is not None and weight.ndim == 4:
-            return ConstantWeightConv2d(tensor_view(weight).to(ctx.device), stride, padding, dilation, group,
-                                        activation, winograd_from)
         if fixed is not None:
-            return _then(lambda x, w, b=None: fixed(x, w, b, stride, padding, dilation, group), activation)
+            return _then(lambda x, w, b=None: fixed(x, w, b, stride, padding, dilation, group), activation, bounds)
 
         def conv_symmetric(x, w, b=None):
             return _CONV[spatial_rank(w, _CONV)](x, w, b, stride, padding, dilation, group)
 
-        return _then(conv_symmetric, activation)
+        return _then(conv_symmetric, activation, bounds)
 
     def conv(x, w, b=None):
         rank, stride, dilation, begins, ends = geometry(x, w)
@@ -117,19 +127,28 @@ def bind_conv_activation(node: Node, ctx: BindContext, activation: str | None):
         x = F.pad(x, torch_pad_list(begins, ends))
         return _CONV[rank](x, w, b, stride, 0, dilation, group)
 
-    return _then(conv, activation)
+    return _then(conv, activation, bounds)
 
 
-def _then(conv, activation: str | None):
+def _then(conv, activation: str | None, bounds: tuple[float, float] | None):
     """conv, plus the residual z when given, then `activation`, both in place on the fresh output."""
 
     def conv_then(x, w, b=None, z=None):
         y = conv(x, w, b)
         if z is not None:
             y = _add_residual(y, z)
-        return torch.relu_(y) if activation == "relu" else y
+        return _activate_(y, activation, bounds)
 
     return conv_then
+
+
+def _activate_(y: torch.Tensor, activation: str | None, bounds: tuple[float, float] | None) -> torch.Tensor:
+    """activation (None, "relu" or "clip" to `bounds`) applied to y in place."""
+    if activation == "relu":
+        return torch.relu_(y)
+    if activation == "clip":
+        return y.clamp_(*bounds)
+    return y
 
 
 def _add_residual(y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -139,13 +158,17 @@ def _add_residual(y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return y + z
 
 
-CONV_ACTIVATIONS = ("relu",)
+CONV_ACTIVATIONS = ("relu", "clip")
 
 
 class ConstantWeightConv2d:
     """x [N, C, H, W] -> activation(conv2d(x, weight) + b (+ z)) [N, M, H', W'] in
-    channels-last memory, for a constant weight [M, C/group, kh, kw] and symmetric padding;
-    z, the residual, broadcasts to the output.
+    channels-last memory, for a constant weight [M, C/group, kh, kw]; z, the residual,
+    broadcasts to the output. padding: the pads on both sides; extra_pads (F.pad's order: left,
+    right, top, bottom), what an uneven padding adds on one side, is padded onto x first
+    (TensorFlow-style SAME, as MobileNet's stride-2 convs export: else the conv ran on NCHW
+    through torch's conv2d, and the depthwise conv after the stem took 0.34 against 0.08 ms on
+    its NCHW output).
 
     With oneDNN on the CPU the weight is reordered once, at the first call, into oneDNN's
     blocked format for that input shape (it serves other shapes too), x goes in as it comes
@@ -157,15 +180,20 @@ class ConstantWeightConv2d:
     A residual z of the output's shape is added in the same epilogue, before the activation
     (oneDNN's binary post-op): ResNet-50's 1x1 expansion conv and its Add at [8, 64, 56, 56]
     took 5.7 against 7.0 ms with torch's add-relu after the convolution, two threads.
-    activation: None or "relu". winograd_from: a 3x3, stride-1, ungrouped float32 conv runs as
+    activation: None, "relu", or "clip" to `bounds` (min, max; ReLU6 as oneDNN's hardtanh
+    post-op). winograd_from: a 3x3, stride-1, ungrouped float32 conv runs as
     Winograd F(4x4, 3x3) on the CPU (`sparse_rt.kernels.cpu.winograd`) at batches of at least
     this many images (chosen by `sparse_rt.converters.conv_algorithms`).
     """
 
     def __init__(self, weight: torch.Tensor, stride, padding, dilation, group: int, activation: str | None,
-                 winograd_from: int | None = None) -> None:
+                 winograd_from: int | None = None, bounds: tuple[float, float] | None = None,
+                 extra_pads: list[int] | None = None) -> None:
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
-        self.group, self.activation = group, activation
+        self.group, self.activation, self.bounds = group, activation, bounds
+        self.extra_pads = list(extra_pads) if extra_pads and any(extra_pads) else None
+        # oneDNN's post-op for the activation: (name, scalars)
+        self.unary = {"relu": ("relu", []), "clip": ("hardtanh", list(bounds or ()))}.get(activation, ("none", []))
         self.weight = weight  # kept as given (a view of the graph's constant): oneDNN packs from it
         self.prepack = (weight.device.type == "cpu" and weight.dtype == torch.float32
                         and torch.backends.mkldnn.is_available())
@@ -182,6 +210,8 @@ class ConstantWeightConv2d:
                  z: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"conv2d: expected x [N, C, H, W], got shape {list(x.shape)}")
+        if self.extra_pads is not None:
+            x = F.pad(x, self.extra_pads)
         if (self.winograd_from is not None and x.shape[0] >= self.winograd_from and x.dtype == torch.float32
                 and x.device.type == "cpu"):
             if self.winograd is None:
@@ -189,23 +219,23 @@ class ConstantWeightConv2d:
                 self.winograd = winograd.WinogradConv3x3(self.weight, (top, left, top, left))
             relu = self.activation == "relu"
             if z is None or (z.dtype == torch.float32 and tuple(z.shape) == self.output_shape(x)):
-                return self.winograd(x, b, z, relu)
+                return _activate_(self.winograd(x, b, z, relu), None if relu else self.activation, self.bounds)
             y = _add_residual(self.winograd(x, b), z)
-            return torch.relu_(y) if relu else y
+            return _activate_(y, self.activation, self.bounds)
         if self.prepack and x.dtype == torch.float32 and x.device.type == "cpu":
             if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.packed is None:
                 self.packed = torch.ops.mkldnn._reorder_convolution_weight(
                     self.weight.contiguous(), self.padding, self.stride, self.dilation, self.group, list(x.shape))
+            unary, scalars = self.unary
             if z is None:
                 return torch.ops.mkldnn._convolution_pointwise(
-                    x, self.packed, b, self.padding, self.stride, self.dilation, self.group,
-                    self.activation or "none", [], None)
+                    x, self.packed, b, self.padding, self.stride, self.dilation, self.group, unary, scalars, None)
             if z.dtype == torch.float32 and z.device.type == "cpu" and tuple(z.shape) == self.output_shape(x):
                 return torch.ops.mkldnn._convolution_pointwise.binary(
                     x, z, self.packed, b, self.padding, self.stride, self.dilation, self.group,
-                    "add", None, self.activation, [], None)
+                    "add", None, None if unary == "none" else unary, scalars, None)
             y = torch.ops.mkldnn._convolution_pointwise(
                 x, self.packed, b, self.padding, self.stride, self.dilation, self.group, "none", [], None)
         else:
@@ -215,10 +245,10 @@ class ConstantWeightConv2d:
             y = F.conv2d(x, self.channels_last, b, self.stride, self.padding, self.dilation, self.group)
         if z is not None:
             y = _add_residual(y, z)
-        return torch.relu_(y) if self.activation == "relu" else y
+        return _activate_(y, self.activation, self.bounds)
 
     def output_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        """(N, M, H', W') for x [N, C, H, W]."""
+        """(N, M, H', W') for x [N, C, H, W] (already carrying extra_pads)."""
         sizes = [(size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
                  for size, pad, dilation, kernel, stride in zip(x.shape[2:], self.padding, self.dilation,
                                                                 self.weight.shape[2:], self.stride)]

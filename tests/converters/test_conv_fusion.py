@@ -253,3 +253,53 @@ def test_constant_weight_conv_adds_a_residual_across_layouts(activation, residua
         assert tuple(y.shape) == out and y.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
         assert torch.equal(z, z_before)
+
+
+def relu6_model(clip_inputs, opset=17, pads=(1, 1, 1, 1), strides=(1, 1), group=1):
+    """x [n, 8, 9, 9] -> Conv (3x3, given pads and strides) -> Clip -> y; clip_inputs: the Clip's
+    extra inputs (names of the initializers lo, hi) or, before opset 11, attributes."""
+    w = numpy_helper.from_array((RNG.standard_normal((8, 8 // group, 3, 3)) * 2).astype(np.float32), "w_relu6")
+    bounds = [numpy_helper.from_array(np.array(v, np.float32), name) for name, v in (("lo", 0.0), ("hi", 6.0))]
+    clip = (helper.make_node("Clip", ["c", *clip_inputs], ["y"]) if opset >= 11
+            else helper.make_node("Clip", ["c"], ["y"], min=0.0, max=6.0))
+    nodes = [helper.make_node("Conv", ["x", w.name], ["c"], kernel_shape=[3, 3], pads=list(pads), strides=list(strides),
+                              group=group), clip]
+    proto = model(nodes, [w, *bounds])
+    proto.opset_import[0].version = opset
+    return proto
+
+
+@pytest.mark.parametrize("opset", [7, 17])
+def test_conv_clip_fuses_into_the_epilogue_and_matches_onnxruntime(opset):
+    graph, (y,), (expected,) = run_both(relu6_model(["lo", "hi"], opset))
+    (conv,) = graph.nodes
+    assert conv.op_type == "FusedConv" and conv.attributes["activation"] == "clip"
+    assert (conv.attributes["clip_min"], conv.attributes["clip_max"]) == (0.0, 6.0)
+    assert y.min() == 0.0 and y.max() == 6.0
+    assert_close(y, expected)
+
+
+@pytest.mark.parametrize("clip_inputs", [["lo"], ["", "hi"], ["x_lo", "hi"]], ids=["min only", "max only", "computed min"])
+def test_a_clip_without_two_constant_bounds_stays_apart(clip_inputs):
+    proto = relu6_model(clip_inputs)
+    if "x_lo" in clip_inputs:  # a bound computed at run time
+        proto.graph.node.insert(0, helper.make_node("ReduceMin", ["x"], ["x_lo"], keepdims=0))
+    graph, (y,), (expected,) = run_both(proto)
+    assert [n.op_type for n in graph.nodes][-2:] == ["Conv", "Clip"]
+    assert_close(y, expected)
+
+
+@pytest.mark.parametrize("group", [1, 8])
+def test_uneven_pads_run_as_a_constant_weight_conv(group):
+    """TensorFlow-style SAME padding at stride 2 (MobileNet's export): the missing row and column
+    are padded onto x, the conv runs through oneDNN and leaves channels-last output."""
+    graph, (y,), (expected,) = run_both(relu6_model(["lo", "hi"], pads=(0, 0, 1, 1), strides=(2, 2), group=group))
+    assert y.shape == (2, 8, 4, 4)
+    assert_close(y, expected)
+    conv = ConstantWeightConv2d(torch.randn(8, 8 // group, 3, 3), 2, 0, 1, group, "clip", None, (0.0, 6.0),
+                                [0, 1, 0, 1])
+    x = torch.randn(1, 8, 10, 10)
+    out = conv(x, None)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    reference = F.conv2d(F.pad(x, [0, 1, 0, 1]), conv.weight, None, 2, 0, 1, group).clamp(0, 6)
+    assert_close(out, reference)

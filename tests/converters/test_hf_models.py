@@ -21,7 +21,10 @@ CASES = [
     ("gpt2", "unstructured"),
     ("resnet50", "block:16x16"),
     ("resnet50-all-convs", "unstructured"),
+    ("convnext-tiny", "unstructured"),
+    ("mobilenet-v2", "unstructured"),
 ]
+CONVOLUTIONAL = {"resnet50", "resnet50-all-convs", "convnext-tiny", "mobilenet-v2"}
 
 
 @pytest.mark.slow
@@ -36,7 +39,7 @@ def test_pruned_export_matches_onnxruntime(name, pattern, tmp_path):
     graph = sparse_rt.convert(str(path))
     ops = {n.op_type for n in graph.nodes}
     assert "SparseLinear" in ops
-    if not name.startswith("resnet50"):  # torch.export's attention decomposition is recognised
+    if name not in CONVOLUTIONAL:  # torch.export's attention decomposition is recognised
         assert "ScaledDotProductAttention" in ops and "Softmax" not in ops
     ours = sparse_rt.InferenceSession(graph)
     reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
