@@ -84,6 +84,7 @@ def test_supports():
     assert not supports((16, 1, 3, 3), 8)  # two filters per channel
     assert not supports((8, 2, 3, 3), 4)
     assert not supports((8, 8, 3, 3), 1)
+    assert not supports((8, 1, 7, 7), 8)  # left to oneDNN
 
 
 OTHER_ISA_SCRIPT = r"""
