@@ -1,15 +1,15 @@
-"""Per-conv choice of algorithm for the dense convolutions, by timing: oneDNN's direct
-convolution, or for a 3x3 one Winograd F(4x4, 3x3) (`sparse_rt.kernels.cpu.winograd`), for a
-1x1 one the native dense GEMM over its channels-last rows (`sparse_rt.kernels.cpu.dense`;
-oneDNN spends about 30 us per call before it computes, which MobileNet's small 1x1 convs feel).
+"""Per-conv choice of algorithm for the dense 3x3 convolutions, by timing: oneDNN's direct
+convolution or Winograd F(4x4, 3x3) (`sparse_rt.kernels.cpu.winograd`).
 
-Applied after the conv fusions. A Conv or FusedConv with a constant weight, stride 1, one
-group and symmetric pads (3x3, dilation 1, or 1x1 unpadded) is timed both ways on its input
-from one run of the graph on representative inputs (`scheduler.workload.representative_feeds`);
-where the alternative takes under its MARGINS of the direct time, at that batch or at
-BATCH_FACTOR times it, the node gets attribute winograd_from or gemm_from, the least such
-batch: it runs that way from there up. Every conv timed becomes a FusedConv (without activation, if it was a Conv), keeping its
-timings as attribute "timings", JSON {"direct" | "winograd" | "gemm": {batch: seconds}}, for
+Applied after the conv fusions. A Conv or FusedConv with a constant 3x3 weight, stride 1,
+dilation 1, one group and symmetric pads is timed both ways on its input from one run of the
+graph on representative inputs (`scheduler.workload.representative_feeds`); where Winograd
+takes under WINOGRAD_MARGIN of the direct time, at that batch or at BATCH_FACTOR times it,
+the node gets attribute winograd_from, the least such batch: it runs as Winograd from there
+up. (The native dense GEMM for 1x1 convs, which spends 5 us a call where oneDNN spends 30,
+timed faster alone and ran slower in ResNet-50 and MobileNetV2: 0.86x against 0.93x and 0.69x
+against 0.73x onnxruntime, taking turns in one process; so 1x1 convs stay oneDNN's.) Every conv timed becomes a FusedConv (without activation, if it was a Conv), keeping its
+timings as attribute "timings", JSON {"direct" | "winograd": {batch: seconds}}, for
 `explain`; the attributes stay out of the ONNX domain. When the model's weights exceed the last-level cache, every timed call comes after
 an eviction (`scheduler.cold`), as in the model the weights come from memory: Winograd's
 transformed weight is four times the size, and on ResNet-50 the 14x14x256 convs that took
@@ -25,9 +25,9 @@ import torch
 
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
 
-# An alternative must beat the direct convolution by this factor: Winograd rounds a few ulps
-# more, and no choice should flip on noise.
-MARGINS = {"winograd": 0.9, "gemm": 0.95}
+# Winograd must beat the direct convolution by this factor: it rounds a few ulps more, and
+# the choice should not flip on noise.
+WINOGRAD_MARGIN = 0.9
 # Each conv is timed at the representative batch and at this many times it: a batch reads
 # the transformed weight once for all its images.
 BATCH_FACTOR = 8
@@ -35,63 +35,52 @@ BATCH_FACTOR = 8
 
 def choose_conv_algorithms(graph: Graph, shapes=None, device: str | torch.device = "cpu",
                            cold: bool = False) -> dict[str, dict[int, tuple[float, float]]]:
-    """Give the convs that run faster another way attribute "<algorithm>_from" (winograd_from
-    for a 3x3 conv, gemm_from for a 1x1 conv: the least batch timed faster); returns
-    {node label: {batch: (direct seconds, alternative seconds)}} for every conv timed. cold:
-    time each call after a cache eviction."""
+    """Give the 3x3 convs that run faster as Winograd attribute winograd_from (the least batch
+    timed faster); returns {node label: {batch: (direct seconds, winograd seconds)}} for every
+    conv timed. cold: time each call at the representative batch after a cache eviction."""
     from sparse_rt.kernels.cpu._native import native_available
 
-    candidates = [(node, algorithm) for node in graph.nodes if (algorithm := _alternative(graph, node))]
+    candidates = [node for node in graph.nodes if _winograd_candidate(graph, node)]
     if not candidates or torch.device(device).type != "cpu" or not native_available():
         return {}
-    inputs = _conv_inputs(graph, shapes, {node.inputs[0] for node, _ in candidates})
+    inputs = _conv_inputs(graph, shapes, {node.inputs[0] for node in candidates})
     evict = None
     if cold:
         from sparse_rt.scheduler.cold import CacheEvictor
 
         evict = CacheEvictor()
     timings = {}
-    for node, algorithm in candidates:
+    for node in candidates:
         weight = graph.constants[node.inputs[1]]
         x = inputs.get(node.inputs[0])
         if x is None or x.dtype != torch.float32 or x.shape[1] != weight.shape[1]:
             continue
         batched = x.repeat(BATCH_FACTOR, 1, 1, 1).contiguous(memory_format=torch.channels_last)
         # cold at the representative batch only: a batch's compute outweighs reading the weight
-        by_batch = {len(x): _timings(node, weight, x, evict, algorithm),
-                    len(batched): _timings(node, weight, batched, None, algorithm)}
+        by_batch = {len(x): _timings(node, weight, x, evict), len(batched): _timings(node, weight, batched, None)}
         timings[node.label()] = by_batch
-        faster = [batch for batch, (direct, other) in by_batch.items() if other < MARGINS[algorithm] * direct]
+        faster = [batch for batch, (direct, winograd) in by_batch.items() if winograd < WINOGRAD_MARGIN * direct]
         node.op_type, node.domain = "FusedConv", SPARSE_DOMAIN
         node.attributes["timings"] = json.dumps({name: {str(batch): seconds[i] for batch, seconds in by_batch.items()}
-                                                 for i, name in enumerate(("direct", algorithm))})
-        node.attributes.pop(f"{algorithm}_from", None)
+                                                 for i, name in enumerate(("direct", "winograd"))})
+        node.attributes.pop("winograd_from", None)
         if faster:
-            node.attributes[f"{algorithm}_from"] = min(faster)
+            node.attributes["winograd_from"] = min(faster)
     return timings
 
 
-def _alternative(graph: Graph, node: Node) -> str | None:
-    """"winograd" for a 3x3 stride-1 conv, "gemm" for a 1x1 stride-1 one, both ungrouped with a
-    constant float weight and symmetric (for 1x1: no) pads; else None."""
+def _winograd_candidate(graph: Graph, node: Node) -> bool:
     from sparse_rt.kernels.cpu.winograd import supports
 
     if not ((node.op_type == "Conv" and not node.domain) or (node.op_type == "FusedConv" and node.domain == SPARSE_DOMAIN)):
-        return None
+        return False
     weight = graph.constants.get(node.inputs[1]) if len(node.inputs) > 1 else None
     attributes = node.attributes
     pads = list(attributes.get("pads", [0, 0, 0, 0]))
-    strides, dilations = attributes.get("strides", (1, 1)), attributes.get("dilations", (1, 1))
-    group = int(attributes.get("group", 1))
-    if (weight is None or weight.ndim != 4 or not np.issubdtype(weight.dtype, np.floating)
-            or attributes.get("auto_pad", "NOTSET") != "NOTSET" or pads[:2] != pads[2:]):
-        return None
-    if supports(weight.shape, strides, dilations, group):
-        return "winograd"
-    if tuple(weight.shape[2:]) == (1, 1) and all(int(s) == 1 for s in strides) and not any(pads) and group == 1:
-        return "gemm"
-    return None
-
+    return (weight is not None and weight.ndim == 4 and np.issubdtype(weight.dtype, np.floating)
+            and attributes.get("auto_pad", "NOTSET") == "NOTSET" and pads[:2] == pads[2:]
+            and supports(weight.shape, attributes.get("strides", (1, 1)), attributes.get("dilations", (1, 1)),
+                         int(attributes.get("group", 1))))
 
 def _conv_inputs(graph: Graph, shapes, names: set[str]) -> dict[str, torch.Tensor]:
     """The values `names` from one run on representative inputs ({} when the run fails)."""
@@ -107,8 +96,8 @@ def _conv_inputs(graph: Graph, shapes, names: set[str]) -> dict[str, torch.Tenso
             if name in names and value.dim() == 4}
 
 
-def _timings(node: Node, weight: np.ndarray, x: torch.Tensor, evict, algorithm: str) -> tuple[float, float]:
-    """(direct, `algorithm`) seconds of the conv on x, activation and bias included, timed alike."""
+def _timings(node: Node, weight: np.ndarray, x: torch.Tensor, evict) -> tuple[float, float]:
+    """(direct, winograd) seconds of the conv on x, activation and bias included, timed alike."""
     from sparse_rt.ops.conv import ConstantWeightConv2d
     from sparse_rt.scheduler.tune import best_time
 
@@ -124,9 +113,8 @@ def _timings(node: Node, weight: np.ndarray, x: torch.Tensor, evict, algorithm: 
     else:
         runs = {}
     seconds = []
-    for alternative in (None, algorithm):
-        conv = ConstantWeightConv2d(w, 1, padding, 1, 1, activation, 1 if alternative == "winograd" else None,
-                                    bounds, gemm_from=1 if alternative == "gemm" else None)
+    for winograd_from in (None, 1):
+        conv = ConstantWeightConv2d(w, 1, padding, 1, 1, activation, winograd_from, bounds)
         seconds.append(best_time(lambda rows, conv=conv: conv(rows, w, bias), x, **runs))
     return seconds[0], seconds[1]
 
