@@ -28,3 +28,29 @@ def masked_weight(out_features: int, in_features: int, density: float, seed: int
     values = torch.randn(out_features, in_features, generator=generator).to(dtype)
     keep = torch.rand(out_features, in_features, generator=generator) < density
     return torch.where(keep, values, torch.zeros((), dtype=dtype))
+
+
+# -march targets of the kernels' other code paths (AVX2 + FMA, portable C) and the cpuinfo flag
+# a host needs to run each
+OTHER_INSTRUCTION_SETS = [("haswell", "avx2"), ("x86-64", None)]
+
+
+def run_built_for(arch: str, needs: str | None, script: str, cache_dir) -> None:
+    """Run `script` (which prints "ok") in a fresh interpreter with the C kernels built for
+    -march=`arch` into `cache_dir`; skip where this host cannot run that code."""
+    import os
+    import platform
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().replace("\n", " ") if cpuinfo.exists() else ""
+    if platform.machine() not in ("x86_64", "AMD64") or (needs and f" {needs} " not in flags):
+        pytest.skip(f"host cannot run -march={arch} code")
+    env = {**os.environ, "SPARSE_RT_CPU_ARCH": arch, "SPARSE_RT_CACHE_DIR": str(cache_dir)}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                            timeout=600, check=False, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

@@ -4,16 +4,12 @@ sizes, masks broadcast every way, fully masked and NaN rows, and the other instr
 
 from __future__ import annotations
 
-import os
-import platform
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from sparse_rt.kernels.cpu.attention import native_attention, native_attention_applies
+from tests.helpers import OTHER_INSTRUCTION_SETS, run_built_for
 
 SCALE = 0.3
 
@@ -110,13 +106,6 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("arch, needs", [("haswell", "avx2"), ("x86-64", None)], ids=["avx2", "portable"])
+@pytest.mark.parametrize("arch, needs", OTHER_INSTRUCTION_SETS, ids=["avx2", "portable"])
 def test_other_instruction_sets(arch, needs, tmp_path):
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text().replace("\n", " ") if cpuinfo.exists() else ""
-    if platform.machine() not in ("x86_64", "AMD64") or (needs and f" {needs} " not in flags):
-        pytest.skip(f"host cannot run -march={arch} code")
-    env = {**os.environ, "SPARSE_RT_CPU_ARCH": arch, "SPARSE_RT_CACHE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", OTHER_ISA_SCRIPT], env=env, capture_output=True, text=True,
-                            timeout=600, check=False, cwd=Path(__file__).resolve().parents[2])
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    run_built_for(arch, needs, OTHER_ISA_SCRIPT, tmp_path)

@@ -2,11 +2,6 @@
 sizes, every padding, the residual and ReLU epilogue, zero weights, and the AVX2 and portable
 builds."""
 
-import os
-import platform
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +9,7 @@ import torch.nn.functional as F
 
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.winograd import WinogradConv3x3, supports, transform_weight
+from tests.helpers import OTHER_INSTRUCTION_SETS, run_built_for
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="no C compiler for the native kernels")
 
@@ -114,13 +110,6 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("arch, needs", [("haswell", "avx2"), ("x86-64", None)], ids=["avx2", "portable"])
+@pytest.mark.parametrize("arch, needs", OTHER_INSTRUCTION_SETS, ids=["avx2", "portable"])
 def test_other_instruction_sets(arch, needs, tmp_path):
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text().replace("\n", " ") if cpuinfo.exists() else ""
-    if platform.machine() not in ("x86_64", "AMD64") or (needs and f" {needs} " not in flags):
-        pytest.skip(f"host cannot run -march={arch} code")
-    env = {**os.environ, "SPARSE_RT_CPU_ARCH": arch, "SPARSE_RT_CACHE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", OTHER_ISA_SCRIPT], env=env, capture_output=True, text=True,
-                            timeout=600, check=False, cwd=Path(__file__).resolve().parents[2])
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    run_built_for(arch, needs, OTHER_ISA_SCRIPT, tmp_path)
