@@ -4,7 +4,6 @@ sizes, masks broadcast every way, fully masked and NaN rows, and the other instr
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

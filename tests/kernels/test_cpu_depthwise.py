@@ -2,7 +2,6 @@
 others, strides, dilations, uneven pads, odd channel counts, the epilogue (bias, residual,
 ReLU, clip), zero weights, and the AVX2 and portable builds."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F

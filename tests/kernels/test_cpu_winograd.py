@@ -2,7 +2,6 @@
 sizes, every padding, the residual and ReLU epilogue, zero weights, and the AVX2 and portable
 builds."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F
