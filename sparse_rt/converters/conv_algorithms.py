@@ -6,14 +6,20 @@ dilation 1, one group and symmetric pads is timed both ways on its input from on
 graph on representative inputs (`scheduler.workload.representative_feeds`); where Winograd
 takes under WINOGRAD_MARGIN of the direct time, at that batch or at BATCH_FACTOR times it,
 the node gets attribute winograd_from, the least such batch: it runs as Winograd from there
-up. (The native dense GEMM for 1x1 convs, which spends 5 us a call where oneDNN spends 30,
-timed faster alone and ran slower in ResNet-50 and MobileNetV2: 0.86x against 0.93x and 0.69x
-against 0.73x onnxruntime, taking turns in one process; so 1x1 convs stay oneDNN's.) Every conv timed becomes a FusedConv (without activation, if it was a Conv), keeping its
+up. Every conv timed becomes a FusedConv (without activation, if it was a Conv), keeping its
 timings as attribute "timings", JSON {"direct" | "winograd": {batch: seconds}}, for
-`explain`; the attributes stay out of the ONNX domain. When the model's weights exceed the last-level cache, every timed call comes after
-an eviction (`scheduler.cold`), as in the model the weights come from memory: Winograd's
-transformed weight is four times the size, and on ResNet-50 the 14x14x256 convs that took
-0.58 against 0.96 ms with a hot weight ran 1.27-1.37 against 1.13 ms in the model.
+`explain`; the attributes stay out of the ONNX domain.
+
+When the model's weights exceed the last-level cache, every timed call at the representative
+batch comes after an eviction (`scheduler.cold`), as in the model the weights come from
+memory: Winograd's transformed weight is four times the size, and on ResNet-50 the 14x14x256
+convs that took 0.58 against 0.96 ms with a hot weight ran 1.27-1.37 against 1.13 ms in the
+model.
+
+1x1 convs stay oneDNN's: the native dense GEMM over their channels-last rows, which spends
+5 us a call where oneDNN spends 30, timed faster alone and ran slower in ResNet-50 and
+MobileNetV2 (0.86x against 0.93x and 0.69x against 0.73x onnxruntime, taking turns in one
+process).
 """
 
 from __future__ import annotations

@@ -218,8 +218,8 @@ class ConstantWeightConv2d:
         if x.dim() != 4:
             raise ValueError(f"conv2d: expected x [N, C, H, W], got shape {list(x.shape)}")
         if self.depthwise is not None and x.dtype == torch.float32 and x.device.type == "cpu":
-            n, _, h, w_in = x.shape
-            if z is None or (z.dtype == torch.float32 and tuple(z.shape) == (n, x.shape[1], *self.depthwise.output_size(h, w_in))):
+            n, c, h, w_in = x.shape
+            if z is None or (z.dtype == torch.float32 and tuple(z.shape) == (n, c, *self.depthwise.output_size(h, w_in))):
                 return self.depthwise(x, b, z, self.activation, self.bounds)
             return _activate_(_add_residual(self.depthwise(x, b), z), self.activation, self.bounds)
         if self.extra_pads is not None:
