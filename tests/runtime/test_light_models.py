@@ -117,8 +117,13 @@ def test_global_average_pool_of_channels_last_equal_channels_is_equal():
     torch.testing.assert_close(pooled[0].double(), plane.double().mean(), rtol=1e-7, atol=0)
 
 
+# AlexNet, VGG-19 and ZFNet-512 spend their seconds here drawing their large Linear weights; their
+# 3x3 convs are the ones ResNet-50, DenseNet and Inception run
+CONV_NETS = [p for p in MODELS if not any(name in p.stem for name in ("alexnet", "vgg", "zfnet"))]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
+@pytest.mark.parametrize("path", CONV_NETS, ids=[p.stem for p in CONV_NETS])
 def test_light_model_with_winograd_convs_matches_onnxruntime(path: Path, monkeypatch):
     """Seeded dense weights, every 3x3 stride-1 conv run as Winograd (the timing forced)."""
     from sparse_rt import convert
