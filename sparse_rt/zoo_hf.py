@@ -174,7 +174,8 @@ def _conv1d_to_linear(module: nn.Module, conv1d: type) -> None:
 def pruned_layers_filter(name: str) -> Callable[[nn.Module, str], bool]:
     """filter_fn for the pruners: the Linear layers inside the numbered blocks (a qualified name with an
     index, such as encoder.layer.3.attention.self.query or h.3.mlp.c_fc, so neither the embeddings nor
-    the pooler); ResNet: every 1x1 conv (or every conv) and Linear."""
+    the pooler); ResNet and MobileNetV2: every 1x1 conv (ResNet's all-convs variant: every conv)
+    and Linear."""
     arch = architecture(name)
 
     def keep(module: nn.Module, qualified: str) -> bool:
