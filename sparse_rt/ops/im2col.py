@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Node
 from sparse_rt.kernels.cpu._im2col_native import im2col_nhwc
+from sparse_rt.kernels.cpu._launch import pointer, threads
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.ops.registry import BindContext, register_op
 
@@ -37,8 +38,7 @@ def im2col(x: torch.Tensor, kernel: tuple[int, int], strides: tuple[int, int] = 
     if x.dtype == torch.float32 and x.device.type == "cpu" and native_available():
         x = x.contiguous()
         y = torch.empty(n, out_h, out_w, kh * kw * c)
-        im2col_nhwc()(torch.get_num_threads(), x.data_ptr(), y.data_ptr(), n, h, w, c, out_h, out_w, kh, kw, sh, sw,
-                      dh, dw, top, left)
+        im2col_nhwc()(threads(), pointer(x), pointer(y), n, h, w, c, out_h, out_w, kh, kw, sh, sw, dh, dw, top, left)
         return y
     x = F.pad(x, (0, 0, left, right, top, bottom)) if any(pads) else x.contiguous()
     s_n, s_h, s_w, s_c = x.stride()

@@ -68,6 +68,23 @@ def check_activation(activation: str | None, what: str, fused: tuple[str, ...] =
         raise ValueError(f"{what}: activation: expected None or one of {list(fused)}, got {activation!r}")
 
 
+def channels_last_operands(x: torch.Tensor, channels: int, bias: torch.Tensor | None, z: torch.Tensor | None,
+                           what: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """A conv kernel's operands over channels-last memory: x float32 [N, channels, H, W] on the
+    cpu (ValueError naming `what` otherwise) as contiguous [N, H, W, C] rows (a view of
+    channels-last x), the bias as contiguous float32, the residual z [N, K, H', W'] as
+    contiguous float32 [N, H', W', K] (None stays None)."""
+    if x.dim() != 4 or x.shape[1] != channels or x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError(f"{what}: expected x float32 [N, {channels}, H, W] on cpu, "
+                         f"got {str(x.dtype).removeprefix('torch.')} {list(x.shape)} on {x.device}")
+    rows = x.permute(0, 2, 3, 1).contiguous()
+    if bias is not None:
+        bias = bias.to(torch.float32).contiguous()
+    if z is not None:
+        z = z.to(torch.float32).permute(0, 2, 3, 1).contiguous()
+    return rows, bias, z
+
+
 def pointer(tensor: torch.Tensor | None) -> int | None:
     """The data pointer ctypes passes for a tensor (None for a missing bias)."""
     return None if tensor is None else tensor.data_ptr()

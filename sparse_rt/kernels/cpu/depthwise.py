@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from sparse_rt.kernels.cpu._depthwise_native import depthwise_conv
+from sparse_rt.kernels.cpu._launch import channels_last_operands, pointer, threads
 
 ACTIVATION_CODES = {None: 0, "relu": 1, "clip": 2}
 
@@ -49,24 +50,16 @@ class DepthwiseConv2d:
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None, z: torch.Tensor | None = None,
                  activation: str | None = None, bounds: tuple[float, float] | None = None) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels or x.dtype != torch.float32 or x.device.type != "cpu":
-            raise ValueError(f"depthwise conv: expected x float32 [N, {self.channels}, H, W] on cpu, "
-                             f"got {str(x.dtype).removeprefix('torch.')} {list(x.shape)} on {x.device}")
-        n, c, h, w = x.shape
+        rows, bias, z = channels_last_operands(x, self.channels, bias, z, "depthwise conv")
+        n, h, w, c = rows.shape
         out_h, out_w = self.output_size(h, w)
         if out_h < 1 or out_w < 1:
             raise ValueError(f"depthwise conv: a {self.kernel[0]}x{self.kernel[1]} kernel does not fit the padded "
                              f"input of {h}x{w} with pads {list(self.pads)}")
-        rows = x.permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]: a view of channels-last x
         y = torch.empty(n, out_h, out_w, c)
-        if bias is not None:
-            bias = bias.to(torch.float32).contiguous()
-        if z is not None:
-            z = z.to(torch.float32).permute(0, 2, 3, 1).contiguous()
         lo, hi = bounds if activation == "clip" else (0.0, 0.0)
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
-        depthwise_conv()(torch.get_num_threads(), rows.data_ptr(), self.taps.data_ptr(),
-                         None if bias is None else bias.data_ptr(), None if z is None else z.data_ptr(),
-                         y.data_ptr(), n, h, w, c, out_h, out_w, kh, kw, sh, sw, dh, dw, self.pads[0], self.pads[1],
+        depthwise_conv()(threads(), pointer(rows), pointer(self.taps), pointer(bias), pointer(z), pointer(y),
+                         n, h, w, c, out_h, out_w, kh, kw, sh, sw, dh, dw, self.pads[0], self.pads[1],
                          ACTIVATION_CODES[activation], lo, hi)
         return y.permute(0, 3, 1, 2)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from sparse_rt.kernels.cpu._launch import channels_last_operands, pointer, threads
 from sparse_rt.kernels.cpu._winograd_native import winograd_input, winograd_output
 
 TILE = 4  # output rows and columns per tile
@@ -57,10 +58,8 @@ class WinogradConv3x3:
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None, z: torch.Tensor | None = None,
                  relu: bool = False) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels or x.dtype != torch.float32 or x.device.type != "cpu":
-            raise ValueError(f"winograd conv: expected x float32 [N, {self.in_channels}, H, W] on cpu, "
-                             f"got {str(x.dtype).removeprefix('torch.')} {list(x.shape)} on {x.device}")
-        n, c, h, w = x.shape
+        rows, bias, z = channels_last_operands(x, self.in_channels, bias, z, "winograd conv")
+        n, h, w, c = rows.shape
         top, left, bottom, right = self.pads
         out_h, out_w = h + top + bottom - 2, w + left + right - 2
         if out_h < 1 or out_w < 1:
@@ -68,17 +67,10 @@ class WinogradConv3x3:
                              f"{w + left + right}")
         tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
         k = self.out_channels
-        threads = torch.get_num_threads()
-        rows = x.permute(0, 2, 3, 1).contiguous()  # [N, H, W, C]: a view of channels-last x
         y = torch.empty(n, out_h, out_w, k)
-        if bias is not None:
-            bias = bias.to(torch.float32).contiguous()
-        if z is not None:
-            z = z.to(torch.float32).permute(0, 2, 3, 1).contiguous()
         v = torch.empty(ALPHA * ALPHA, n * tiles_h * tiles_w, c)
-        winograd_input()(threads, rows.data_ptr(), v.data_ptr(), n, h, w, c, tiles_h, tiles_w, top, left)
+        winograd_input()(threads(), pointer(rows), pointer(v), n, h, w, c, tiles_h, tiles_w, top, left)
         m = torch.bmm(v, self.u)
-        winograd_output()(threads, m.data_ptr(), None if bias is None else bias.data_ptr(),
-                          None if z is None else z.data_ptr(), y.data_ptr(), n, out_h, out_w, k, tiles_h, tiles_w,
-                          int(relu))
+        winograd_output()(threads(), pointer(m), pointer(bias), pointer(z), pointer(y), n, out_h, out_w, k,
+                          tiles_h, tiles_w, int(relu))
         return y.permute(0, 3, 1, 2)
