@@ -217,24 +217,24 @@ class ConstantWeightConv2d:
                  z: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"conv2d: expected x [N, C, H, W], got shape {list(x.shape)}")
-        if self.depthwise is not None and x.dtype == torch.float32 and x.device.type == "cpu":
+        cpu_float32 = x.dtype == torch.float32 and x.device.type == "cpu"
+        if self.depthwise is not None and cpu_float32:
             n, c, h, w_in = x.shape
-            if z is None or (z.dtype == torch.float32 and tuple(z.shape) == (n, c, *self.depthwise.output_size(h, w_in))):
+            if z is None or _in_epilogue(z, (n, c, *self.depthwise.output_size(h, w_in))):
                 return self.depthwise(x, b, z, self.activation, self.bounds)
             return _activate_(_add_residual(self.depthwise(x, b), z), self.activation, self.bounds)
         if self.extra_pads is not None:
             x = F.pad(x, self.extra_pads)
-        if (self.winograd_from is not None and x.shape[0] >= self.winograd_from and x.dtype == torch.float32
-                and x.device.type == "cpu"):
+        if self.winograd_from is not None and x.shape[0] >= self.winograd_from and cpu_float32:
             if self.winograd is None:
                 top, left = self.padding
                 self.winograd = winograd.WinogradConv3x3(self.weight, (top, left, top, left))
             relu = self.activation == "relu"
-            if z is None or (z.dtype == torch.float32 and tuple(z.shape) == self.output_shape(x)):
+            if z is None or _in_epilogue(z, self.output_shape(x)):
                 return _activate_(self.winograd(x, b, z, relu), None if relu else self.activation, self.bounds)
             y = _add_residual(self.winograd(x, b), z)
             return _activate_(y, self.activation, self.bounds)
-        if self.prepack and x.dtype == torch.float32 and x.device.type == "cpu":
+        if self.prepack and cpu_float32:
             if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.packed is None:
@@ -244,7 +244,7 @@ class ConstantWeightConv2d:
             if z is None:
                 return torch.ops.mkldnn._convolution_pointwise(
                     x, self.packed, b, self.padding, self.stride, self.dilation, self.group, unary, scalars, None)
-            if z.dtype == torch.float32 and z.device.type == "cpu" and tuple(z.shape) == self.output_shape(x):
+            if _in_epilogue(z, self.output_shape(x)):
                 return torch.ops.mkldnn._convolution_pointwise.binary(
                     x, z, self.packed, b, self.padding, self.stride, self.dilation, self.group,
                     "add", None, None if unary == "none" else unary, scalars, None)
@@ -265,6 +265,12 @@ class ConstantWeightConv2d:
                  for size, pad, dilation, kernel, stride in zip(x.shape[2:], self.padding, self.dilation,
                                                                 self.weight.shape[2:], self.stride)]
         return (x.shape[0], self.weight.shape[0], *sizes)
+
+
+def _in_epilogue(z: torch.Tensor, shape: tuple[int, ...]) -> bool:
+    """Whether a CPU kernel adds the residual z in its epilogue: float32 on the cpu, of the
+    output's shape (else it is added after, broadcasting)."""
+    return z.dtype == torch.float32 and z.device.type == "cpu" and tuple(z.shape) == tuple(shape)
 
 
 def _pair(value) -> list[int]:
