@@ -9,9 +9,8 @@ in four rounds so that a slow spell of the machine does not favour one of them.
 `--model` also takes the real architectures of `sparse_rt.zoo_hf` (bert-base,
 distilbert, roberta-base, minilm, vit-base, gpt2, resnet50, resnet50-all-convs,
 convnext-tiny, mobilenet-v2: transformers configs, seeded weights, exported by
-torch.onnx.export with dynamic axes) or
-any ONNX file. The exported file is converted with default options, as a user
-converts it.
+torch.onnx.export with dynamic axes) or any ONNX file. The exported file is
+converted with default options, as a user converts it.
 """
 
 from __future__ import annotations
