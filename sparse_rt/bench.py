@@ -231,6 +231,11 @@ CALIBRATION_SEED = 200_000
 # correct the biases as well as 32 do.
 DEFAULT_CALIBRATION = 8
 
+
+def default_calibration(quantize: str | None) -> int:
+    """Calibration inputs when none are asked for: DEFAULT_CALIBRATION for an int8 run, else none."""
+    return DEFAULT_CALIBRATION if quantize else 0
+
 # Rounds the engines take turns in: a slow spell of the machine hits every engine alike.
 ROUNDS = 4
 
@@ -584,7 +589,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.agreement is None:
         args.agreement = 256 if args.quantize else 0
     if args.calibration is None:
-        args.calibration = DEFAULT_CALIBRATION if args.quantize else 0
+        args.calibration = default_calibration(args.quantize)
     if args.calibration < 0 or (args.calibration and not args.quantize):
         parser.error(f"--calibration: expected a count >= 0 with --quantize, got {args.calibration}")
     if args.rounding == "gptq" and not args.calibration:

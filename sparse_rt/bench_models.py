@@ -7,7 +7,7 @@ import copy
 
 from tqdm.auto import tqdm
 
-from sparse_rt.bench import DEFAULT_CALIBRATION, Report, run_bench
+from sparse_rt.bench import Report, default_calibration, run_bench
 from sparse_rt.zoo_hf import ARCHITECTURES
 
 SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98)
@@ -33,7 +33,7 @@ def run_models_suite(args: argparse.Namespace) -> list[Report]:
     for model, sparsity, pattern, quantize in tqdm(points, desc="models suite", unit="point", disable=args.quiet):
         point = copy.copy(args)
         point.model, point.sparsity, point.pattern, point.quantize = model, sparsity, pattern, quantize
-        point.calibration = DEFAULT_CALIBRATION if quantize else 0
+        point.calibration = default_calibration(quantize)
         point.per_layer, point.quiet, point.no_compare, point.no_memory = False, True, False, True
         reports.append(run_bench(point))
     print(markdown_table(reports))

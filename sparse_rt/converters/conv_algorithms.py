@@ -1,14 +1,16 @@
-"""Per-conv choice of algorithm for the dense 3x3 convolutions, by timing: oneDNN's direct
-convolution or Winograd F(4x4, 3x3) (`sparse_rt.kernels.cpu.winograd`).
+"""Per-conv choice of algorithm for the dense convolutions, by timing: oneDNN's direct
+convolution, or for a 3x3 conv Winograd F(4x4, 3x3) (`sparse_rt.kernels.cpu.winograd`) and for
+a 1x1 conv the native dense GEMM over its channels-last rows (`sparse_rt.kernels.cpu.dense`).
 
-Applied after the conv fusions. A Conv or FusedConv with a constant 3x3 weight, stride 1,
-dilation 1, one group and symmetric pads is timed both ways on its input from one run of the
-graph on representative inputs (`scheduler.workload.representative_feeds`); where Winograd
-takes under WINOGRAD_MARGIN of the direct time, at that batch or at BATCH_FACTOR times it,
-the node gets attribute winograd_from, the least such batch: it runs as Winograd from there
-up. Every conv timed becomes a FusedConv (without activation, if it was a Conv), keeping its
-timings as attribute "timings", JSON {"direct" | "winograd": {batch: seconds}}, for
-`explain`; the attributes stay out of the ONNX domain.
+Applied after the conv fusions. A Conv or FusedConv with a constant weight, one group and
+symmetric pads is a candidate when it is 3x3 with stride 1 and dilation 1 ("winograd") or 1x1
+with stride 1 and no padding ("gemm"). It is timed both ways on its input from one run of the
+graph on representative inputs (`scheduler.workload.representative_feeds`); where the
+alternative takes under MARGINS[algorithm] of the direct time, at that batch or at
+BATCH_FACTOR times it, the node gets attribute winograd_from or gemm_from, the least such
+batch: it runs that way from there up. Every conv timed becomes a FusedConv (without
+activation, if it was a Conv), keeping its timings as attribute "timings", JSON {"direct" |
+algorithm: {batch: seconds}}, for `explain`; the attributes stay out of the ONNX domain.
 
 When the model's weights exceed the last-level cache, every timed call at the representative
 batch comes after an eviction (`scheduler.cold`), as in the model the weights come from
@@ -16,10 +18,9 @@ memory: Winograd's transformed weight is four times the size, and on ResNet-50 t
 convs that took 0.58 against 0.96 ms with a hot weight ran 1.27-1.37 against 1.13 ms in the
 model.
 
-1x1 convs stay oneDNN's: the native dense GEMM over their channels-last rows, which spends
-5 us a call where oneDNN spends 30, timed faster alone and ran slower in ResNet-50 and
-MobileNetV2 (0.86x against 0.93x and 0.69x against 0.73x onnxruntime, taking turns in one
-process).
+The GEMM spends about 5 us a call where oneDNN spends 30, and adds the residual and applies
+the activation (ReLU, clip) in its epilogue, as oneDNN does: without them, as separate passes
+over the output, it ran slower in ResNet-50 and MobileNetV2 than oneDNN although faster alone.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import torch
 
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
 
-# Winograd must beat the direct convolution by this factor: it rounds a few ulps more, and
-# the choice should not flip on noise.
-WINOGRAD_MARGIN = 0.9
+# The alternative must beat the direct convolution by this factor, so that the choice does not
+# flip on noise: Winograd also rounds a few ulps more.
+MARGINS = {"winograd": 0.9, "gemm": 0.95}
 # Each conv is timed at the representative batch and at this many times it: a batch reads
 # the transformed weight once for all its images.
 BATCH_FACTOR = 8
@@ -41,52 +42,63 @@ BATCH_FACTOR = 8
 
 def choose_conv_algorithms(graph: Graph, shapes=None, device: str | torch.device = "cpu",
                            cold: bool = False) -> dict[str, dict[int, tuple[float, float]]]:
-    """Give the 3x3 convs that run faster as Winograd attribute winograd_from (the least batch
-    timed faster); returns {node label: {batch: (direct seconds, winograd seconds)}} for every
-    conv timed. cold: time each call at the representative batch after a cache eviction."""
+    """Give the convs that run faster another way attribute winograd_from or gemm_from (the
+    least batch timed faster); returns {node label: {batch: (direct seconds, alternative
+    seconds)}} for every conv timed. cold: time each call at the representative batch after a
+    cache eviction."""
     from sparse_rt.kernels.cpu._native import native_available
 
-    candidates = [node for node in graph.nodes if _winograd_candidate(graph, node)]
+    candidates = [(node, algorithm) for node in graph.nodes if (algorithm := conv_algorithm(graph, node))]
     if not candidates or torch.device(device).type != "cpu" or not native_available():
         return {}
-    inputs = _conv_inputs(graph, shapes, {node.inputs[0] for node in candidates})
+    inputs = _conv_inputs(graph, shapes, {node.inputs[0] for node, _ in candidates})
     evict = None
     if cold:
         from sparse_rt.scheduler.cold import CacheEvictor
 
         evict = CacheEvictor()
     timings = {}
-    for node in candidates:
+    for node, algorithm in candidates:
         weight = graph.constants[node.inputs[1]]
         x = inputs.get(node.inputs[0])
         if x is None or x.dtype != torch.float32 or x.shape[1] != weight.shape[1]:
             continue
         batched = x.repeat(BATCH_FACTOR, 1, 1, 1).contiguous(memory_format=torch.channels_last)
         # cold at the representative batch only: a batch's compute outweighs reading the weight
-        by_batch = {len(x): _timings(node, weight, x, evict), len(batched): _timings(node, weight, batched, None)}
+        by_batch = {len(x): _timings(node, weight, x, evict, algorithm),
+                    len(batched): _timings(node, weight, batched, None, algorithm)}
         timings[node.label()] = by_batch
-        faster = [batch for batch, (direct, winograd) in by_batch.items() if winograd < WINOGRAD_MARGIN * direct]
+        faster = [batch for batch, (direct, other) in by_batch.items() if other < MARGINS[algorithm] * direct]
         node.op_type, node.domain = "FusedConv", SPARSE_DOMAIN
         node.attributes["timings"] = json.dumps({name: {str(batch): seconds[i] for batch, seconds in by_batch.items()}
-                                                 for i, name in enumerate(("direct", "winograd"))})
-        node.attributes.pop("winograd_from", None)
+                                                 for i, name in enumerate(("direct", algorithm))})
+        for name in MARGINS:
+            node.attributes.pop(f"{name}_from", None)
         if faster:
-            node.attributes["winograd_from"] = min(faster)
+            node.attributes[f"{algorithm}_from"] = min(faster)
     return timings
 
 
-def _winograd_candidate(graph: Graph, node: Node) -> bool:
+def conv_algorithm(graph: Graph, node: Node) -> str | None:
+    """The alternative a conv node is timed against: "winograd", "gemm", or None (not a candidate)."""
     from sparse_rt.kernels.cpu.winograd import supports
 
     if not ((node.op_type == "Conv" and not node.domain) or (node.op_type == "FusedConv" and node.domain == SPARSE_DOMAIN)):
-        return False
+        return None
     weight = graph.constants.get(node.inputs[1]) if len(node.inputs) > 1 else None
     attributes = node.attributes
     pads = list(attributes.get("pads", [0, 0, 0, 0]))
-    return (weight is not None and weight.ndim == 4 and np.issubdtype(weight.dtype, np.floating)
-            and attributes.get("auto_pad", "NOTSET") == "NOTSET" and pads[:2] == pads[2:]
-            and supports(weight.shape, attributes.get("strides", (1, 1)), attributes.get("dilations", (1, 1)),
-                         int(attributes.get("group", 1))))
+    strides = tuple(attributes.get("strides", (1, 1)))
+    group = int(attributes.get("group", 1))
+    if not (weight is not None and weight.ndim == 4 and np.issubdtype(weight.dtype, np.floating)
+            and attributes.get("auto_pad", "NOTSET") == "NOTSET" and pads[:2] == pads[2:]):
+        return None
+    if supports(weight.shape, strides, attributes.get("dilations", (1, 1)), group):
+        return "winograd"
+    if weight.shape[2:] == (1, 1) and strides == (1, 1) and not any(pads) and group == 1:
+        return "gemm"
+    return None
+
 
 def _conv_inputs(graph: Graph, shapes, names: set[str]) -> dict[str, torch.Tensor]:
     """The values `names` from one run on representative inputs ({} when the run fails)."""
@@ -102,8 +114,8 @@ def _conv_inputs(graph: Graph, shapes, names: set[str]) -> dict[str, torch.Tenso
             if name in names and value.dim() == 4}
 
 
-def _timings(node: Node, weight: np.ndarray, x: torch.Tensor, evict) -> tuple[float, float]:
-    """(direct, winograd) seconds of the conv on x, activation and bias included, timed alike."""
+def _timings(node: Node, weight: np.ndarray, x: torch.Tensor, evict, algorithm: str) -> tuple[float, float]:
+    """(direct, `algorithm`) seconds of the conv on x, activation and bias included, timed alike."""
     from sparse_rt.ops.conv import ConstantWeightConv2d
     from sparse_rt.scheduler.tune import best_time
 
@@ -119,8 +131,8 @@ def _timings(node: Node, weight: np.ndarray, x: torch.Tensor, evict) -> tuple[fl
     else:
         runs = {}
     seconds = []
-    for winograd_from in (None, 1):
-        conv = ConstantWeightConv2d(w, 1, padding, 1, 1, activation, winograd_from, bounds)
+    for start in (None, 1):
+        conv = ConstantWeightConv2d(w, 1, padding, 1, 1, activation, bounds=bounds,
+                                    **{f"{algorithm}_from": start})
         seconds.append(best_time(lambda rows, conv=conv: conv(rows, w, bias), x, **runs))
     return seconds[0], seconds[1]
-

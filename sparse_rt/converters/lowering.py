@@ -5,8 +5,10 @@ Recognised (after constant folding, so weights are constants):
   MatMul(x, W[in, out])   W constant and 2-D; a following Add of a constant [out] bias is fused
   Conv(x, W[out, in, 1, 1]) 1x1 kernel, group 1, stride 1, no padding (1-D and 2-D convs):
                           Transpose to channels-last, SparseLinear, Transpose back; where the
-                          chosen format is dense the Conv stays (the convolution kernel reads
-                          the activations in place and fuses the ReLU: no transposes)
+                          chosen format is dense, or a 2-D conv's chosen kernel does not beat
+                          the convolution by PATCH_MARGIN (`_lowering_pays`), the Conv stays
+                          (the convolution kernel reads the activations in place and fuses
+                          the ReLU: no transposes)
   Conv(x, W[out, in, kh, kw]) any other 2-D conv of group 1 (strides, dilations, explicit
                           pads): Transpose to channels-last, Im2Col (its input patches as rows
                           of kh * kw * in, `sparse_rt.ops.im2col`), SparseLinear over W laid
@@ -15,7 +17,7 @@ Recognised (after constant folding, so weights are constants):
                           dense, where the input has under IM2COL_MIN_CHANNELS channels, and
                           where the chosen kernel's time plus the Im2Col copy's is not well
                           below the dense convolution's, timed at the layer's rows
-                          (`_patches_pay`).
+                          (`_lowering_pays`).
                           Int8 weights of such a layer are not calibrated on its patch rows.
 Linear layers (Gemm, MatMul) that read the same input, as an attention block's
 query, key and value projections do, are merged into one layer whose output a
@@ -161,7 +163,7 @@ def lower_linear_layers(
     replaced = {}
     for m in layers:
         choice = choose(m.layer)
-        if _patch_conv(graph, m.node) and not _patches_pay(graph, m, choice, torch.device(device)):
+        if _conv_2d(graph, m.node) and not _lowering_pays(graph, m, choice, torch.device(device)):
             replaced[id(m.node)] = [m.node]
         else:
             replaced[id(m.node)] = _emit(graph, m, choice)
@@ -268,23 +270,26 @@ def _match(graph, node, consumers, graph_outputs):
     return None
 
 
-def _patches_pay(graph: Graph, match: _Match, choice: Choice, device: torch.device) -> bool:
-    """Whether a KxK conv chosen sparse runs faster lowered through Im2Col than as the Conv:
-    the chosen kernel's time plus the Im2Col copy's below PATCH_MARGIN times the dense
-    convolution's, all three timed together and alike (`scheduler.tune.best_time`) at the
-    layer's rows, when the choice was tuned; without timings (the heuristic), where the input
-    has IM2COL_MIN_CHANNELS."""
+def _lowering_pays(graph: Graph, match: _Match, choice: Choice, device: torch.device) -> bool:
+    """Whether a 2-D conv chosen sparse runs faster lowered (a KxK one through Im2Col) than as
+    the Conv: the chosen kernel's time, plus the Im2Col copy's for a KxK conv, below
+    PATCH_MARGIN times the dense convolution's, all timed together and alike
+    (`scheduler.tune.best_time`) at the layer's rows, when the choice was tuned; without timings
+    (the heuristic), where a KxK conv's input has IM2COL_MIN_CHANNELS. A dense weight's 1x1 conv
+    stays a Conv this way when the tuner gave it a dense-equivalent format by a hair (MobileNetV2
+    dense: bitmask layers, with their transposes and a Clip after, in place of the fused conv)."""
     if choice.weight.name == "dense":
         return False
     weight = graph.constants[match.node.inputs[1]]
-    if weight.shape[1] < IM2COL_MIN_CHANNELS:
+    pointwise = _pointwise(graph, match.node)
+    if not pointwise and weight.shape[1] < IM2COL_MIN_CHANNELS:
         return False
     if not choice.timings:
         return True
     rows = max(choice.tuned_rows or (match.layer.rows or 1,))
     x, geometry = _conv_input(weight.shape, match.node.attributes, rows, device)
-    return (_kernel_seconds(match.layer, choice, rows, device) + _im2col_seconds(x, geometry)
-            < PATCH_MARGIN * _conv_seconds(x, weight, geometry))
+    copy = 0.0 if pointwise else _im2col_seconds(x, geometry)
+    return _kernel_seconds(match.layer, choice, rows, device) + copy < PATCH_MARGIN * _conv_seconds(x, weight, geometry)
 
 
 # Below this many input channels each patch row is copied in pieces too small to pay (an RGB
@@ -336,12 +341,23 @@ def _im2col_seconds(x: torch.Tensor, geometry: dict) -> float:
 
 def _conv_seconds(x: torch.Tensor, weight: np.ndarray, geometry: dict) -> float:
     """Seconds of the dense convolution the Conv runs as (`ConstantWeightConv2d`) on x, timed
-    as the tuner times kernels (the weight is reordered at the untimed warm-up calls)."""
+    as the tuner times kernels (the weight is reordered at the untimed warm-up calls): for a 1x1
+    conv the faster of oneDNN's and the native GEMM (`converters.conv_algorithms` picks)."""
     from sparse_rt.scheduler.tune import best_time
 
     w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).to(x.device)
-    conv = ConstantWeightConv2d(w, geometry["strides"], 0, geometry["dilations"], 1, None)
-    return best_time(lambda rows: conv(rows.permute(0, 3, 1, 2), w), x)  # NCHW shape, channels-last memory
+    pointwise = weight.shape[2:] == (1, 1) and geometry["strides"] == (1, 1)
+    seconds = []
+    for gemm_from in ((None, 1) if pointwise else (None,)):
+        conv = ConstantWeightConv2d(w, geometry["strides"], 0, geometry["dilations"], 1, None, gemm_from=gemm_from)
+        seconds.append(best_time(lambda rows: conv(rows.permute(0, 3, 1, 2), w), x))  # NCHW shape, channels-last memory
+    return min(seconds)
+
+
+def _conv_2d(graph: Graph, node: Node) -> bool:
+    """A Conv (of the default domain) with a constant 4-D weight."""
+    weight = graph.constants.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    return not node.domain and node.op_type == "Conv" and weight is not None and weight.ndim == 4
 
 
 def _patch_conv(graph: Graph, node: Node) -> bool:

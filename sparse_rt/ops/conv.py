@@ -10,10 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sparse_rt.formats.dense import DenseFormat
 from sparse_rt.ir.graph import Node
 from sparse_rt.ir.tensors import tensor_view
-from sparse_rt.kernels.cpu import depthwise, winograd
+from sparse_rt.kernels.cpu import dense, depthwise, winograd
+from sparse_rt.kernels.cpu._launch import channels_last_operands
 from sparse_rt.kernels.cpu._native import native_available
+from sparse_rt.kernels.cpu.configs import DenseOptions, dense_configs, parse_options
 from sparse_rt.ops.common import check_attribute, constant_input
 from sparse_rt.ops.registry import BindContext, register_op
 
@@ -75,9 +78,10 @@ def bind_conv_activation(node: Node, ctx: BindContext, activation: str | None):
         if not all(isinstance(bound, (int, float)) for bound in bounds) or bounds[0] > bounds[1]:
             raise ValueError(f"conv activation 'clip': expected float attributes clip_min <= clip_max, got {bounds}")
         bounds = (float(bounds[0]), float(bounds[1]))
-    winograd_from = attributes.get("winograd_from")
-    if winograd_from is not None and (not isinstance(winograd_from, int) or winograd_from < 1):
-        raise ValueError(f"attribute 'winograd_from': expected a batch size (an int >= 1), got {winograd_from!r}")
+    winograd_from, gemm_from = attributes.get("winograd_from"), attributes.get("gemm_from")
+    for name, value in (("winograd_from", winograd_from), ("gemm_from", gemm_from)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"attribute {name!r}: expected a batch size (an int >= 1), got {value!r}")
     group = int(attributes.get("group", 1))
     auto_pad = check_attribute("auto_pad", attributes.get("auto_pad", "NOTSET"), AUTO_PADS)
     strides = attributes.get("strides")
@@ -105,7 +109,7 @@ def bind_conv_activation(node: Node, ctx: BindContext, activation: str | None):
         extra = torch_pad_list([b - p for b, p in zip(begins, padding)], [e - p for e, p in zip(ends, padding)])
         return ConstantWeightConv2d(tensor_view(weight).to(ctx.device), list(strides) if strides else 1, padding,
                                     list(dilations) if dilations else 1, group, activation, winograd_from,
-                                    bounds, extra)
+                                    bounds, extra, gemm_from)
 
     if auto_pad == "NOTSET" and (not pads or split_pads(pads)[0] == split_pads(pads)[1]):
         padding = split_pads(pads)[0] if pads else 0
@@ -183,13 +187,17 @@ class ConstantWeightConv2d:
     activation: None, "relu", or "clip" to `bounds` (min, max; ReLU6 as oneDNN's hardtanh
     post-op). winograd_from: a 3x3, stride-1, ungrouped float32 conv runs as
     Winograd F(4x4, 3x3) on the CPU (`sparse_rt.kernels.cpu.winograd`) at batches of at least
-    this many images (chosen by `sparse_rt.converters.conv_algorithms`). A 3x3 depthwise
-    float32 conv runs on the CPU as `sparse_rt.kernels.cpu.depthwise`.
+    this many images; gemm_from: a 1x1 one (stride 1, no padding) as the native dense GEMM over
+    its channels-last rows (`sparse_rt.kernels.cpu.dense`), residual and activation in the GEMM's
+    epilogue, which spends about 5 us a call where oneDNN spends 30 (both chosen by
+    `sparse_rt.converters.conv_algorithms`). The GEMM packs the weight and the bias (a constant
+    of the graph) at its first call. A 3x3 depthwise float32 conv runs on the CPU as
+    `sparse_rt.kernels.cpu.depthwise`.
     """
 
     def __init__(self, weight: torch.Tensor, stride, padding, dilation, group: int, activation: str | None,
                  winograd_from: int | None = None, bounds: tuple[float, float] | None = None,
-                 extra_pads: list[int] | None = None) -> None:
+                 extra_pads: list[int] | None = None, gemm_from: int | None = None) -> None:
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
         self.group, self.activation, self.bounds = group, activation, bounds
         self.extra_pads = list(extra_pads) if extra_pads and any(extra_pads) else None
@@ -207,6 +215,14 @@ class ConstantWeightConv2d:
             left, right, top, bottom = self.extra_pads or (0, 0, 0, 0)
             pads = (self.padding[0] + top, self.padding[1] + left, self.padding[0] + bottom, self.padding[1] + right)
             self.depthwise = depthwise.DepthwiseConv2d(weight, self.stride, self.dilation, pads)
+        # the GEMM's packed weight and bias are made at the first call that runs it
+        self.gemm: dense.DensePacked | None = None
+        self.gemm_bias: torch.Tensor | None = None
+        self.gemm_from = gemm_from if (
+            gemm_from is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and tuple(weight.shape[2:]) == (1, 1) and self.stride == [1, 1] and self.padding == [0, 0]
+            and self.extra_pads is None and group == 1 and native_available()) else None
+        self.gemm_options = parse_options(DenseOptions, dense_configs(weight, weight.device)[0]) if self.gemm_from else None
         # Winograd's transformed weight (4x the weight) is made at the first call that runs it
         self.winograd: winograd.WinogradConv3x3 | None = None
         self.winograd_from = winograd_from if (
@@ -223,6 +239,8 @@ class ConstantWeightConv2d:
             if z is None or _in_epilogue(z, (n, c, *self.depthwise.output_size(h, w_in))):
                 return self.depthwise(x, b, z, self.activation, self.bounds)
             return _activate_(_add_residual(self.depthwise(x, b), z), self.activation, self.bounds)
+        if self.gemm_from is not None and x.shape[0] >= self.gemm_from and cpu_float32:
+            return self._gemm(x, b, z)
         if self.extra_pads is not None:
             x = F.pad(x, self.extra_pads)
         if self.winograd_from is not None and x.shape[0] >= self.winograd_from and cpu_float32:
@@ -245,9 +263,12 @@ class ConstantWeightConv2d:
                 return torch.ops.mkldnn._convolution_pointwise(
                     x, self.packed, b, self.padding, self.stride, self.dilation, self.group, unary, scalars, None)
             if _in_epilogue(z, self.output_shape(x)):
-                return torch.ops.mkldnn._convolution_pointwise.binary(
+                # oneDNN's binary fusion takes ReLU after the add but not hardtanh
+                fused = unary if unary == "relu" else None
+                y = torch.ops.mkldnn._convolution_pointwise.binary(
                     x, z, self.packed, b, self.padding, self.stride, self.dilation, self.group,
-                    "add", None, None if unary == "none" else unary, scalars, None)
+                    "add", None, fused, scalars if fused else [], None)
+                return y if fused or self.activation is None else _activate_(y, self.activation, self.bounds)
             y = torch.ops.mkldnn._convolution_pointwise(
                 x, self.packed, b, self.padding, self.stride, self.dilation, self.group, "none", [], None)
         else:
@@ -258,6 +279,22 @@ class ConstantWeightConv2d:
         if z is not None:
             y = _add_residual(y, z)
         return _activate_(y, self.activation, self.bounds)
+
+    def _gemm(self, x: torch.Tensor, b: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
+        """The 1x1 conv as y [N*H*W, K] = activation(x rows [N*H*W, C] @ W.T + b (+ z rows)),
+        channels-last in and out; a residual that only broadcasts is added after."""
+        n, c, h, w_in = x.shape
+        k = self.weight.shape[0]
+        if self.gemm is None or self.gemm_bias is not b:
+            self.gemm = dense.pack_dense(DenseFormat.from_dense(self.weight.reshape(k, c)), b)
+            self.gemm_bias = b
+        in_kernel = z is None or _in_epilogue(z, (n, k, h, w_in))
+        rows, _, residual = channels_last_operands(x, c, None, z if in_kernel else None, "1x1 conv")
+        y = dense.dense_linear(rows.view(-1, c), self.gemm, self.gemm_options,
+                               self.activation if in_kernel else None,
+                               None if residual is None else residual.view(-1, k), self.bounds)
+        y = y.view(n, h, w_in, k).permute(0, 3, 1, 2)
+        return y if in_kernel else _activate_(_add_residual(y, z), self.activation, self.bounds)
 
     def output_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         """(N, M, H', W') for x [N, C, H, W] (already carrying extra_pads)."""

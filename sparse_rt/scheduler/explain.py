@@ -134,20 +134,21 @@ def format_report(reports: list[LayerReport], batch: int | None = None) -> str:
 
 
 def format_conv_report(graph: Graph) -> str:
-    """The 3x3 convs timed as oneDNN's direct convolution against Winograd F(4x4, 3x3)
-    (`converters.conv_algorithms`): one row per conv with its ms per batch and the choice; ""
-    when none was timed."""
+    """The convs timed as oneDNN's direct convolution against Winograd F(4x4, 3x3) (3x3) or the
+    native GEMM (1x1) (`converters.conv_algorithms`): one row per conv with its ms per batch and
+    the choice; "" when none was timed."""
     rows = []
     for node in graph.nodes:
         if node.domain != SPARSE_DOMAIN or node.op_type != "FusedConv" or "timings" not in node.attributes:
             continue
         timings = json.loads(node.attributes["timings"])
+        alternative = next(name for name in timings if name != "direct")
         batches = sorted({int(b) for per_batch in timings.values() for b in per_batch})
-        cells = "  ".join(f"batch {b}: " + " / ".join(f"{timings[a][str(b)] * 1e3:.3f}" for a in ("direct", "winograd"))
+        cells = "  ".join(f"batch {b}: " + " / ".join(f"{timings[a][str(b)] * 1e3:.3f}" for a in ("direct", alternative))
                           for b in batches)
-        start = node.attributes.get("winograd_from")
-        choice = "direct" if start is None else f"winograd from batch {start}"
+        start = node.attributes.get(f"{alternative}_from")
+        choice = "direct" if start is None else f"{alternative} from batch {start}"
         rows.append(f"  {node.label()[:32]:<32} {choice:<26} {cells}")
     if not rows:
         return ""
-    return "\n".join(["3x3 convolutions (ms direct / winograd, as timed at conversion):", *rows])
+    return "\n".join(["convolutions (ms direct / winograd (3x3) or gemm (1x1), as timed at conversion):", *rows])

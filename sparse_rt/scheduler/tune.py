@@ -73,8 +73,17 @@ def weight_signature(weight: torch.Tensor) -> str:
 
 
 def calibration_of(layer: LinearLayer) -> torch.Tensor | None:
-    """The layer's calibration inputs [rows, in] as a tensor, when the conversion had some."""
-    return None if layer.calibration is None else torch.from_numpy(layer.calibration)
+    """The layer's calibration inputs [rows, in] as a tensor, when the conversion had some;
+    ValueError naming the layer when they are not finite (a calibration feed the model turns
+    into NaN or Inf there)."""
+    if layer.calibration is None:
+        return None
+    inputs = torch.from_numpy(layer.calibration)
+    if not bool(torch.isfinite(inputs).all()):
+        bad = int((~torch.isfinite(inputs)).any(dim=1).sum())
+        raise ValueError(f"calibration: the inputs of layer {layer.name!r} hold NaN or Inf ({bad} of "
+                         f"{inputs.shape[0]} rows); expected finite values from the calibration feeds")
+    return inputs
 
 
 def tune_layer(

@@ -13,7 +13,7 @@ from sparse_rt.converters.lowering import (
     Choice,
     LinearLayer,
     _Match,
-    _patches_pay,
+    _lowering_pays,
     linear_inputs,
     lower_linear_layers,
 )
@@ -97,7 +97,7 @@ def test_a_kxk_conv_is_tuned_at_its_output_positions():
     assert layer.weight.shape == (24, 3 * 3 * 16)
 
 
-def test_patches_pay_only_when_the_sparse_kernel_and_the_copy_beat_the_convolution(monkeypatch):
+def test_lowering_pays_only_when_the_sparse_kernel_and_the_copy_beat_the_convolution(monkeypatch):
     graph = import_onnx(conv_model(pads=[1, 1, 1, 1]))
     node = graph.nodes[0]
     weight = graph.constants["w"].transpose(0, 2, 3, 1).reshape(24, -1)
@@ -112,11 +112,30 @@ def test_patches_pay_only_when_the_sparse_kernel_and_the_copy_beat_the_convoluti
         return Choice(csr, "csr_cpu", {}, {label: {143: 0.01}}, tuned_rows=(143,))
 
     cpu = torch.device("cpu")
-    assert _patches_pay(graph, match, timed(0.5), cpu)
-    assert not _patches_pay(graph, match, timed(0.7), cpu)  # 0.8 with the copy: not PATCH_MARGIN below 1.0
-    assert _patches_pay(graph, match, Choice(csr, "csr_cpu", {}), cpu)  # untimed (the heuristic)
+    assert _lowering_pays(graph, match, timed(0.5), cpu)
+    assert not _lowering_pays(graph, match, timed(0.7), cpu)  # 0.8 with the copy: not PATCH_MARGIN below 1.0
+    assert _lowering_pays(graph, match, Choice(csr, "csr_cpu", {}), cpu)  # untimed (the heuristic)
     dense = get_format("dense").from_dense(torch.from_numpy(weight))
-    assert not _patches_pay(graph, match, Choice(dense, "dense_cpu_native", {}), cpu)
+    assert not _lowering_pays(graph, match, Choice(dense, "dense_cpu_native", {}), cpu)
+
+
+def test_a_pointwise_conv_is_lowered_only_when_its_kernel_alone_beats_the_convolution(monkeypatch):
+    graph = import_onnx(conv_model(kernel=(1, 1), channels=3))  # few channels: no Im2Col, so no floor
+    node = graph.nodes[0]
+    weight = graph.constants["w"].reshape(24, 3)
+    match = _Match(node, LinearLayer("conv", weight, None, rows=143), "x", ("y",), (24,), ())
+    bitmask = get_format("bitmask").from_dense(torch.from_numpy(weight))
+    label = Candidate(bitmask, "bitmask_cpu", {}).label
+    monkeypatch.setattr(lowering, "_conv_seconds", lambda x, w, geometry: 1.0)
+    monkeypatch.setattr(lowering, "_im2col_seconds", lambda x, geometry: pytest.fail("a 1x1 conv copies nothing"))
+
+    def timed(sparse_seconds):
+        monkeypatch.setattr(lowering, "_kernel_seconds", lambda layer, choice, rows, device: sparse_seconds)
+        return Choice(bitmask, "bitmask_cpu", {}, {label: {143: 0.01}}, tuned_rows=(143,))
+
+    cpu = torch.device("cpu")
+    assert _lowering_pays(graph, match, timed(0.7), cpu)
+    assert not _lowering_pays(graph, match, timed(0.8), cpu)  # a dense-equivalent format by a hair: the Conv stays
 
 
 def test_the_convolution_is_timed_on_the_layer_s_output_positions():

@@ -5,9 +5,10 @@ import torch
 
 from sparse_rt.formats import DenseFormat
 from sparse_rt.kernels.cpu.configs import simd_width
-from sparse_rt.kernels.cpu.dense import DenseChain, dense_linear_reference, pack_dense
+from sparse_rt.kernels.cpu.configs import DenseOptions
+from sparse_rt.kernels.cpu.dense import DenseChain, dense_linear, dense_linear_reference, pack_dense
 from sparse_rt.kernels.registry import kernels_for
-from tests.helpers import assert_close
+from tests.helpers import OTHER_INSTRUCTION_SETS, assert_close, run_built_for
 
 X_SHAPES = [(), (1,), (3,), (9,), (40,), (2, 5)]
 
@@ -41,6 +42,67 @@ def test_dense_k_blocks_and_row_tiles(rows):
     for rows_per_tile in range(1, 9):
         config = {"panels_per_task": 2, "rows_per_tile": rows_per_tile, "k_block": 256}
         assert_close(native.bind(fmt, None, config, torch.device("cpu"))(x), x @ weight.T, rtol=1e-5)
+
+
+EPILOGUES = [("relu", None, False), ("relu", None, True), ("clip", (-0.5, 1.5), False), ("clip", (0.0, 6.0), True),
+             (None, None, True), ("gelu", None, True)]
+
+
+def epilogue_reference(x, weight, bias, activation, bounds, residual):
+    y = x.double() @ weight.double().T + bias.double()
+    if residual is not None:
+        y = y + residual.double()
+    if activation == "relu":
+        return y.relu()
+    if activation == "gelu":
+        return torch.nn.functional.gelu(y)
+    return y.clamp(*bounds) if activation == "clip" else y
+
+
+@pytest.mark.parametrize("activation, bounds, with_residual", EPILOGUES,
+                         ids=lambda v: str(v) if not isinstance(v, bool) else ("residual" if v else "none"))
+@pytest.mark.parametrize("rows", [1, 7, 23, 530])
+def test_dense_epilogue_adds_the_residual_then_activates(activation, bounds, with_residual, rows):
+    # out 70: a partial panel; the one-row path, partial row tiles, several row blocks, k blocks
+    weight, bias = torch.randn(70, 300), torch.randn(70)
+    packed = pack_dense(DenseFormat.from_dense(weight), bias)
+    x = torch.randn(rows, 300)
+    residual = torch.randn(rows, 70) if with_residual else None
+    expected = epilogue_reference(x, weight, bias, activation, bounds, residual)
+    for options in (DenseOptions(1, 8, 0), DenseOptions(2, 3, 128)):
+        assert_close(dense_linear(x, packed, options, activation, residual, bounds), expected, rtol=1e-4)
+
+
+def test_dense_epilogue_errors():
+    packed = pack_dense(DenseFormat.from_dense(torch.randn(8, 5)), None)
+    x, options = torch.randn(3, 5), DenseOptions(1, 8, 0)
+    with pytest.raises(ValueError, match=r"expected a contiguous float32 residual \[3, 8\], got float32 \[3, 7\]"):
+        dense_linear(x, packed, options, None, torch.randn(3, 7))
+    with pytest.raises(ValueError, match=r"expected a contiguous float32 residual \[3, 8\], got float64 \[3, 8\]"):
+        dense_linear(x, packed, options, None, torch.randn(3, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="activation 'clip' needs bounds"):
+        dense_linear(x, packed, options, "clip")
+
+
+OTHER_ISA_SCRIPT = r"""
+import torch
+from sparse_rt.formats import DenseFormat
+from sparse_rt.kernels.cpu.configs import DenseOptions
+from sparse_rt.kernels.cpu.dense import dense_linear, pack_dense
+g = torch.Generator().manual_seed(0)
+for rows in (1, 13):
+    w, b = torch.randn(21, 40, generator=g), torch.randn(21, generator=g)
+    x, z = torch.randn(rows, 40, generator=g), torch.randn(rows, 21, generator=g)
+    expected = (x.double() @ w.double().T + b.double() + z.double()).clamp(-1, 2)
+    actual = dense_linear(x, pack_dense(DenseFormat.from_dense(w), b), DenseOptions(1, 4, 0), "clip", z, (-1.0, 2.0))
+    assert float((actual - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("arch, needs", OTHER_INSTRUCTION_SETS, ids=["avx2", "portable"])
+def test_dense_epilogue_other_instruction_sets(arch, needs, tmp_path):
+    run_built_for(arch, needs, OTHER_ISA_SCRIPT, tmp_path)
 
 
 def test_pack_dense_layout():

@@ -141,3 +141,12 @@ def test_convert_save_load_explain(tmp_path):
     y = sparse_rt.InferenceSession(loaded).run(None, {"x": x})[0]
     expected = np.maximum(x @ w1.T, 0) @ w2.T
     assert relative_error(y, expected) < 0.05
+
+
+@pytest.mark.parametrize("tune", [False, True], ids=["heuristic", "tuned"])
+def test_calibration_inputs_that_are_not_finite_name_the_layer(tune, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSE_RT_CACHE", str(tmp_path / "cache.json"))
+    proto, _, _ = _mlp_model()
+    overflowing = {"x": np.full((2, 64), 3e38, np.float32)}  # finite; the first layer's output is not
+    with pytest.raises(ValueError, match=r"calibration: the inputs of layer '[^']+' hold NaN or Inf \(2 of 2 rows\)"):
+        sparse_rt.convert(proto, quantize="int8", calibration=[overflowing], tune=tune, shapes={"x": (2, 64)})

@@ -371,7 +371,7 @@ static void _bitmask_panel_task(void* context, int64_t p, int worker) {
         for (int64_t r = 0; r < job->rows; r += panel->mr) {
             int m = job->rows - r < panel->mr ? (int)(job->rows - r) : (int)panel->mr;
             _dense_tile(m, kc, block, job->x + r * in + k0, in, job->y + r * out + o0, out, width,
-                        k0 == 0 ? panel->panel_bias + o0 : NULL, 0);
+                        k0 == 0 ? panel->panel_bias + o0 : NULL, NULL);
         }
     }
 }

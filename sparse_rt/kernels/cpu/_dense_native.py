@@ -16,12 +16,25 @@ from sparse_rt.kernels.cpu.gelu import GELU_SOURCE
 # The register tiles over one packed panel, shared with kernels that pack panels as they go.
 TILE_SOURCE = GELU_SOURCE + r"""
 #define NR (2 * VL)
-/* The epilogue applied to a finished output register: none, GELU (erf form) or ReLU (a NaN
-   becomes 0). Codes as in dense.py's ACTIVATION_CODES. */
+/* The epilogue of a finished output tile, in registers: + z (a residual, rows of ldz floats;
+   NULL: none), then act: 0 none, ACT_GELU (erf form), ACT_RELU (a NaN becomes 0) or ACT_CLIP
+   to [lo, hi]. Codes as in dense.py's ACTIVATION_CODES. A tile gets NULL for no epilogue (the
+   partial sums of a reduction block). */
 #define ACT_GELU 1
 #define ACT_RELU 2
+#define ACT_CLIP 3
+typedef struct { int act; float lo, hi; const float* z; int64_t ldz; } tile_epilogue;
 static inline vf vrelu(vf v) { gf x = (gf)v; return (vf)(gf)((gi)x & (x > 0.0f)); }
-static inline vf vactivate(vf v, int act) { return act == ACT_GELU ? vgelu(v) : act == ACT_RELU ? vrelu(v) : v; }
+/* v's n lanes through the epilogue, z: the residual's matching lanes or NULL */
+static inline vf vepilogue(vf v, const tile_epilogue* ep, const float* z, int n) {
+    if (z) v = vadd(v, n == VL ? vload(z) : vload_n(z, n));
+    switch (ep->act) {
+    case ACT_GELU: return vgelu(v);
+    case ACT_RELU: return vrelu(v);
+    case ACT_CLIP: return vmin(vmax(v, vset1(ep->lo)), vset1(ep->hi));
+    default: return v;
+    }
+}
 /* Panel rows requested ahead of use: a layer's weight mostly comes from DRAM (a model's
    weights do not stay in cache), and prefetching 16 rows (2 KiB with AVX-512) ahead cut a
    stack of eight 768x3072 / 3072x768 layers from 1.77 / 2.62 / 6.94 ms to 1.59 / 1.76 /
@@ -29,12 +42,13 @@ static inline vf vactivate(vf v, int act) { return act == ACT_GELU ? vgelu(v) : 
 #define PREFETCH_STEPS 16
 
 /* y[r, 0:ncols] (+)= x[r, 0:kc] @ w[0:kc, 0:NR] for r < MR; starts from bias when given,
-   else from the partial sums already in y; act: the epilogue of the result (the last k block). */
+   else from the partial sums already in y; ep: the epilogue of the result (the last k block),
+   its z at the tile's first row. */
 #define DEFINE_DENSE_TILE(MR)                                                              \
 static inline void _dense_tile_##MR(int64_t kc, const float* restrict w,                   \
                                     const float* restrict x, int64_t ldx,                  \
                                     float* restrict y, int64_t ldy, int ncols,             \
-                                    const float* restrict bias, int act) {                 \
+                                    const float* restrict bias, const tile_epilogue* ep) { \
     vf acc0[MR], acc1[MR];                                                                 \
     int n0 = ncols < VL ? ncols : VL, n1 = ncols - n0;                                     \
     _Pragma("GCC unroll 16")                                                               \
@@ -55,7 +69,11 @@ static inline void _dense_tile_##MR(int64_t kc, const float* restrict w,        
     }                                                                                      \
     _Pragma("GCC unroll 16")                                                               \
     for (int r = 0; r < MR; r++) {                                                         \
-        if (act) { acc0[r] = vactivate(acc0[r], act); acc1[r] = vactivate(acc1[r], act); } \
+        if (ep) {                                                                          \
+            const float* z = ep->z ? ep->z + r * ep->ldz : NULL;                           \
+            acc0[r] = vepilogue(acc0[r], ep, z, n0);                                       \
+            acc1[r] = vepilogue(acc1[r], ep, z ? z + VL : NULL, n1);                       \
+        }                                                                                  \
         if (ncols == NR) { vstore(y + r * ldy, acc0[r]); vstore(y + r * ldy + VL, acc1[r]); } \
         else { vstore_n(y + r * ldy, acc0[r], n0); vstore_n(y + r * ldy + VL, acc1[r], n1); } \
     }                                                                                      \
@@ -67,7 +85,8 @@ DEFINE_DENSE_TILE(5) DEFINE_DENSE_TILE(6) DEFINE_DENSE_TILE(7) DEFINE_DENSE_TILE
 /* The one-row tile: four k-steps in flight, each into its own accumulators (a single pair
    would wait on the FMA latency every step). */
 static inline void _dense_row(int64_t kc, const float* restrict w, const float* restrict x,
-                              float* restrict y, int ncols, const float* restrict bias, int act) {
+                              float* restrict y, int ncols, const float* restrict bias,
+                              const tile_epilogue* ep) {
     vf acc[4][2];
     int n0 = ncols < VL ? ncols : VL, n1 = ncols - n0;
     for (int u = 0; u < 4; u++) { acc[u][0] = vzero(); acc[u][1] = vzero(); }
@@ -91,7 +110,7 @@ static inline void _dense_row(int64_t kc, const float* restrict w, const float* 
     }
     vf y0 = vadd(vadd(acc[0][0], acc[1][0]), vadd(acc[2][0], acc[3][0]));
     vf y1 = vadd(vadd(acc[0][1], acc[1][1]), vadd(acc[2][1], acc[3][1]));
-    if (act) { y0 = vactivate(y0, act); y1 = vactivate(y1, act); }
+    if (ep) { y0 = vepilogue(y0, ep, ep->z, n0); y1 = vepilogue(y1, ep, ep->z ? ep->z + VL : NULL, n1); }
     if (ncols == NR) { vstore(y, y0); vstore(y + VL, y1); }
     else { vstore_n(y, y0, n0); vstore_n(y + VL, y1, n1); }
 }
@@ -100,7 +119,7 @@ static inline void _dense_row(int64_t kc, const float* restrict w, const float* 
    streams at once keep more memory requests in flight than one panel after another. */
 static inline void _dense_row_panels(int np, int64_t kc, const float* restrict w, int64_t panel_stride,
                                      const float* restrict x, float* restrict y, int64_t cols,
-                                     const float* restrict bias, int act) {
+                                     const float* restrict bias, const tile_epilogue* ep) {
     vf acc[4][2];
     for (int q = 0; q < 4; q++) {
         int n0 = 0, n1 = 0;
@@ -135,32 +154,37 @@ static inline void _dense_row_panels(int np, int64_t kc, const float* restrict w
     for (int q = 0; q < np; q++) {
         int64_t c = cols - q * NR;
         int nc = c < NR ? (int)c : NR, n0 = nc < VL ? nc : VL, n1 = nc - n0;
-        if (act) { acc[q][0] = vactivate(acc[q][0], act); acc[q][1] = vactivate(acc[q][1], act); }
+        if (ep) {
+            const float* z = ep->z ? ep->z + q * NR : NULL;
+            acc[q][0] = vepilogue(acc[q][0], ep, z, n0);
+            acc[q][1] = vepilogue(acc[q][1], ep, z ? z + VL : NULL, n1);
+        }
         if (nc == NR) { vstore(y + q * NR, acc[q][0]); vstore(y + q * NR + VL, acc[q][1]); }
         else { vstore_n(y + q * NR, acc[q][0], n0); vstore_n(y + q * NR + VL, acc[q][1], n1); }
     }
 }
 
 static inline void _dense_tile(int mr, int64_t kc, const float* w, const float* x, int64_t ldx,
-                               float* y, int64_t ldy, int ncols, const float* bias, int act) {
+                               float* y, int64_t ldy, int ncols, const float* bias, const tile_epilogue* ep) {
     switch (mr) {
-    case 1: _dense_row(kc, w, x, y, ncols, bias, act); break;
-    case 2: _dense_tile_2(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
-    case 3: _dense_tile_3(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
-    case 4: _dense_tile_4(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
-    case 5: _dense_tile_5(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
-    case 6: _dense_tile_6(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
-    case 7: _dense_tile_7(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
-    default: _dense_tile_8(kc, w, x, ldx, y, ldy, ncols, bias, act); break;
+    case 1: _dense_row(kc, w, x, y, ncols, bias, ep); break;
+    case 2: _dense_tile_2(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
+    case 3: _dense_tile_3(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
+    case 4: _dense_tile_4(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
+    case 5: _dense_tile_5(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
+    case 6: _dense_tile_6(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
+    case 7: _dense_tile_7(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
+    default: _dense_tile_8(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
     }
 }
 """
 
 SOURCE = TILE_SOURCE + r"""
 struct dense_job {
-    int64_t rows, in, out, panels, panels_per_task, mr, kc, act;
+    int64_t rows, in, out, panels, panels_per_task, mr, kc;
     const float *packed, *bias, *x;
     float* y;
+    tile_epilogue ep;  /* z at y's first row */
 };
 
 /* Rows per task: a task runs its panels over one block of x's rows, which stays in L2
@@ -175,14 +199,18 @@ static void _dense_task(void* context, int64_t task, int worker) {
     int64_t t = task % panel_tasks, r_begin = task / panel_tasks * ROW_BLOCK;
     int64_t r_end = r_begin + ROW_BLOCK < job->rows ? r_begin + ROW_BLOCK : job->rows;
     int64_t p_end = (t + 1) * job->panels_per_task < job->panels ? (t + 1) * job->panels_per_task : job->panels;
+    tile_epilogue ep = job->ep;  /* z moved to each tile's first row */
+    const tile_epilogue* final = ep.act || ep.z ? &ep : NULL;  /* after the last reduction block */
     for (int64_t k0 = 0; k0 < in; k0 += kc) {
         int64_t kcur = in - k0 < kc ? in - k0 : kc;
+        int last = k0 + kcur == in;
         if (job->rows == 1) {
             for (int64_t p = t * job->panels_per_task; p < p_end; p += 4) {
                 int np = p_end - p < 4 ? (int)(p_end - p) : 4;
+                ep.z = job->ep.z ? job->ep.z + p * NR : NULL;
                 _dense_row_panels(np, kcur, job->packed + (p * in + k0) * NR, in * NR, job->x + k0,
                                   job->y + p * NR, out - p * NR, k0 == 0 ? job->bias + p * NR : NULL,
-                                  k0 + kcur == in ? job->act : 0);
+                                  last ? final : NULL);
             }
             continue;
         }
@@ -191,23 +219,25 @@ static void _dense_task(void* context, int64_t task, int worker) {
             int ncols = out - p * NR < NR ? (int)(out - p * NR) : NR;
             for (int64_t r = r_begin; r < r_end; r += job->mr) {
                 int m = r_end - r < job->mr ? (int)(r_end - r) : (int)job->mr;
+                ep.z = job->ep.z ? job->ep.z + r * out + p * NR : NULL;
                 _dense_tile(m, kcur, w, job->x + r * in + k0, in, job->y + r * out + p * NR, out, ncols,
-                            k0 == 0 ? job->bias + p * NR : NULL, k0 + kcur == in ? job->act : 0);
+                            k0 == 0 ? job->bias + p * NR : NULL, last ? final : NULL);
             }
         }
     }
 }
 
-/* y [rows, out] = x [rows, in] @ W.T + bias.
-   packed: [ceil(out / NR), in, NR]; bias: [ceil(out / NR) * NR] (zeros when the layer has none).
-   in >= 1. Work is split into tasks of `panels_per_task` panels and ROW_BLOCK rows; inside a task the reduction
-   runs in blocks of `kc` inputs (0: all) and the rows in tiles of `mr` (1..8). act: the epilogue (0 none, ACT_GELU, ACT_RELU). */
+/* y [rows, out] = act(x [rows, in] @ W.T + bias (+ z [rows, out])).
+   packed: [ceil(out / NR), in, NR]; bias: [ceil(out / NR) * NR] (zeros when the layer has none);
+   z: the residual, or NULL. in >= 1. Work is split into tasks of `panels_per_task` panels and
+   ROW_BLOCK rows; inside a task the reduction runs in blocks of `kc` inputs (0: all) and the rows
+   in tiles of `mr` (1..8). act: the epilogue (0 none, ACT_GELU, ACT_RELU, ACT_CLIP to [lo, hi]). */
 void dense_linear(int num_threads, int64_t rows, int64_t in, int64_t out,
-                  const float* packed, const float* bias, const float* x, float* y,
-                  int64_t panels_per_task, int64_t mr, int64_t kc, int64_t act) {
+                  const float* packed, const float* bias, const float* x, const float* z, float* y,
+                  int64_t panels_per_task, int64_t mr, int64_t kc, int64_t act, float lo, float hi) {
     int64_t panels = (out + NR - 1) / NR;
-    struct dense_job job = {rows, in, out, panels, panels_per_task, mr, kc <= 0 || kc > in ? in : kc, act,
-                            packed, bias, x, y};
+    struct dense_job job = {rows, in, out, panels, panels_per_task, mr, kc <= 0 || kc > in ? in : kc,
+                            packed, bias, x, y, {(int)act, lo, hi, z, out}};
     int64_t row_blocks = (rows + ROW_BLOCK - 1) / ROW_BLOCK;
     sr_parallel_for(num_threads, (panels + panels_per_task - 1) / panels_per_task * row_blocks, _dense_task, &job);
 }
@@ -223,7 +253,7 @@ void dense_chain(int num_threads, int64_t rows, int64_t count, const int64_t* la
         const int64_t* l = layers + 8 * i;
         float* output = i == count - 1 ? y : work + (i % 2) * rows * max_out;
         dense_linear(num_threads, rows, l[0], l[1], (const float*)(intptr_t)l[6], (const float*)(intptr_t)l[7],
-                     input, output, l[2], l[3], l[4], l[5]);
+                     input, NULL, output, l[2], l[3], l[4], l[5], 0.0f, 0.0f);
         input = output;
     }
 }
@@ -241,7 +271,8 @@ def _library():
 @functools.cache
 def dense_library():
     """The compiled `dense_linear` function."""
-    return declare(_library(), "dense_linear", [ctypes.c_int, _I, _I, _I, _P, _P, _P, _P, _I, _I, _I, _I])
+    return declare(_library(), "dense_linear",
+                   [ctypes.c_int, _I, _I, _I, _P, _P, _P, _P, _P, _I, _I, _I, _I, ctypes.c_float, ctypes.c_float])
 
 
 @functools.cache

@@ -15,17 +15,6 @@ import functools
 from sparse_rt.kernels.cpu._native import declare, load_library
 
 SOURCE = r"""
-#if VL == 16 && defined(__AVX512F__)
-static inline vf _dw_max(vf a, vf b) { return _mm512_max_ps(a, b); }
-static inline vf _dw_min(vf a, vf b) { return _mm512_min_ps(a, b); }
-#elif defined(__AVX2__)
-static inline vf _dw_max(vf a, vf b) { return _mm256_max_ps(a, b); }
-static inline vf _dw_min(vf a, vf b) { return _mm256_min_ps(a, b); }
-#else
-static inline vf _dw_max(vf a, vf b) { for (int i = 0; i < VL; i++) a[i] = a[i] > b[i] ? a[i] : b[i]; return a; }
-static inline vf _dw_min(vf a, vf b) { for (int i = 0; i < VL; i++) a[i] = a[i] < b[i] ? a[i] : b[i]; return a; }
-#endif
-
 typedef struct {
     const float* x; const float* w; const float* bias; const float* z; float* y;
     int64_t h, w_in, c, out_h, out_w, kh, kw, sh, sw, dh, dw, top, left;
@@ -35,8 +24,8 @@ typedef struct {
 /* The epilogue: + z, the activation, the store. */
 static inline void _depthwise_store(const depthwise_job* job, vf acc, int64_t at, int lanes) {
     if (job->z != NULL) acc = vadd(acc, lanes == VL ? vload(job->z + at) : vload_n(job->z + at, lanes));
-    if (job->activation == 1) acc = _dw_max(acc, vzero());
-    else if (job->activation == 2) acc = _dw_min(_dw_max(acc, vset1(job->lo)), vset1(job->hi));
+    if (job->activation == 1) acc = vmax(acc, vzero());
+    else if (job->activation == 2) acc = vmin(vmax(acc, vset1(job->lo)), vset1(job->hi));
     if (lanes == VL) vstore(job->y + at, acc); else vstore_n(job->y + at, acc, lanes);
 }
 

@@ -62,6 +62,8 @@ static inline vf vset1(float a) { return _mm512_set1_ps(a); }
 static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline vf vmin(vf a, vf b) { return _mm512_min_ps(a, b); }
 static inline float vsum(vf a) { return _mm512_reduce_add_ps(a); }
 static inline vf vswap_pairs(vf a) { return _mm512_permute_ps(a, 0xB1); }
 static inline vi vi_set1(int32_t a) { return _mm512_set1_epi32(a); }
@@ -93,6 +95,8 @@ static inline vf vset1(float a) { return _mm256_set1_ps(a); }
 static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 static inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+static inline vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
 static inline float vsum(vf a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -129,6 +133,8 @@ static inline vf vset1(float a) { return vzero() + a; }
 static inline vf vadd(vf a, vf b) { return a + b; }
 static inline vf vmul(vf a, vf b) { return a * b; }
 static inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
+static inline vf vmax(vf a, vf b) { for (int i = 0; i < VL; i++) a[i] = a[i] > b[i] ? a[i] : b[i]; return a; }
+static inline vf vmin(vf a, vf b) { for (int i = 0; i < VL; i++) a[i] = a[i] < b[i] ? a[i] : b[i]; return a; }
 static inline float vsum(vf a) { float s = 0; for (int i = 0; i < VL; i++) s += a[i]; return s; }
 static inline vf vswap_pairs(vf a) { vi m = {1, 0, 3, 2, 5, 4, 7, 6}; return __builtin_shuffle(a, m); }
 static inline vi vi_set1(int32_t a) { vi v = {0}; return v + a; }

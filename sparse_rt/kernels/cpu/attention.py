@@ -139,7 +139,7 @@ static void _attention_product(int64_t rows, int64_t kc, int64_t cols, const flo
         for (int64_t p = 0; p * NR < cols; p++) {
             int ncols = cols - p * NR < NR ? (int)(cols - p * NR) : NR;
             _dense_tile(m, kc, panels + p * kc * NR, x + r * ldx, ldx, y + r * ldy + p * NR, ldy, ncols,
-                        _attention_zeros, 0);
+                        _attention_zeros, NULL);
         }
     }
 }

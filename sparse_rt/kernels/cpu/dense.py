@@ -36,8 +36,8 @@ from sparse_rt.kernels.cpu.configs import (
 )
 from sparse_rt.kernels.registry import Config, Kernel, register_kernel
 
-# The epilogue codes of the C kernel (ACT_GELU, ACT_RELU in `_dense_native`).
-ACTIVATION_CODES = {None: 0, "gelu": 1, "relu": 2}
+# The epilogue codes of the C kernel (ACT_GELU, ACT_RELU, ACT_CLIP in `_dense_native`).
+ACTIVATION_CODES = {None: 0, "gelu": 1, "relu": 2, "clip": 3}
 DENSE_CPU_NATIVE_ACTIVATIONS = ("gelu", "relu")
 
 
@@ -77,16 +77,26 @@ def pack_dense(weight, bias: torch.Tensor | None) -> DensePacked:
 
 
 def dense_linear(x: torch.Tensor, packed: DensePacked, options: DenseOptions,
-                 activation: str | None = None) -> torch.Tensor:
-    """x: float32 [..., in] -> y: float32 [..., out], then `activation` (None, "gelu" or "relu") of it."""
+                 activation: str | None = None, residual: torch.Tensor | None = None,
+                 bounds: tuple[float, float] | None = None) -> torch.Tensor:
+    """x: float32 [..., in] -> y: float32 [..., out] = activation(x @ W.T + bias (+ residual)).
+    activation: None, "gelu", "relu" or "clip" to `bounds` (lo, hi); residual: float32 [rows, out]
+    contiguous, rows as in x, added before the activation."""
     out_features, in_features = packed.shape
     rows = rows_of(x, in_features, "dense_linear")
+    if residual is not None and (residual.dtype != torch.float32 or tuple(residual.shape) != (rows.shape[0], out_features)
+                                 or not residual.is_contiguous()):
+        raise ValueError(f"dense_linear: expected a contiguous float32 residual [{rows.shape[0]}, {out_features}], "
+                         f"got {str(residual.dtype).removeprefix('torch.')} {list(residual.shape)}")
+    if activation == "clip" and bounds is None:
+        raise ValueError("dense_linear: activation 'clip' needs bounds (lo, hi)")
+    lo, hi = bounds if activation == "clip" else (0.0, 0.0)
     y = torch.empty(rows.shape[0], out_features, dtype=torch.float32)
     if rows.shape[0]:
         dense_library()(
             threads(), rows.shape[0], in_features, out_features, pointer(packed.panels), pointer(packed.bias),
-            pointer(rows), pointer(y), options.panels_per_task, options.rows_per_tile, options.k_block,
-            ACTIVATION_CODES[activation],
+            pointer(rows), pointer(residual), pointer(y), options.panels_per_task, options.rows_per_tile,
+            options.k_block, ACTIVATION_CODES[activation], lo, hi,
         )
     return shaped_like(y, x)
 
