@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import sparse_rt
@@ -89,3 +90,18 @@ def test_freed_memory_is_retained_on_glibc():
     import platform
 
     assert retain_freed_memory() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_blocks_over_the_largest_mmap_threshold_are_recycled():
+    import resource
+
+    if not retain_freed_memory():
+        pytest.skip("glibc only")
+    floats = (48 << 20) // 4  # 48 MiB: over glibc's largest mmap threshold
+    for _ in range(12):  # aligned blocks settle into reused places after a few rounds
+        torch.empty(floats).fill_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        torch.empty(floats).fill_(1.0)
+    # mapped afresh, each block would fault once per page: 5 x 12,288 faults
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < (48 << 20) // 4096
