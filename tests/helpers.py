@@ -35,22 +35,36 @@ def masked_weight(out_features: int, in_features: int, density: float, seed: int
 OTHER_INSTRUCTION_SETS = [("haswell", "avx2"), ("x86-64", None)]
 
 
-def run_built_for(arch: str, needs: str | None, script: str, cache_dir) -> None:
-    """Run `script` (which prints "ok") in a fresh interpreter with the C kernels built for
-    -march=`arch` into `cache_dir`; skip where this host cannot run that code."""
-    import os
+def host_runs(needs: str | None) -> bool:
+    """Whether this host is x86-64 with the cpuinfo flag `needs` (None: any x86-64 host)."""
     import platform
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().replace("\n", " ") if cpuinfo.exists() else ""
+    return platform.machine() in ("x86_64", "AMD64") and (needs is None or f" {needs} " in flags)
+
+
+def run_script_built_for(arch: str, script: str, cache_dir, args=()):
+    """`script` run with `args` in a fresh interpreter whose C kernels are built for -march=`arch`
+    into `cache_dir`: the CompletedProcess, text output captured."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
+    env = {**os.environ, "SPARSE_RT_CPU_ARCH": arch, "SPARSE_RT_CACHE_DIR": str(cache_dir)}
+    return subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                          timeout=600, check=False, cwd=Path(__file__).resolve().parents[1])
+
+
+def run_built_for(arch: str, needs: str | None, script: str, cache_dir, args=(), expect: str = "ok") -> str:
+    """Run `script` (which prints `expect`) as `run_script_built_for` does; skip where this host
+    cannot run -march=`arch` code (it lacks the cpuinfo flag `needs`). Returns its output."""
     import pytest
 
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text().replace("\n", " ") if cpuinfo.exists() else ""
-    if platform.machine() not in ("x86_64", "AMD64") or (needs and f" {needs} " not in flags):
+    if not host_runs(needs):
         pytest.skip(f"host cannot run -march={arch} code")
-    env = {**os.environ, "SPARSE_RT_CPU_ARCH": arch, "SPARSE_RT_CACHE_DIR": str(cache_dir)}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                            timeout=600, check=False, cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    result = run_script_built_for(arch, script, cache_dir, args)
+    assert result.returncode == 0 and expect in result.stdout, result.stderr[-3000:] or result.stdout[-3000:]
+    return result.stdout

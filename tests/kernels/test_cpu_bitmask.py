@@ -1,10 +1,6 @@
 """CPU bitmask kernels against the dense product x @ W.T + b: every config, odd shapes, batches,
 other instruction sets, the heuristic's pricing, and a converted model against onnxruntime."""
 
-import os
-import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +17,7 @@ from sparse_rt.kernels.cpu.bitmask import bitmask_linear_reference
 from sparse_rt.kernels.cpu.heuristic import candidate_costs, pick_cpu_kernel
 from sparse_rt.kernels.registry import get_kernel, kernels_for
 from tests.formats.test_bitmask_format import two_of_four
-from tests.helpers import assert_close, masked_weight
+from tests.helpers import assert_close, host_runs, masked_weight, run_built_for
 
 CPU = torch.device("cpu")
 BATCHES = (1, 2, 7, 33)
@@ -182,26 +178,11 @@ for shape in ((70, 45), (33, 129), (1, 1), (5, 300)):
 """
 
 
-def _host_has(flag: str) -> bool:
-    try:
-        return f" {flag} " in Path("/proc/cpuinfo").read_text().replace("\n", " ")
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("arch, width", [("haswell", 8), ("x86-64", 8), ("skylake-avx512", 16)],
                          ids=["avx2", "portable", "avx512"])
 def test_other_instruction_sets(arch, width, tmp_path):
-    if platform.machine() not in ("x86_64", "AMD64") or (arch == "haswell" and not _host_has("avx2")):
-        pytest.skip(f"host cannot run -march={arch} code")
-    run = "run" if arch != "skylake-avx512" or _host_has("avx512bw") else "build-only"
-    env = {**os.environ, "SPARSE_RT_CPU_ARCH": arch, "SPARSE_RT_CACHE_DIR": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, "-c", OTHER_ISA_SCRIPT, run], env=env, capture_output=True, text=True, timeout=600,
-        check=False, cwd=Path(__file__).resolve().parents[2],
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"VL={width}" in result.stdout
+    run = "run" if arch != "skylake-avx512" or host_runs("avx512bw") else "build-only"
+    run_built_for(arch, "avx2" if arch == "haswell" else None, OTHER_ISA_SCRIPT, tmp_path, [run], f"VL={width}")
 
 
 # -- the heuristic's pricing --------------------------------------------------------------

@@ -2,12 +2,6 @@
 of reading x, every index width, against the dense product; and on the AVX2 and portable
 builds (SPARSE_RT_CPU_ARCH) in a subprocess."""
 
-import os
-import platform
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +10,7 @@ from sparse_rt.formats import CsrFormat
 from sparse_rt.kernels.cpu.configs import simd_width
 from sparse_rt.kernels.cpu.csr import pack_slices
 from sparse_rt.kernels.registry import get_kernel
-from tests.helpers import assert_close, masked_weight
+from tests.helpers import OTHER_INSTRUCTION_SETS, assert_close, masked_weight, run_built_for
 
 KERNEL = get_kernel("csr_cpu_rowwise")
 CONFIG = {"tasks_per_thread": 4, "unroll": 1, "batch_vectors": 1, "gemv_layout": "slices"}
@@ -154,20 +148,6 @@ print(f"VL={simd_width()}")
 """
 
 
-def _host_has_avx2() -> bool:
-    try:
-        return " avx2 " in Path("/proc/cpuinfo").read_text().replace("\\n", " ")
-    except OSError:
-        return False
-
-
-@pytest.mark.parametrize("arch", ["haswell", "x86-64"], ids=["avx2", "portable"])
-def test_slices_on_other_instruction_sets(arch):
-    if platform.machine() not in ("x86_64", "AMD64") or (arch == "haswell" and not _host_has_avx2()):
-        pytest.skip(f"host cannot run -march={arch} code")
-    result = subprocess.run(
-        [sys.executable, "-c", OTHER_ISA_SCRIPT], env={**os.environ, "SPARSE_RT_CPU_ARCH": arch},
-        capture_output=True, text=True, timeout=600, check=False, cwd=Path(__file__).resolve().parents[2],
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "VL=8" in result.stdout
+@pytest.mark.parametrize("arch, needs", OTHER_INSTRUCTION_SETS, ids=["avx2", "portable"])
+def test_slices_on_other_instruction_sets(arch, needs, tmp_path):
+    run_built_for(arch, needs, OTHER_ISA_SCRIPT, tmp_path, expect="VL=8")

@@ -6,12 +6,9 @@ accumulation (a lost group, int16 saturation, a wrong zero point correction) is 
 above the tolerance.
 """
 
-import os
 import platform
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +20,7 @@ from sparse_rt.kernels.cpu._launch import splits_by_inputs
 from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.int8 import int8_linear_reference, quantize_activations
 from sparse_rt.kernels.registry import kernels_for
-from tests.helpers import assert_close, masked_weight
+from tests.helpers import assert_close, host_runs, masked_weight, run_built_for, run_script_built_for
 
 CPU = torch.device("cpu")
 FORMATS = {"csr_int8": CsrInt8Format, "bsr_int8": BsrInt8Format, "dense_int8": DenseInt8Format}
@@ -196,27 +193,10 @@ print(_build("int8", PRELUDE + SOURCE))
 """
 
 
-def _host_has(flag: str) -> bool:
-    try:
-        return f" {flag} " in Path("/proc/cpuinfo").read_text().replace("\n", " ")
-    except OSError:
-        return False
-
-
-def _in_subprocess(script: str, arch: str, tmp_path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SPARSE_RT_CPU_ARCH": arch, "SPARSE_RT_CACHE_DIR": str(tmp_path)}
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
-                          check=False, cwd=Path(__file__).resolve().parents[2])
-
-
 @pytest.mark.parametrize("arch, needs", [("skylake-avx512", "avx512bw"), ("haswell", "avx2"), ("x86-64", None)],
                          ids=["avx512_without_vnni", "avx2", "portable"])
 def test_other_instruction_sets_run(arch, needs, tmp_path):
-    if platform.machine() not in ("x86_64", "AMD64") or (needs and not _host_has(needs)):
-        pytest.skip(f"host cannot run -march={arch} code")
-    result = _in_subprocess(OTHER_ISA_SCRIPT, arch, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "ok" in result.stdout
+    run_built_for(arch, needs, OTHER_ISA_SCRIPT, tmp_path)
 
 
 @pytest.mark.parametrize("arch, instruction", [("icelake-server", "vpdpbusd"), ("alderlake", "vpdpbusd")],
@@ -225,12 +205,11 @@ def test_vnni_builds(arch, instruction, tmp_path):
     """AVX-512 VNNI and AVX-VNNI hosts get vpdpbusd: the source compiles for them (run where the host has VNNI)."""
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("x86 only")
-    result = _in_subprocess(COMPILE_SCRIPT, arch, tmp_path)
+    result = run_script_built_for(arch, COMPILE_SCRIPT, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     library = result.stdout.strip().splitlines()[-1]
     if shutil.which("objdump"):
         disassembly = subprocess.run(["objdump", "-d", library], capture_output=True, text=True, check=True).stdout
         assert instruction in disassembly
-    if _host_has("avx512_vnni") and arch == "icelake-server":
-        result = _in_subprocess(OTHER_ISA_SCRIPT, arch, tmp_path)
-        assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    if host_runs("avx512_vnni") and arch == "icelake-server":
+        run_built_for(arch, "avx512_vnni", OTHER_ISA_SCRIPT, tmp_path)

@@ -1,12 +1,7 @@
 """The native build cache, the shared thread pool, and thread counts / concurrency of the CPU kernels."""
 
 import ctypes
-import os
-import platform
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +10,7 @@ from sparse_rt.formats import CsrFormat, DenseFormat
 from sparse_rt.kernels.cpu import _native
 from sparse_rt.kernels.cpu._launch import balanced_split
 from sparse_rt.kernels.registry import kernels_for
-from tests.helpers import assert_close
+from tests.helpers import OTHER_INSTRUCTION_SETS, assert_close, run_built_for
 
 COUNTER = r"""
 struct hits_job { int32_t* hits; int32_t* workers; };
@@ -154,21 +149,6 @@ print(f"VL={simd_width()}")
 """
 
 
-def _host_has_avx2() -> bool:
-    try:
-        return " avx2 " in Path("/proc/cpuinfo").read_text().replace("\n", " ")
-    except OSError:
-        return False
-
-
-@pytest.mark.parametrize("arch", ["haswell", "x86-64"], ids=["avx2", "portable"])
-def test_other_instruction_sets(arch):
-    if platform.machine() not in ("x86_64", "AMD64") or (arch == "haswell" and not _host_has_avx2()):
-        pytest.skip(f"host cannot run -march={arch} code")
-    env = {**os.environ, "SPARSE_RT_CPU_ARCH": arch}
-    result = subprocess.run(
-        [sys.executable, "-c", OTHER_ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=600, check=False,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "VL=8" in result.stdout
+@pytest.mark.parametrize("arch, needs", OTHER_INSTRUCTION_SETS, ids=["avx2", "portable"])
+def test_other_instruction_sets(arch, needs, tmp_path):
+    run_built_for(arch, needs, OTHER_ISA_SCRIPT, tmp_path, expect="VL=8")
