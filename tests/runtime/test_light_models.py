@@ -124,8 +124,9 @@ CONV_NETS = [p for p in MODELS if not any(name in p.stem for name in ("alexnet",
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONV_NETS, ids=[p.stem for p in CONV_NETS])
-def test_light_model_with_winograd_convs_matches_onnxruntime(path: Path, monkeypatch):
-    """Seeded dense weights, every 3x3 stride-1 conv run as Winograd (the timing forced)."""
+def test_light_model_with_winograd_and_gemm_convs_matches_onnxruntime(path: Path, monkeypatch):
+    """Seeded dense weights, every 3x3 stride-1 conv run as Winograd and every ungrouped 1x1 one
+    as the native GEMM (the timings forced)."""
     from sparse_rt import convert
     from sparse_rt.converters import conv_algorithms
     from sparse_rt.runtime.session import InferenceSession
@@ -135,8 +136,9 @@ def test_light_model_with_winograd_convs_matches_onnxruntime(path: Path, monkeyp
     graph = convert(model, tune=False)
     monkeypatch.setattr(conv_algorithms, "_timings", lambda *args: (1.0, 0.5))
     if not conv_algorithms.choose_conv_algorithms(graph):
-        pytest.skip(f"{path.stem} has no 3x3 stride-1 conv")
-    assert any(node.attributes.get("winograd_from") == 1 for node in graph.nodes)
+        pytest.skip(f"{path.stem} has no 3x3 stride-1 or ungrouped 1x1 conv")
+    chosen = {name for node in graph.nodes for name in ("winograd_from", "gemm_from") if node.attributes.get(name) == 1}
+    assert chosen, "no conv was given an algorithm"
     options = ort.SessionOptions()
     options.log_severity_level = 3
     expected = ort.InferenceSession(model.SerializeToString(), options,
@@ -144,4 +146,4 @@ def test_light_model_with_winograd_convs_matches_onnxruntime(path: Path, monkeyp
     names = [v.name for v in graph.inputs]
     actual = InferenceSession(graph).run(None, {name: feeds[name] for name in names if name in feeds})
     for got, want in zip(actual, expected):
-        assert _max_rel(got, want) < RTOL_FLOAT32, f"{path.stem} (winograd): max rel err {_max_rel(got, want):.3g}"
+        assert _max_rel(got, want) < RTOL_FLOAT32, f"{path.stem} ({sorted(chosen)}): max rel err {_max_rel(got, want):.3g}"
