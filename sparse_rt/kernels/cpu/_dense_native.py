@@ -43,28 +43,33 @@ static inline vf vepilogue(vf v, const tile_epilogue* ep, const float* z, int n)
 
 /* y[r, 0:ncols] (+)= x[r, 0:kc] @ w[0:kc, 0:NR] for r < MR; starts from bias when given,
    else from the partial sums already in y; ep: the epilogue of the result (the last k block),
-   its z at the tile's first row. */
-#define DEFINE_DENSE_TILE(MR)                                                              \
-static inline void _dense_tile_##MR(int64_t kc, const float* restrict w,                   \
-                                    const float* restrict x, int64_t ldx,                  \
-                                    float* restrict y, int64_t ldy, int ncols,             \
-                                    const float* restrict bias, const tile_epilogue* ep) { \
+   its z at the tile's first row. WIDE 2 computes both vectors of the panel; WIDE 1 only the
+   first, for a panel's last ncols <= VL outputs (a 16-output conv, a 10-class head), which
+   would otherwise spend half its FMAs on padding. */
+#define DEFINE_DENSE_TILE(NAME, MR, WIDE)                                                  \
+static inline void NAME(int64_t kc, const float* restrict w,                               \
+                        const float* restrict x, int64_t ldx,                              \
+                        float* restrict y, int64_t ldy, int ncols,                         \
+                        const float* restrict bias, const tile_epilogue* ep) {             \
     vf acc0[MR], acc1[MR];                                                                 \
     int n0 = ncols < VL ? ncols : VL, n1 = ncols - n0;                                     \
     _Pragma("GCC unroll 16")                                                               \
     for (int r = 0; r < MR; r++) {                                                         \
-        if (bias) { acc0[r] = vload(bias); acc1[r] = vload(bias + VL); }                   \
-        else { acc0[r] = vload_n(y + r * ldy, n0); acc1[r] = vload_n(y + r * ldy + VL, n1); } \
+        if (bias) { acc0[r] = vload(bias); acc1[r] = WIDE == 2 ? vload(bias + VL) : vzero(); } \
+        else {                                                                             \
+            acc0[r] = vload_n(y + r * ldy, n0);                                            \
+            acc1[r] = WIDE == 2 ? vload_n(y + r * ldy + VL, n1) : vzero();                 \
+        }                                                                                  \
     }                                                                                      \
     for (int64_t k = 0; k < kc; k++) {                                                     \
         __builtin_prefetch(w + (k + PREFETCH_STEPS) * NR);                                 \
-        __builtin_prefetch(w + (k + PREFETCH_STEPS) * NR + VL);                            \
-        vf w0 = vload(w + k * NR), w1 = vload(w + k * NR + VL);                            \
+        if (WIDE == 2) __builtin_prefetch(w + (k + PREFETCH_STEPS) * NR + VL);             \
+        vf w0 = vload(w + k * NR), w1 = WIDE == 2 ? vload(w + k * NR + VL) : vzero();      \
         _Pragma("GCC unroll 16")                                                           \
         for (int r = 0; r < MR; r++) {                                                     \
             vf xb = vset1(x[r * ldx + k]);                                                 \
             acc0[r] = vfma(xb, w0, acc0[r]);                                               \
-            acc1[r] = vfma(xb, w1, acc1[r]);                                               \
+            if (WIDE == 2) acc1[r] = vfma(xb, w1, acc1[r]);                                \
         }                                                                                  \
     }                                                                                      \
     _Pragma("GCC unroll 16")                                                               \
@@ -72,15 +77,19 @@ static inline void _dense_tile_##MR(int64_t kc, const float* restrict w,        
         if (ep) {                                                                          \
             const float* z = ep->z ? ep->z + r * ep->ldz : NULL;                           \
             acc0[r] = vepilogue(acc0[r], ep, z, n0);                                       \
-            acc1[r] = vepilogue(acc1[r], ep, z ? z + VL : NULL, n1);                       \
+            if (WIDE == 2) acc1[r] = vepilogue(acc1[r], ep, z ? z + VL : NULL, n1);        \
         }                                                                                  \
         if (ncols == NR) { vstore(y + r * ldy, acc0[r]); vstore(y + r * ldy + VL, acc1[r]); } \
-        else { vstore_n(y + r * ldy, acc0[r], n0); vstore_n(y + r * ldy + VL, acc1[r], n1); } \
+        else {                                                                             \
+            vstore_n(y + r * ldy, acc0[r], n0);                                            \
+            if (WIDE == 2) vstore_n(y + r * ldy + VL, acc1[r], n1);                        \
+        }                                                                                  \
     }                                                                                      \
 }
 
-DEFINE_DENSE_TILE(2) DEFINE_DENSE_TILE(3) DEFINE_DENSE_TILE(4)
-DEFINE_DENSE_TILE(5) DEFINE_DENSE_TILE(6) DEFINE_DENSE_TILE(7) DEFINE_DENSE_TILE(8)
+#define DEFINE_DENSE_TILES(MR) DEFINE_DENSE_TILE(_dense_tile_##MR, MR, 2) DEFINE_DENSE_TILE(_dense_half_##MR, MR, 1)
+DEFINE_DENSE_TILES(2) DEFINE_DENSE_TILES(3) DEFINE_DENSE_TILES(4)
+DEFINE_DENSE_TILES(5) DEFINE_DENSE_TILES(6) DEFINE_DENSE_TILES(7) DEFINE_DENSE_TILES(8)
 
 /* The one-row tile: four k-steps in flight, each into its own accumulators (a single pair
    would wait on the FMA latency every step). */
@@ -166,6 +175,17 @@ static inline void _dense_row_panels(int np, int64_t kc, const float* restrict w
 
 static inline void _dense_tile(int mr, int64_t kc, const float* w, const float* x, int64_t ldx,
                                float* y, int64_t ldy, int ncols, const float* bias, const tile_epilogue* ep) {
+    if (ncols <= VL && mr > 1) {
+        switch (mr) {
+        case 2: _dense_half_2(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
+        case 3: _dense_half_3(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
+        case 4: _dense_half_4(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
+        case 5: _dense_half_5(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
+        case 6: _dense_half_6(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
+        case 7: _dense_half_7(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
+        default: _dense_half_8(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
+        }
+    }
     switch (mr) {
     case 1: _dense_row(kc, w, x, y, ncols, bias, ep); break;
     case 2: _dense_tile_2(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
