@@ -562,9 +562,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     runs = parser.add_mutually_exclusive_group()
     runs.add_argument("--iters", type=int, default=None, help="timed runs per engine and batch")
     runs.add_argument("--seconds", type=float, default=4.0, help="time budget per engine and batch (default)")
-    parser.add_argument("--suite", choices=["layers", "models"], default=None, help="run a named suite instead")
+    parser.add_argument("--suite", choices=["layers", "models", "targets"], default=None,
+                        help="run a named suite instead (targets: the real architectures against their speed "
+                             "targets, exit status 1 when one misses)")
     parser.add_argument("--suite-models", nargs="+", default=None, metavar="MODEL",
-                        help="run only these models of the models suite")
+                        help="run only these models of the models or targets suite")
     parser.add_argument("--json", dest="json_path", default=None, help="write every figure to this JSON file")
     parser.add_argument("--per-layer", action="store_true", help="time each node of sparse_rt's graph")
     parser.add_argument("--plot", default=None, help="write a PNG (speedup vs sparsity, time per layer)")
@@ -630,10 +632,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
+    missed = False
     if args.suite == "models":
         from sparse_rt.bench_models import run_models_suite
 
         reports = run_models_suite(args)
+    elif args.suite == "targets":
+        from sparse_rt.bench_targets import format_checks, run_targets
+
+        reports, checks = run_targets(args)
+        print(format_checks(checks))
+        missed = not all(check.met for check in checks)
     else:
         try:
             reports = [run_bench(args)]
@@ -645,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json_path).write_text(json.dumps([asdict(r) for r in reports], indent=2))
     if args.plot:
         write_plot(reports, args.plot)
-    return 0
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -127,3 +127,41 @@ def test_models_suite_corrects_only_its_int8_points(monkeypatch):
         weight_bytes={}, rss_mb={}, peak_rss_mb=0.0))
     bench_models.run_models_suite(bench.parse_args(["--suite", "models", "--suite-models", "bert", "--quiet"]))
     assert {(p.quantize, p.calibration) for p in seen} == {(None, 0), ("int8", bench.DEFAULT_CALIBRATION)}
+
+
+def _report(model, sparsity, speedups):
+    """A bench Report whose sparse_rt rows have these {batch: speedup over onnxruntime}."""
+    rows = [bench.Latency("sparse_rt", batch, 1.0, 1.0, 1.0, 1.0, 1, speedup) for batch, speedup in speedups.items()]
+    return bench.Report(model=model, sparsity=sparsity, pattern="unstructured", threads=2, convert_seconds=0.0,
+                        weight_bytes={}, rss_mb={}, peak_rss_mb=0.0, latencies=rows)
+
+
+def test_targets_checks_each_measured_batch_against_its_target():
+    from sparse_rt.bench_targets import checks_of, format_checks
+
+    checks = checks_of([_report("minilm", 0.9, {1: 2.6, 8: 0.95}), _report("resnet50", 0.0, {1: 0.92}),
+                        _report("mlp", 0.9, {1: 5.0})])
+    assert [(c.model, c.batch, c.target, c.met) for c in checks] == [
+        ("minilm", 1, 2.5, True), ("minilm", 8, 1.0, False), ("resnet50", 1, 0.9, True),
+        ("mlp", 1, 4.0, True), ("mlp", 32, 3.0, False)]  # batch 32 not measured: missed
+    table = format_checks(checks)
+    assert "| minilm | 90% | 8 | 0.95x | 1.0x | MISSED |" in table
+    assert "| mlp | 90% | 32 | - | 3.0x | MISSED |" in table
+    assert table.endswith("3 of 5 targets met")
+
+
+def test_targets_suite_runs_its_points_and_exits_1_on_a_miss(monkeypatch, capsys):
+    from sparse_rt import bench_targets
+
+    seen = []
+
+    def fake_run(point):
+        seen.append((point.model, point.sparsity, tuple(point.batch_sizes), point.pattern, point.quantize))
+        return _report(point.model, point.sparsity, {b: 1.5 for b in point.batch_sizes})
+
+    monkeypatch.setattr(bench_targets, "run_bench", fake_run)
+    assert bench.main(["--suite", "targets", "--suite-models", "resnet50", "--quiet"]) == 0
+    assert seen == [("resnet50", 0.9, (1, 8), "unstructured", None), ("resnet50", 0.0, (1,), "unstructured", None)]
+    assert "3 of 3 targets met" in capsys.readouterr().out
+    assert bench.main(["--suite", "targets", "--suite-models", "gpt2", "--quiet"]) == 1  # 1.5x < 2.0x at batch 1
+    assert "| gpt2 | 90% | 1 | 1.50x | 2.0x | MISSED |" in capsys.readouterr().out
