@@ -173,29 +173,23 @@ static inline void _dense_row_panels(int np, int64_t kc, const float* restrict w
     }
 }
 
+/* Calls PREFIX##mr (mr 2..8) with _dense_tile's arguments. */
+#define DENSE_TILE_CALL(PREFIX)                                                            \
+    switch (mr) {                                                                          \
+    case 2: PREFIX##2(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;                     \
+    case 3: PREFIX##3(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;                     \
+    case 4: PREFIX##4(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;                     \
+    case 5: PREFIX##5(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;                     \
+    case 6: PREFIX##6(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;                     \
+    case 7: PREFIX##7(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;                     \
+    default: PREFIX##8(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;                    \
+    }
+
 static inline void _dense_tile(int mr, int64_t kc, const float* w, const float* x, int64_t ldx,
                                float* y, int64_t ldy, int ncols, const float* bias, const tile_epilogue* ep) {
-    if (ncols <= VL && mr > 1) {
-        switch (mr) {
-        case 2: _dense_half_2(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
-        case 3: _dense_half_3(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
-        case 4: _dense_half_4(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
-        case 5: _dense_half_5(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
-        case 6: _dense_half_6(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
-        case 7: _dense_half_7(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
-        default: _dense_half_8(kc, w, x, ldx, y, ldy, ncols, bias, ep); return;
-        }
-    }
-    switch (mr) {
-    case 1: _dense_row(kc, w, x, y, ncols, bias, ep); break;
-    case 2: _dense_tile_2(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
-    case 3: _dense_tile_3(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
-    case 4: _dense_tile_4(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
-    case 5: _dense_tile_5(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
-    case 6: _dense_tile_6(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
-    case 7: _dense_tile_7(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
-    default: _dense_tile_8(kc, w, x, ldx, y, ldy, ncols, bias, ep); break;
-    }
+    if (mr <= 1) { _dense_row(kc, w, x, y, ncols, bias, ep); return; }
+    if (ncols <= VL) DENSE_TILE_CALL(_dense_half_)
+    DENSE_TILE_CALL(_dense_tile_)
 }
 """
 
