@@ -236,6 +236,7 @@ def default_calibration(quantize: str | None) -> int:
     """Calibration inputs when none are asked for: DEFAULT_CALIBRATION for an int8 run, else none."""
     return DEFAULT_CALIBRATION if quantize else 0
 
+
 # Rounds the engines take turns in: a slow spell of the machine hits every engine alike.
 ROUNDS = 4
 

@@ -31,13 +31,21 @@ def run_models_suite(args: argparse.Namespace) -> list[Report]:
     points = [(*p, None) for p in SUITE] + [(*p, "int8") for p in QUANTIZED]
     points = [point for point in points if args.suite_models is None or point[0] in args.suite_models]
     for model, sparsity, pattern, quantize in tqdm(points, desc="models suite", unit="point", disable=args.quiet):
-        point = copy.copy(args)
-        point.model, point.sparsity, point.pattern, point.quantize = model, sparsity, pattern, quantize
-        point.calibration = default_calibration(quantize)
-        point.per_layer, point.quiet, point.no_compare, point.no_memory = False, True, False, True
-        reports.append(run_bench(point))
+        reports.append(run_bench(suite_point(args, model, sparsity, pattern, quantize)))
     print(markdown_table(reports))
     return reports
+
+
+def suite_point(args: argparse.Namespace, model: str, sparsity: float, pattern: str,
+                quantize: str | None = None) -> argparse.Namespace:
+    """The bench options of one suite point: the caller's, for this model, sparsity, pattern and
+    precision (int8 with the default calibration), compared against onnxruntime and torch, quiet,
+    without per-layer or memory figures."""
+    point = copy.copy(args)
+    point.model, point.sparsity, point.pattern, point.quantize = model, sparsity, pattern, quantize
+    point.calibration = default_calibration(quantize)
+    point.per_layer, point.quiet, point.no_compare, point.no_memory = False, True, False, True
+    return point
 
 
 def markdown_table(reports: list[Report]) -> str:

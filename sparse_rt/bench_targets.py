@@ -18,12 +18,12 @@ exported file) and timed against onnxruntime in one process by `run_bench`. The 
 from __future__ import annotations
 
 import argparse
-import copy
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
 from sparse_rt.bench import Report, run_bench
+from sparse_rt.bench_models import suite_point
 
 ENCODERS = ("bert-base", "distilbert", "roberta-base", "minilm")
 # (model, sparsity, batch sizes) -> {batch: least speedup over onnxruntime}
@@ -57,10 +57,8 @@ def run_targets(args: argparse.Namespace) -> tuple[list[Report], list[Check]]:
     points = [key for key in TARGETS if args.suite_models is None or key[0] in args.suite_models]
     reports = []
     for model, sparsity, batches in tqdm(points, desc="targets", unit="point", disable=args.quiet):
-        point = copy.copy(args)
-        point.model, point.sparsity, point.pattern, point.batch_sizes = model, sparsity, "unstructured", list(batches)
-        point.quantize, point.calibration = None, 0
-        point.per_layer, point.quiet, point.no_compare, point.no_memory = False, True, False, True
+        point = suite_point(args, model, sparsity, "unstructured")
+        point.batch_sizes = list(batches)
         reports.append(run_bench(point))
     return reports, checks_of(reports)
 

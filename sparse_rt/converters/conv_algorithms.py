@@ -81,6 +81,7 @@ def choose_conv_algorithms(graph: Graph, shapes=None, device: str | torch.device
 
 def conv_algorithm(graph: Graph, node: Node) -> str | None:
     """The alternative a conv node is timed against: "winograd", "gemm", or None (not a candidate)."""
+    from sparse_rt.converters.lowering import pointwise_conv
     from sparse_rt.kernels.cpu.winograd import supports
 
     if not ((node.op_type == "Conv" and not node.domain) or (node.op_type == "FusedConv" and node.domain == SPARSE_DOMAIN)):
@@ -95,7 +96,7 @@ def conv_algorithm(graph: Graph, node: Node) -> str | None:
         return None
     if supports(weight.shape, strides, attributes.get("dilations", (1, 1)), group):
         return "winograd"
-    if weight.shape[2:] == (1, 1) and strides == (1, 1) and not any(pads) and group == 1:
+    if pointwise_conv(graph, node) and group == 1:
         return "gemm"
     return None
 

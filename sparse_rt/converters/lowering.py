@@ -258,7 +258,7 @@ def _match(graph, node, consumers, graph_outputs):
         attrs = node.attributes
         if attrs.get("group", 1) != 1 or attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
             return None
-        pointwise = _pointwise(graph, node)
+        pointwise = pointwise_conv(graph, node)
         if not pointwise and w.ndim != 4:
             return None
         bias = _float_constant(graph, node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
@@ -281,7 +281,7 @@ def _lowering_pays(graph: Graph, match: _Match, choice: Choice, device: torch.de
     if choice.weight.name == "dense":
         return False
     weight = graph.constants[match.node.inputs[1]]
-    pointwise = _pointwise(graph, match.node)
+    pointwise = pointwise_conv(graph, match.node)
     if not pointwise and weight.shape[1] < IM2COL_MIN_CHANNELS:
         return False
     if not choice.timings:
@@ -362,10 +362,10 @@ def _conv_2d(graph: Graph, node: Node) -> bool:
 
 def _patch_conv(graph: Graph, node: Node) -> bool:
     """A Conv (of the default domain) other than a pointwise one: lowered through Im2Col."""
-    return not node.domain and node.op_type == "Conv" and not _pointwise(graph, node)
+    return not node.domain and node.op_type == "Conv" and not pointwise_conv(graph, node)
 
 
-def _pointwise(graph: Graph, node: Node) -> bool:
+def pointwise_conv(graph: Graph, node: Node) -> bool:
     """A Conv with a 1x1 kernel, stride 1 and no padding: a linear layer over channels as it is."""
     w = graph.constants.get(node.inputs[1]) if len(node.inputs) > 1 else None
     kernel = list(w.shape[2:]) if w is not None else node.attributes.get("kernel_shape")

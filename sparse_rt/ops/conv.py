@@ -204,14 +204,13 @@ class ConstantWeightConv2d:
         # oneDNN's post-op for the activation: (name, scalars)
         self.unary = {"relu": ("relu", []), "clip": ("hardtanh", list(bounds or ()))}.get(activation, ("none", []))
         self.weight = weight  # kept as given (a view of the graph's constant): oneDNN packs from it
-        self.prepack = (weight.device.type == "cpu" and weight.dtype == torch.float32
-                        and torch.backends.mkldnn.is_available())
+        cpu_float32 = weight.device.type == "cpu" and weight.dtype == torch.float32
+        self.prepack = cpu_float32 and torch.backends.mkldnn.is_available()
         self.packed: torch.Tensor | None = None
         self.channels_last: torch.Tensor | None = None if self.prepack else weight.contiguous(
             memory_format=torch.channels_last)
         self.depthwise = None
-        if (weight.device.type == "cpu" and weight.dtype == torch.float32 and depthwise.supports(weight.shape, group)
-                and native_available()):
+        if cpu_float32 and depthwise.supports(weight.shape, group) and native_available():
             left, right, top, bottom = self.extra_pads or (0, 0, 0, 0)
             pads = (self.padding[0] + top, self.padding[1] + left, self.padding[0] + bottom, self.padding[1] + right)
             self.depthwise = depthwise.DepthwiseConv2d(weight, self.stride, self.dilation, pads)
@@ -219,14 +218,13 @@ class ConstantWeightConv2d:
         self.gemm: dense.DensePacked | None = None
         self.gemm_bias: torch.Tensor | None = None
         self.gemm_from = gemm_from if (
-            gemm_from is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and tuple(weight.shape[2:]) == (1, 1) and self.stride == [1, 1] and self.padding == [0, 0]
-            and self.extra_pads is None and group == 1 and native_available()) else None
+            gemm_from is not None and cpu_float32 and tuple(weight.shape[2:]) == (1, 1) and self.stride == [1, 1]
+            and self.padding == [0, 0] and self.extra_pads is None and group == 1 and native_available()) else None
         self.gemm_options = parse_options(DenseOptions, dense_configs(weight, weight.device)[0]) if self.gemm_from else None
         # Winograd's transformed weight (4x the weight) is made at the first call that runs it
         self.winograd: winograd.WinogradConv3x3 | None = None
         self.winograd_from = winograd_from if (
-            winograd_from is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
+            winograd_from is not None and cpu_float32
             and winograd.supports(weight.shape, self.stride, self.dilation, group) and native_available()) else None
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
