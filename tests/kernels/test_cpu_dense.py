@@ -6,7 +6,7 @@ import torch
 from sparse_rt.formats import DenseFormat
 from sparse_rt.kernels.cpu.configs import simd_width
 from sparse_rt.kernels.cpu.configs import DenseOptions
-from sparse_rt.kernels.cpu.dense import DenseChain, dense_linear, dense_linear_reference, pack_dense
+from sparse_rt.kernels.cpu.dense import DenseChain, bind_dense, dense_linear, dense_linear_reference, pack_dense
 from sparse_rt.kernels.registry import kernels_for
 from tests.helpers import OTHER_INSTRUCTION_SETS, assert_close, run_built_for
 
@@ -113,6 +113,20 @@ def test_pack_dense_layout():
     assert packed.panels.shape == (-(-40 // width), 6, width)
     assert torch.equal(packed.panels[0, :, 1], weight[1])
     assert packed.bias[:40].eq(1).all() and packed.bias[40:].eq(0).all()
+
+
+def test_binds_of_one_weight_share_its_packed_panels():
+    """A layer bound for several row ranges holds one packed copy of its weight."""
+    weight, bias = DenseFormat.from_dense(torch.randn(40, 6)), torch.randn(40)
+    cpu = torch.device("cpu")
+    few = bind_dense(weight, bias, {"panels_per_task": 4, "rows_per_tile": 4, "k_block": 0}, cpu)
+    many = bind_dense(weight, bias, {"panels_per_task": 1, "rows_per_tile": 8, "k_block": 0}, cpu, activation="relu")
+    assert many.packed is few.packed
+    other_bias = bind_dense(weight, bias.clone(), {"panels_per_task": 1, "rows_per_tile": 8, "k_block": 0}, cpu)
+    assert other_bias.packed is not few.packed and torch.equal(other_bias.packed.panels, few.packed.panels)
+    x = torch.randn(9, 6)
+    assert_close(many(x), torch.relu(dense_linear_reference(x, weight, bias)))
+    assert_close(few(x), dense_linear_reference(x, weight, bias))
 
 
 def test_dense_reference_and_errors():

@@ -1,5 +1,8 @@
 """InferenceSession: onnxruntime-style API, input validation, concurrency, errors."""
 
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -62,6 +65,23 @@ def test_inputs_and_outputs_describe_the_model(session):
     (out,) = session.get_outputs()
     assert (inp.name, inp.shape, inp.type) == ("x", ["batch", 8], "tensor(float)")
     assert (out.name, out.shape, out.type) == ("y", ["batch", 4], "tensor(float)")
+
+
+def test_a_cpu_session_leaves_triton_unimported(tmp_path):
+    """The Triton kernels register only where a session runs on their backend: importing
+    triton costs a CPU process about 70 MiB."""
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp_model(), path)
+    script = (
+        "import sys, numpy as np, sparse_rt\n"
+        f"graph = sparse_rt.convert({str(path)!r}, batch_sizes=(1, 4))\n"
+        "session = sparse_rt.InferenceSession(graph)\n"
+        "session.run(None, {'x': np.ones((4, 8), np.float32)})\n"
+        "print('triton' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARSE_RT_BACKEND", "TRITON_INTERPRET")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_concurrent_runs_equal_sequential(session):

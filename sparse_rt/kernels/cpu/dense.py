@@ -17,6 +17,7 @@ cannot be built) and is the scheduler's other dense candidate.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -113,12 +114,27 @@ class BoundDense:
         return dense_linear(x, self.packed, self.options, self.activation)
 
 
+# weight -> (bias, its DensePacked): a layer bound for several row ranges (or configs) shares
+# one packed copy of its weight, for as long as the weight format object lives.
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def packed_once(weight, bias: torch.Tensor | None) -> DensePacked:
+    """pack_dense(weight, bias), packed once for every bind of the same weight and bias objects."""
+    cached = _PACKED.get(weight)
+    if cached is None or cached[0] is not bias:
+        cached = (bias, pack_dense(weight, bias))
+        _PACKED[weight] = cached
+    return cached[1]
+
+
 def bind_dense(weight, bias: torch.Tensor | None, config: Config, device: torch.device,
                activation: str | None = None) -> BoundDense:
-    """Kernel.bind: pack once, return x -> dense_linear(x), its activation ("gelu" or "relu") fused."""
+    """Kernel.bind: pack once (shared by every bind of the same weight and bias), return
+    x -> dense_linear(x), its activation ("gelu" or "relu") fused."""
     check_cpu(device, "dense_linear")
     check_activation(activation, "dense_linear", DENSE_CPU_NATIVE_ACTIVATIONS)
-    return BoundDense(pack_dense(weight, bias), parse_options(DenseOptions, config), activation)
+    return BoundDense(packed_once(weight, bias), parse_options(DenseOptions, config), activation)
 
 
 class DenseChain:
