@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from sparse_rt.kernels.cpu._native import native_available
-from sparse_rt.kernels.cpu.winograd import WinogradConv3x3, supports, transform_weight
+from sparse_rt.kernels.cpu.configs import simd_width
+from sparse_rt.kernels.cpu.winograd import WinogradConv3x3, pack_panels, supports, transform_weight
 from tests.helpers import OTHER_INSTRUCTION_SETS, run_built_for
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="no C compiler for the native kernels")
@@ -36,6 +37,8 @@ def assert_matches(actual, expected):
     (3, 3, 4, 3, 3, (0, 0, 0, 0)),     # one output position
     (1, 8, 8, 1, 1, (1, 1, 1, 1)),     # one input position
     (2, 9, 6, 7, 10, (2, 0, 1, 3)),    # uneven pads
+    (1, 6, 70, 70, 66, (1, 1, 1, 1)),  # 306 tiles: two row blocks of the products; outputs past two panels
+    (1, 40, 96, 6, 6, (1, 1, 1, 1)),   # several full panels of outputs
 ])
 def test_matches_conv2d(n, c, k, h, w, pads):
     g = torch.Generator().manual_seed(n * 100 + c)
@@ -75,6 +78,15 @@ def test_weight_transform_layout():
     assert torch.allclose(u[0], weight[:, :, 0, 0].T / 16)
     with pytest.raises(ValueError, match=r"expected a weight \[K, C, 3, 3\], got shape \[6, 4, 5, 5\]"):
         transform_weight(torch.randn(6, 4, 5, 5))
+
+
+def test_panel_layout():
+    u = torch.randn(36, 3, 37)
+    panels = pack_panels(u)
+    width = 2 * simd_width()
+    assert panels.shape == (36, -(-37 // width), 3, width)
+    assert torch.equal(panels[5, 1, 2, :3], u[5, 2, width:width + 3])
+    assert panels[:, -1, :, 37 - (panels.shape[1] - 1) * width:].eq(0).all()
 
 
 def test_bad_inputs_are_named():

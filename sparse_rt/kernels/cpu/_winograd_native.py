@@ -3,7 +3,7 @@
 A 3x3, stride-1 convolution computes each 4x4 output tile from the 6x6 input tile under
 it as Y = A^T [(G g G^T) . (B^T d B)] A (Lavin and Gray, "Fast Algorithms for
 Convolutional Neural Networks", 2016). The 36 products (.) over the input channels are 36
-matrix products, left to a batched GEMM: V [36, tiles, C] @ U [36, C, K] = M [36, tiles, K].
+matrix products: V [36, tiles, C] @ U [36, C, K] = M [36, tiles, K].
 
 `winograd_input`: x [N, H, W, C] -> V [36, tiles, C], tiles = N * tiles_h * tiles_w in
 (n, tile row, tile column) order; tile (th, tw) reads input rows th * 4 - pad_top + 0..5 and
@@ -14,6 +14,13 @@ residual, [N, out_h, out_w, K]) then ReLU when asked; the tiles' rows and column
 out_h, out_w are dropped.
 
 Both run a task per row of tiles through `_pool.sr_parallel_for`, VL channels at a time.
+
+`winograd_product`: M [36, tiles, K] = V [36, tiles, C] @ U, U packed per position into the
+panels of the dense kernel's register tiles ([36, ceil(K / NR), C, NR], `_dense_native`), in
+tasks of (position, block of up to 256 tiles, panels_per_task panels). At batch 1 the
+products stream U from memory (9 MiB for 256 -> 256 channels) with the tiles' prefetches:
+ResNet-50's 14x14x256 products take 0.43 ms hot and 0.72 ms cold, against 0.77 and 1.20 ms
+in torch.bmm (512 channels at 7x7: 1.06 against 2.96 ms cold).
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from __future__ import annotations
 import ctypes
 import functools
 
+from sparse_rt.kernels.cpu._dense_native import TILE_SOURCE
 from sparse_rt.kernels.cpu._native import declare, load_library
 
-SOURCE = r"""
+SOURCE = TILE_SOURCE + r"""
 /* vf is a GCC vector type under every target of the prelude, so the transforms use its
    operators. ReLU as in the dense kernel: a NaN becomes 0. */
 typedef float wf __attribute__((vector_size(VL * sizeof(float))));
@@ -138,6 +146,43 @@ void winograd_output(int num_threads, const float* m, const float* bias, const f
     output_job job = {m, bias, z, y, out_h, out_w, k, tiles_h, tiles_w, n * tiles_h * tiles_w, relu};
     sr_parallel_for(num_threads, n * tiles_h, _winograd_output_task, &job);
 }
+
+#define WINOGRAD_ROW_BLOCK 256
+static const float _winograd_zeros[NR] __attribute__((aligned(64))) = {0};
+
+typedef struct {
+    const float *v, *u; float* m;
+    int64_t tiles, c, k, panels, panels_per_task, mr, row_blocks;
+} product_job;
+
+static void _winograd_product_task(void* context, int64_t task, int worker) {
+    (void)worker;
+    const product_job* job = (const product_job*)context;
+    int64_t tiles = job->tiles, c = job->c, k = job->k;
+    int64_t panel_tasks = (job->panels + job->panels_per_task - 1) / job->panels_per_task;
+    int64_t position = task / (job->row_blocks * panel_tasks), rest = task % (job->row_blocks * panel_tasks);
+    int64_t r_begin = rest / panel_tasks * WINOGRAD_ROW_BLOCK, t = rest % panel_tasks;
+    int64_t r_end = r_begin + WINOGRAD_ROW_BLOCK < tiles ? r_begin + WINOGRAD_ROW_BLOCK : tiles;
+    int64_t p_end = (t + 1) * job->panels_per_task < job->panels ? (t + 1) * job->panels_per_task : job->panels;
+    const float* v = job->v + position * tiles * c;
+    float* m = job->m + position * tiles * k;
+    for (int64_t p = t * job->panels_per_task; p < p_end; p++) {
+        const float* w = job->u + (position * job->panels + p) * c * NR;
+        int ncols = k - p * NR < NR ? (int)(k - p * NR) : NR;
+        for (int64_t r = r_begin; r < r_end; r += job->mr) {
+            int rows = r_end - r < job->mr ? (int)(r_end - r) : (int)job->mr;
+            _dense_tile(rows, c, w, v + r * c, c, m + r * k + p * NR, k, ncols, _winograd_zeros, NULL);
+        }
+    }
+}
+
+void winograd_product(int num_threads, const float* v, const float* u, float* m, int64_t tiles, int64_t c,
+                      int64_t k, int64_t panels_per_task, int64_t mr) {
+    int64_t panels = (k + NR - 1) / NR, row_blocks = (tiles + WINOGRAD_ROW_BLOCK - 1) / WINOGRAD_ROW_BLOCK;
+    product_job job = {v, u, m, tiles, c, k, panels, panels_per_task, mr, row_blocks};
+    sr_parallel_for(num_threads, 36 * row_blocks * ((panels + panels_per_task - 1) / panels_per_task),
+                    _winograd_product_task, &job);
+}
 """
 
 _P = ctypes.c_void_p
@@ -150,6 +195,14 @@ def winograd_input():
     tiles_w, pad_top, pad_left)."""
     return declare(load_library("winograd", SOURCE), "winograd_input",
                    [ctypes.c_int, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I])
+
+
+@functools.cache
+def winograd_product():
+    """`winograd_product`: (threads, v [36, tiles, C], u panels [36, ceil(K / NR), C, NR],
+    m [36, tiles, K], tiles, C, K, panels_per_task, rows per register tile (1..8))."""
+    return declare(load_library("winograd", SOURCE), "winograd_product",
+                   [ctypes.c_int, _P, _P, _P, _I, _I, _I, _I, _I])
 
 
 @functools.cache
