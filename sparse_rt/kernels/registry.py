@@ -12,6 +12,7 @@ tuning space; its first entry is the heuristic default.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -100,15 +101,20 @@ def backend_for(device: torch.device) -> str:
 
 
 _loaded: set[str] = set()
+_loading = threading.RLock()
 
 
 def _load_builtin_kernels(backend: str) -> None:
-    """Register the kernels of `backend` ("cpu" or "triton") by importing their package, once.
-    CPU sessions leave triton unimported (about 70 MiB of a process's memory)."""
+    """Register the kernels of `backend` ("cpu" or "triton") by importing their package, once;
+    other threads wait until it is imported. CPU sessions leave triton unimported (about 70 MiB
+    of a process's memory)."""
     if backend in _loaded:
         return
-    _loaded.add(backend)
-    if backend == "cpu":
-        import sparse_rt.kernels.cpu  # noqa: F401  (registers the CPU kernels)
-    else:
-        import sparse_rt.kernels.triton  # noqa: F401  (registers the Triton kernels)
+    with _loading:
+        if backend in _loaded:
+            return
+        if backend == "cpu":
+            import sparse_rt.kernels.cpu  # noqa: F401  (registers the CPU kernels)
+        else:
+            import sparse_rt.kernels.triton  # noqa: F401  (registers the Triton kernels)
+        _loaded.add(backend)
