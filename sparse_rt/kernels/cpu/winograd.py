@@ -6,9 +6,9 @@ to U [36, C, K] (`transform_weight`) and packed into the dense kernel's panels
 (`pack_panels`); each call transforms x's tiles to V [36, tiles, C], multiplies
 M = V @ U [36, tiles, K] with the dense kernel's register tiles and transforms M back to the
 output (all three in C, `_winograd_native`). At batch 1 and 14x14x256, two threads, the
-products take 0.72 ms with U read from memory, against 1.20 ms in torch.bmm. At 7x7x512, U (four times the
-weight's size, 36 MiB) streams from memory on every call. The tuner weighs Winograd
-against the direct convolution per conv (`sparse_rt.converters.conv_algorithms`).
+products take 0.72 ms with U read from memory, against 1.20 ms in torch.bmm. At 7x7x512,
+U (four times the weight's size, 36 MiB) streams from memory on every call. The tuner weighs
+Winograd against the direct convolution per conv (`sparse_rt.converters.conv_algorithms`).
 
 Rounding: the transforms scale values by up to 8 (B^T, A^T) and 1/24 (G), so outputs
 differ from the direct convolution's by a few float32 ulps times the channel count more;
