@@ -181,6 +181,12 @@ def simd_width() -> int:
     return vector_width() if native_available() else 8
 
 
+def tile_rows() -> int:
+    """Input rows of the dense kernel's widest register tile: 8 with AVX-512 (32 registers), 6
+    with AVX2 (16 registers), each row holding two vectors of accumulators."""
+    return 8 if simd_width() == 16 else 6
+
+
 def _batch_vectors() -> int:
     return max(1, min(4, DEFAULT_BATCH_LANES // simd_width()))
 
@@ -189,9 +195,8 @@ def dense_configs(weight, device: torch.device) -> list[Config]:
     """Native dense: panels per task, rows per register tile, reduction block."""
     out_features = weight.shape[0]
     panels = -(-out_features // (2 * simd_width()))
-    max_rows = 8 if simd_width() == 16 else 6
-    default = DenseOptions(panels_per_task=max(1, min(4, panels // 24)), rows_per_tile=max_rows, k_block=0)
-    axes = {"panels_per_task": [1, 4], "rows_per_tile": [4, max_rows], "k_block": [0, 256]}
+    default = DenseOptions(panels_per_task=max(1, min(4, panels // 24)), rows_per_tile=tile_rows(), k_block=0)
+    axes = {"panels_per_task": [1, 4], "rows_per_tile": [4, tile_rows()], "k_block": [0, 256]}
     return config_space(default, axes)
 
 

@@ -21,7 +21,7 @@ import torch
 
 from sparse_rt.kernels.cpu._launch import channels_last_operands, pointer, threads
 from sparse_rt.kernels.cpu._winograd_native import winograd_input, winograd_output, winograd_product
-from sparse_rt.kernels.cpu.configs import simd_width
+from sparse_rt.kernels.cpu.configs import simd_width, tile_rows
 
 TILE = 4  # output rows and columns per tile
 ALPHA = TILE + 2  # input rows and columns per tile
@@ -68,7 +68,6 @@ class WinogradConv3x3:
 
     def __init__(self, weight: torch.Tensor, pads: tuple[int, int, int, int]) -> None:
         self.panels = pack_panels(transform_weight(weight))
-        self.rows_per_tile = 8 if simd_width() == 16 else 6  # the register tile's rows (AVX2 has registers for 6)
         self.out_channels, self.in_channels = int(weight.shape[0]), int(weight.shape[1])
         self.pads = tuple(int(p) for p in pads)
 
@@ -89,7 +88,7 @@ class WinogradConv3x3:
         winograd_input()(threads(), pointer(rows), pointer(v), n, h, w, c, tiles_h, tiles_w, top, left)
         m = torch.empty(ALPHA * ALPHA, tiles, k)
         winograd_product()(threads(), pointer(v), pointer(self.panels), pointer(m), tiles, c, k, PANELS_PER_TASK,
-                           self.rows_per_tile)
+                           tile_rows())
         winograd_output()(threads(), pointer(m), pointer(bias), pointer(z), pointer(y), n, out_h, out_w, k,
                           tiles_h, tiles_w, int(relu))
         return y.permute(0, 3, 1, 2)
