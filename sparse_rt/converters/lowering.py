@@ -289,7 +289,8 @@ def _lowering_pays(graph: Graph, match: _Match, choice: Choice, device: torch.de
     rows = max(choice.tuned_rows or (match.layer.rows or 1,))
     x, geometry = _conv_input(weight.shape, match.node.attributes, rows, device)
     copy = 0.0 if pointwise else _im2col_seconds(x, geometry)
-    return _kernel_seconds(match.layer, choice, rows, device) + copy < PATCH_MARGIN * _conv_seconds(x, weight, geometry)
+    convolution = _conv_seconds(x, weight, geometry, pointwise)
+    return _kernel_seconds(match.layer, choice, rows, device) + copy < PATCH_MARGIN * convolution
 
 
 # Below this many input channels each patch row is copied in pieces too small to pay (an RGB
@@ -339,14 +340,14 @@ def _im2col_seconds(x: torch.Tensor, geometry: dict) -> float:
                                          geometry["dilations"]), x)
 
 
-def _conv_seconds(x: torch.Tensor, weight: np.ndarray, geometry: dict) -> float:
+def _conv_seconds(x: torch.Tensor, weight: np.ndarray, geometry: dict, pointwise: bool) -> float:
     """Seconds of the dense convolution the Conv runs as (`ConstantWeightConv2d`) on x, timed
-    as the tuner times kernels (the weight is reordered at the untimed warm-up calls): for a 1x1
-    conv the faster of oneDNN's and the native GEMM (`converters.conv_algorithms` picks)."""
+    as the tuner times kernels (the weight is reordered at the untimed warm-up calls): for a
+    pointwise conv (`pointwise_conv`) the faster of oneDNN's and the native GEMM
+    (`converters.conv_algorithms` picks)."""
     from sparse_rt.scheduler.tune import best_time
 
     w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).to(x.device)
-    pointwise = weight.shape[2:] == (1, 1) and geometry["strides"] == (1, 1)
     seconds = []
     for gemm_from in ((None, 1) if pointwise else (None,)):
         conv = ConstantWeightConv2d(w, geometry["strides"], 0, geometry["dilations"], 1, None, gemm_from=gemm_from)

@@ -104,7 +104,7 @@ def test_lowering_pays_only_when_the_sparse_kernel_and_the_copy_beat_the_convolu
     match = _Match(node, LinearLayer("conv", weight, None, rows=143), "x", ("y",), (24,), ())
     csr = get_format("csr").from_dense(torch.from_numpy(weight))
     label = Candidate(csr, "csr_cpu", {}).label
-    monkeypatch.setattr(lowering, "_conv_seconds", lambda x, w, geometry: 1.0)
+    monkeypatch.setattr(lowering, "_conv_seconds", lambda x, w, geometry, pointwise: 1.0)
     monkeypatch.setattr(lowering, "_im2col_seconds", lambda x, geometry: 0.1)
 
     def timed(sparse_seconds):  # the kernel timed afresh, beside the copy and the convolution
@@ -126,7 +126,7 @@ def test_a_pointwise_conv_is_lowered_only_when_its_kernel_alone_beats_the_convol
     match = _Match(node, LinearLayer("conv", weight, None, rows=143), "x", ("y",), (24,), ())
     bitmask = get_format("bitmask").from_dense(torch.from_numpy(weight))
     label = Candidate(bitmask, "bitmask_cpu", {}).label
-    monkeypatch.setattr(lowering, "_conv_seconds", lambda x, w, geometry: 1.0)
+    monkeypatch.setattr(lowering, "_conv_seconds", lambda x, w, geometry, pointwise: 1.0)
     monkeypatch.setattr(lowering, "_im2col_seconds", lambda x, geometry: pytest.fail("a 1x1 conv copies nothing"))
 
     def timed(sparse_seconds):
@@ -145,7 +145,7 @@ def test_the_convolution_is_timed_on_the_layer_s_output_positions():
     assert geometry == {"kernel": (3, 3), "strides": (2, 1), "dilations": (1, 2)}
     rows = im2col(x, (3, 3), (2, 1), (0, 0, 0, 0), (1, 2)).shape
     assert rows[1] * rows[2] >= 60 and rows[3] == 9 * 16
-    assert lowering._conv_seconds(x, weight, geometry) > 0 and lowering._im2col_seconds(x, geometry) > 0
+    assert lowering._conv_seconds(x, weight, geometry, pointwise=False) > 0 and lowering._im2col_seconds(x, geometry) > 0
     matrix = np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(8, -1))
     csr = get_format("csr").from_dense(torch.from_numpy(matrix))
     choice = Choice(csr, "csr_cpu_rowwise", get_kernel("csr_cpu_rowwise").configs(csr, torch.device("cpu"))[0])
