@@ -11,6 +11,8 @@ bring.
   distilbert    DistilBertModel                input_ids, attention_mask [B, S] int64  every Linear of the 6 layers
   roberta-base  RobertaModel                   input_ids, attention_mask [B, S] int64  every Linear of the 12 layers
   minilm        BertModel, 6 x 384, FFN 1536   input_ids, attention_mask [B, S] int64  every Linear of the 6 layers
+  deberta-v3-base  DebertaV2Model, v3's config (relative positions): input_ids, attention_mask [B, S] int64;
+                every Linear of the 12 layers
   vit-base      ViTModel (224, patch 16)       pixel_values [B, 3, 224, 224] float32   every Linear of the 12 layers
   gpt2          GPT2Model (no cache)           input_ids [B, S] int64                  every linear map of the 12 blocks
   resnet50      ResNetForImageClassification   pixel_values [B, 3, 224, 224] float32   every 1x1 conv and the classifier
@@ -81,6 +83,15 @@ def _minilm(t, tiny: bool) -> nn.Module:
     return t.BertModel(t.BertConfig(**(_TINY_ENCODER if tiny else shape), **({"vocab_size": 1000} if tiny else {})))
 
 
+def _deberta_v3(t, tiny: bool) -> nn.Module:
+    # deberta-v3-base's config: disentangled attention over 2 x 256 relative positions
+    relative = dict(relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=-1,
+                    position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True)
+    if tiny:  # 2 x 8 positions: 20 tokens reach past them (the clamped relative positions)
+        return t.DebertaV2Model(t.DebertaV2Config(**_TINY_ENCODER, **relative, vocab_size=1000, position_buckets=8))
+    return t.DebertaV2Model(t.DebertaV2Config(**relative, vocab_size=128100, position_buckets=256))
+
+
 def _distilbert(t, tiny: bool) -> nn.Module:
     small = dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128, vocab_size=1000)
     return t.DistilBertModel(t.DistilBertConfig(**small) if tiny else t.DistilBertConfig())
@@ -131,6 +142,7 @@ ARCHITECTURES = {
         Architecture("distilbert", _distilbert, "tokens"),
         Architecture("roberta-base", _roberta, "tokens"),
         Architecture("minilm", _minilm, "tokens"),
+        Architecture("deberta-v3-base", _deberta_v3, "tokens"),
         Architecture("vit-base", _vit, "image"),
         Architecture("gpt2", _gpt2, "tokens", attention_mask=False, opset=18),
         Architecture("resnet50", _resnet50, "image", prune_convs="1x1", opset=18),
@@ -210,7 +222,7 @@ def example_inputs(name: str, batch: int, *, seq_len: int = 128, tiny: bool = Fa
     if arch.kind == "image":
         size = (32 if name == "vit-base" else 64) if tiny else 224
         return {"pixel_values": torch.randn(batch, 3, size, size, generator=generator)}
-    vocab = 1000 if tiny else {"gpt2": 50257, "roberta-base": 50265}.get(name, 30522)
+    vocab = 1000 if tiny else {"gpt2": 50257, "roberta-base": 50265, "deberta-v3-base": 128100}.get(name, 30522)
     # RoBERTa counts positions from padding_idx + 1 and reserves ids 0-3 for special tokens
     ids = torch.randint(4, vocab, (batch, seq_len), generator=generator)
     inputs = {"input_ids": ids}

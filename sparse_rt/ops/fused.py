@@ -8,12 +8,14 @@ from torch.nn import functional as F
 from sparse_rt.ir.graph import SPARSE_DOMAIN
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.attention import native_attention, native_attention_applies
+from sparse_rt.kernels.cpu.gathered_matmul import gathered_matmul, gathered_matmul_applies
 from sparse_rt.kernels.cpu.gelu import gelu_erf
 from sparse_rt.kernels.cpu.gelu_tanh import gelu_tanh
 from sparse_rt.kernels.cpu.layernorm import add_layer_norm
 from sparse_rt.kernels.cpu.rmsnorm import add_rms_norm, add_rms_norm_torch
 from sparse_rt.kernels.cpu.rotary import rotary, rotary_torch
 from sparse_rt.ops.conv import bind_conv_activation
+from sparse_rt.ops.indexing import wrap_negative
 from sparse_rt.ops.registry import register_op
 from sparse_rt.ops.shape_ops import _reshape_target
 
@@ -45,6 +47,23 @@ def bind_attention(node, ctx):
         return out.nan_to_num_(nan=0.0, posinf=float("inf"), neginf=float("-inf")) if nan_to_zero else out
 
     return attention
+
+
+@register_op("MatMulGatherElements", domain=SPARSE_DOMAIN)
+def bind_matmul_gather_elements(node, ctx):
+    """(a [..., M, K], b [..., K, N], indices [..., M, J]) -> GatherElements(MatMul(a, b), indices,
+    axis=-1) [..., M, J]. float32 cpu operands with equal leading dims compute only the kept
+    entries (`kernels.cpu.gathered_matmul`); anything else takes the two ops through torch."""
+
+    def matmul_gather_elements(a, b, indices):
+        if b.dim() >= 2:
+            index = wrap_negative(indices, b.shape[-1])
+            if gathered_matmul_applies(a, b, index):
+                return gathered_matmul(a, b, index)
+        product = torch.matmul(a, b)
+        return torch.gather(product, -1, wrap_negative(indices, product.shape[-1]))
+
+    return matmul_gather_elements
 
 
 @register_op("AddLayerNormalization", domain=SPARSE_DOMAIN)

@@ -23,9 +23,13 @@ from sparse_rt.ops.common import (
 from sparse_rt.ops.registry import BindContext, register_op
 
 
-def _wrap_negative(index: torch.Tensor, size: int | torch.Tensor) -> torch.Tensor:
-    index = index.to(torch.int64)
-    return torch.where(index < 0, index + size, index)
+def wrap_negative(index: torch.Tensor, size: int | torch.Tensor) -> torch.Tensor:
+    """index as int64, negative entries + size. A broadcast index (an Expand's view, stride 0
+    along some axes) is wrapped once per distinct entry and broadcast again, not materialized:
+    DeBERTa's relative-position GatherElements took 0.85 against 0.08 ms for torch.gather alone."""
+    distinct = index[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in index.stride())]
+    distinct = distinct.to(torch.int64)
+    return torch.where(distinct < 0, distinct + size, distinct).expand(index.shape)
 
 
 # ---------------------------------------------------------------- Slice
@@ -133,7 +137,7 @@ def bind_gather_elements(node: Node, ctx: BindContext):
     axis = int(node.attributes.get("axis", 0))
 
     def gather_elements(x, indices):
-        return torch.gather(x, axis, _wrap_negative(indices, x.shape[axis]))
+        return torch.gather(x, axis, wrap_negative(indices, x.shape[axis]))
 
     return gather_elements
 
@@ -141,7 +145,7 @@ def bind_gather_elements(node: Node, ctx: BindContext):
 def _linear_index(indices: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """indices [..., k] into the leading dims `dims` (k of them) -> flat int64 indices [...]."""
     sizes = torch.tensor(dims, dtype=torch.int64, device=indices.device)
-    indices = _wrap_negative(indices, sizes)
+    indices = wrap_negative(indices, sizes)
     strides = [math.prod(dims[i + 1 :]) for i in range(len(dims))]
     return (indices * torch.tensor(strides, dtype=torch.int64, device=indices.device)).sum(-1)
 
@@ -205,7 +209,7 @@ def _bind_scatter_elements(node: Node, ctx: BindContext):
     )
 
     def scatter_elements(x, indices, updates):
-        index = _wrap_negative(indices, x.shape[axis])
+        index = wrap_negative(indices, x.shape[axis])
         if reduction == "none":
             return torch.scatter(x, axis, index, updates)
         if reduction == "add":
@@ -232,7 +236,7 @@ def bind_one_hot(node: Node, ctx: BindContext):
         size = int(depth.reshape(-1)[0].item())
         rank = indices.dim() + 1
         dim = normalize_axis(axis, rank)
-        index = _wrap_negative(indices, size)
+        index = wrap_negative(indices, size)
         classes = torch.arange(size, device=index.device).reshape([size] + [1] * (rank - 1 - dim))
         hot = index.unsqueeze(dim) == classes
         return torch.where(hot, values[1], values[0])

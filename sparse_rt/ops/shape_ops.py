@@ -239,8 +239,15 @@ def bind_tile(node: Node, ctx: BindContext):
     static = constant_input(node, ctx, 1)
     if static is not None:
         repeats = to_ints(static)
-        return lambda x, _repeats=None: x.repeat(repeats)
-    return lambda x, repeats: x.repeat(repeats.tolist())
+        return lambda x, _repeats=None: _tile(x, repeats)
+    return lambda x, repeats: _tile(x, repeats.tolist())
+
+
+def _tile(x: torch.Tensor, repeats: list[int]) -> torch.Tensor:
+    """x tiled, or x itself where every repeat is 1 (an exporter's `repeat(batch, 1, 1)` at batch 1)."""
+    if len(repeats) == x.dim() and all(r == 1 for r in repeats):
+        return x
+    return x.repeat(repeats)
 
 
 @register_op("DepthToSpace")

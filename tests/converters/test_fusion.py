@@ -237,3 +237,45 @@ def test_strided_pointwise_conv_becomes_a_subsample_and_a_linear_layer(size):
     (actual,) = sparse_rt.InferenceSession(converted).run(None, feeds)
     assert actual.shape == expected.shape
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def gathered_product_chain(axis=-1, product_is_output=False, constant_b=False):
+    """a [heads, L, 4] @ b [heads, 4, N], then GatherElements with indices [heads, L, J] over `axis`."""
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["p"]),
+             helper.make_node("GatherElements", ["p", "i"], ["y"], axis=axis)]
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["heads", "L", 4]),
+              helper.make_tensor_value_info("i", TensorProto.INT64, ["heads", "L", "J"])]
+    inits = []
+    if constant_b:
+        inits.append(numpy_helper.from_array(np.random.default_rng(0).standard_normal((3, 4, 9)).astype(np.float32), "b"))
+    else:
+        inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, ["heads", 4, "N"]))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["heads", "L", "J"])]
+    if product_is_output:
+        outputs.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, ["heads", "L", "N"]))
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+@pytest.mark.parametrize("axis", [-1, 2])
+def test_gathered_product_becomes_one_op_and_matches_onnxruntime(axis):
+    import onnxruntime as ort
+
+    proto = gathered_product_chain(axis)
+    graph = sparse_rt.convert(proto)
+    assert [n.op_type for n in graph.nodes] == ["MatMulGatherElements"]
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((3, 10, 4)).astype(np.float32), rng.standard_normal((3, 4, 9)).astype(np.float32)
+    feeds = {"a": a, "b": b, "i": rng.integers(-9, 9, (3, 10, 6))}
+    expected = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(sparse_rt.InferenceSession(graph).run(None, feeds)[0], expected[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match=r"MatMulGatherElements.*indices in \[-9, 9\)"):
+        sparse_rt.InferenceSession(graph).run(None, {**feeds, "i": np.full((3, 10, 6), 9)})
+
+
+@pytest.mark.parametrize("kwargs", [dict(axis=1), dict(product_is_output=True), dict(constant_b=True)],
+                         ids=["other-axis", "product-is-output", "constant-weight"])
+def test_products_that_cannot_fuse_stay(kwargs):
+    graph = import_onnx(gathered_product_chain(**kwargs))
+    fuse_graph(graph)
+    assert "MatMulGatherElements" not in [n.op_type for n in graph.nodes]

@@ -191,6 +191,18 @@ static inline void _dense_tile(int mr, int64_t kc, const float* w, const float* 
     if (ncols <= VL) DENSE_TILE_CALL(_dense_half_)
     DENSE_TILE_CALL(_dense_tile_)
 }
+
+/* panels [padded / NR, rows, NR] for the tiles from src [cols, rows], its rows ld apart and their
+   elements adjacent: panels[p, k, j] = src[p * NR + j, k] (zeros past cols) */
+static void _pack_panels_transposed(const float* src, int64_t ld, int64_t rows, int64_t cols, int64_t padded,
+                                    float* panels) {
+    memset(panels, 0, (size_t)(padded * rows) * sizeof(float));
+    for (int64_t c = 0; c < cols; c++) {
+        float* dst = panels + (c / NR * rows) * NR + c % NR;
+        const float* line = src + c * ld;
+        for (int64_t k = 0; k < rows; k++) dst[k * NR] = line[k];
+    }
+}
 """
 
 SOURCE = TILE_SOURCE + r"""

@@ -58,17 +58,6 @@ static void _attention_pack(const float* src, int64_t ld, int64_t rows, int64_t 
     }
 }
 
-/* The same from the transposed side: src [cols, rows] with rows ld apart (kT read as k) */
-static void _attention_pack_transposed(const float* src, int64_t ld, int64_t rows, int64_t cols, int64_t padded,
-                                       float* panels) {
-    memset(panels, 0, (size_t)(padded * rows) * sizeof(float));
-    for (int64_t c = 0; c < cols; c++) {
-        float* dst = panels + (c / NR * rows) * NR + c % NR;
-        const float* line = src + c * ld;
-        for (int64_t k = 0; k < rows; k++) dst[k * NR] = line[k];
-    }
-}
-
 /* row [S] of scores -> softmax(row * scale + mask) in place, GL lanes at a time */
 static void _attention_softmax(float* row, const float* mask, int64_t S, float scale) {
     const gf zero = {0}, floor = zero - 80.0f;
@@ -155,7 +144,7 @@ static void _attention_task(void* context, int64_t h, int worker) {
     for (int n = 0; n < 5; n++) at[n] = i * layout[3 + 3 * n] + j * layout[4 + 3 * n] + k * layout[5 + 3 * n];
     const float* q = job->q + at[0];
     if (ld[5] == 1) _attention_pack(job->k_t + at[1], ld[1], E, S, Sp, k_panels);
-    else _attention_pack_transposed(job->k_t + at[1], ld[5], E, S, Sp, k_panels);
+    else _pack_panels_transposed(job->k_t + at[1], ld[5], E, S, Sp, k_panels);  /* kT read as k */
     _attention_pack(job->v + at[2], ld[2], S, Ev, job->Evp, v_panels);
     _attention_product(L, E, Sp, k_panels, q, ld[0], scores, Sp);
     const float* mask = job->mask ? job->mask + at[4] : NULL;
