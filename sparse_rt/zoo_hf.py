@@ -89,7 +89,8 @@ def _deberta_v3(t, tiny: bool) -> nn.Module:
                     position_biased_input=False, norm_rel_ebd="layer_norm", share_att_key=True)
     if tiny:  # 2 x 8 positions: 20 tokens reach past them (the clamped relative positions)
         return t.DebertaV2Model(t.DebertaV2Config(**_TINY_ENCODER, **relative, vocab_size=1000, position_buckets=8))
-    return t.DebertaV2Model(t.DebertaV2Config(**relative, vocab_size=128100, position_buckets=256))
+    base = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    return t.DebertaV2Model(t.DebertaV2Config(**base, **relative, vocab_size=128100, position_buckets=256))
 
 
 def _distilbert(t, tiny: bool) -> nn.Module:
