@@ -16,7 +16,7 @@ from sparse_rt.converters.onnx import import_onnx
 from sparse_rt.converters.quantized import dequantize_linear_layers, is_quantized
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph
 from sparse_rt.ir.onnx_io import load as load_graph
-from sparse_rt.ir.onnx_io import read_model_proto
+from sparse_rt.ir.onnx_io import graph_from_file, read_model_proto
 from sparse_rt.ir.onnx_io import save as save_graph
 from sparse_rt.scheduler.workload import calibration_inputs, nonzero_weight_bytes, rows_per_input
 
@@ -134,7 +134,7 @@ def ensure_graph(model: Any, device: torch.device) -> Graph:
         return model
     if isinstance(model, torch.nn.Module):
         raise TypeError("model: a torch.nn.Module must first go through sparse_rt.convert(module, example_inputs)")
-    proto = read_model_proto(model)
+    proto = read_model_proto(model, external_data=False)
     if any(o.domain == SPARSE_DOMAIN for o in proto.opset_import):
-        return load_graph(proto)
-    return convert(proto, device=device, tune=False)
+        return graph_from_file(proto, model)
+    return convert(model if isinstance(model, (str, os.PathLike)) else proto, device=device, tune=False)

@@ -15,9 +15,10 @@ import os
 import numpy as np
 import onnx
 import torch
+from google.protobuf.message import EncodeError
 
 from sparse_rt.ir.graph import SPARSE_DOMAIN, Graph, Node
-from sparse_rt.ir.onnx_io import ModelFormatError, graph_from_proto, read_model_proto
+from sparse_rt.ir.onnx_io import ModelFormatError, external_arrays, graph_from_proto, read_model_proto
 from sparse_rt.ops.registry import BindContext, lookup, lookup_nodes
 
 MIN_OPSET = 7
@@ -28,11 +29,13 @@ _MAX_FOLDED_ELEMENTS = 1 << 26
 
 
 def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
-    """Read, check, shape-infer and fold an ONNX model into a Graph."""
-    proto = read_model_proto(model)
-    _check(proto)
+    """Read, check, shape-infer and fold an ONNX model into a Graph. A file's external tensors
+    are read after the checks, which see the graph only: models past protobuf's 2 GiB limit
+    (torch.onnx.export writes their weights beside them) convert as any other."""
+    proto = read_model_proto(model, external_data=False)
+    _check(proto, model)
     proto = _infer_shapes(proto)
-    graph = graph_from_proto(proto)
+    graph = graph_from_proto(proto, external_arrays(proto, model))
     if graph.opset < MIN_OPSET:
         raise ModelFormatError(f"model opset {graph.opset} is too old: expected opset >= {MIN_OPSET}")
     lookup_nodes(graph.nodes, graph.opset)  # every missing op reported here, at conversion
@@ -43,14 +46,20 @@ def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
     return graph
 
 
-def _check(proto: onnx.ModelProto) -> None:
+def _check(proto: onnx.ModelProto, model: str | os.PathLike | bytes | onnx.ModelProto) -> None:
+    """onnx's checker on the file (it finds the external data beside it), or on the proto."""
     if any(o.domain == SPARSE_DOMAIN for o in proto.opset_import):
         return  # the checker does not know our domain's schemas
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(model) if isinstance(model, (str, os.PathLike)) else proto)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelFormatError(f"model is not valid ONNX: {first}") from None
+    except EncodeError:
+        raise ModelFormatError(
+            "model: a ModelProto past protobuf's 2 GiB limit cannot be checked in memory: save it with its "
+            "tensors as external data (onnx.save_model(model, path, save_as_external_data=True)) and pass the path"
+        ) from None
 
 
 def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:

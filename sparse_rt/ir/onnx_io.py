@@ -3,6 +3,11 @@
 On disk a graph is a standard ONNX model: dense ops stay standard ONNX, the
 project's own ops (SparseLinear) live in domain `ai.sparse_rt`, their format
 arrays are initializers. Reading parses protobuf only: no code is ever run.
+
+Protobuf cannot serialize a message of 2 GiB or more. Past EXTERNAL_DATA_BYTES of
+constants, `save` writes the tensors to a file beside the model (ONNX external data,
+as torch.onnx.export does for large models), named after their digest; models that
+arrive with external data are read the same way.
 """
 
 from __future__ import annotations
@@ -22,14 +27,18 @@ from sparse_rt.ir.graph import SPARSE_DOMAIN, Dim, Graph, Node, Value
 SPARSE_DOMAIN_VERSION = 1
 PRODUCER = "sparse_rt"
 CHECKSUM_KEY = "sparse_rt.sha256"
+# Constants past this many bytes go to an external data file (protobuf's limit is 2 GiB for
+# the whole model; the rest of the graph is small)
+EXTERNAL_DATA_BYTES = 1536 << 20
 
 
 class ModelFormatError(ValueError):
     """A model file or object that is not a readable ONNX model."""
 
 
-def read_model_proto(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
-    """Parse a path, serialized bytes or a ModelProto; errors name the source."""
+def read_model_proto(model: str | os.PathLike | bytes | onnx.ModelProto, external_data: bool = True) -> onnx.ModelProto:
+    """Parse a path, serialized bytes or a ModelProto; errors name the source. external_data:
+    False leaves a file's external tensors unread (`load_external_data` reads them)."""
     if isinstance(model, onnx.ModelProto):
         return model
     if isinstance(model, (bytes, bytearray, memoryview)):
@@ -41,13 +50,51 @@ def read_model_proto(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx
         if not path.is_file():
             raise ModelFormatError(f"model file {str(path)!r}: expected a file, found a directory")
         proto = _parse(path.read_bytes(), f"model file {str(path)!r}")
-        if any(_uses_external_data(t) for t in proto.graph.initializer):
-            onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+        if external_data:
+            load_external_data(proto, path)
         return proto
     raise TypeError(
         "model: expected a path, bytes, onnx.ModelProto, sparse_rt Graph or torch.nn.Module, "
         f"got {type(model).__name__}"
     )
+
+
+def load_external_data(proto: onnx.ModelProto, model: Any) -> None:
+    """Read the external tensors of `proto`, parsed from the file `model`, into it (a model given
+    as bytes or a ModelProto has none to read)."""
+    if isinstance(model, (str, os.PathLike)) and any(_uses_external_data(t) for t in proto.graph.initializer):
+        try:
+            onnx.external_data_helper.load_external_data_for_model(proto, str(Path(model).parent))
+        except (OSError, ValueError) as exc:
+            raise ModelFormatError(f"model file {str(model)!r}: its external data cannot be read: {exc}") from None
+
+
+def external_arrays(proto: onnx.ModelProto, model: Any) -> dict[str, np.ndarray]:
+    """The external tensors of `proto`, parsed from the file `model`, as arrays mapped from their
+    files (copy-on-write: pages are read when touched, and a 2 GiB table costs no copy):
+    {initializer name: array}. ModelFormatError naming the file when one is missing or short."""
+    arrays = {}
+    for tensor in proto.graph.initializer:
+        if not _uses_external_data(tensor):
+            continue
+        if not isinstance(model, (str, os.PathLike)):
+            raise ModelFormatError(f"initializer {tensor.name!r}: its data is in an external file, but the model "
+                                   "came without a path to find it beside: pass the model's path")
+        info = onnx.external_data_helper.ExternalDataInfo(tensor)
+        path = Path(model).parent / info.location
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        count = int(np.prod(tensor.dims, dtype=np.int64))
+        offset = max(int(info.offset or 0), 0)
+        length = count * dtype.itemsize
+        available = path.stat().st_size - offset if path.is_file() and Path(info.location).name == info.location else -1
+        if info.length not in (None, length) or available < length:
+            raise ModelFormatError(
+                f"model file {str(model)!r}: initializer {tensor.name!r} expects {length} bytes at offset {offset} "
+                f"of its external data file {info.location!r}, which " + (
+                    "does not exist beside it" if available < 0 else f"holds {max(available, 0)} there"))
+        mapped = np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=tuple(tensor.dims)) if count else None
+        arrays[tensor.name] = np.zeros(tensor.dims, dtype) if mapped is None else mapped.view(np.ndarray)
+    return arrays
 
 
 def _parse(data: bytes, source: str) -> onnx.ModelProto:
@@ -165,10 +212,12 @@ def _attribute_proto(name: str, value: Any) -> AttributeProto:
     return helper.make_attribute(name, value)
 
 
-def graph_from_proto(proto: onnx.ModelProto) -> Graph:
-    """A faithful IR copy of an ONNX model (no folding, no lowering)."""
+def graph_from_proto(proto: onnx.ModelProto, external: dict[str, np.ndarray] | None = None) -> Graph:
+    """A faithful IR copy of an ONNX model (no folding, no lowering); the initializers in
+    `external` (those whose data lies in external files: `external_arrays`) as those arrays."""
     onnx_graph = proto.graph
-    constants = {t.name: _constant(t) for t in onnx_graph.initializer}
+    external = external or {}
+    constants = {t.name: external[t.name] if t.name in external else _constant(t) for t in onnx_graph.initializer}
     nodes: list[Node] = []
     for index, n in enumerate(onnx_graph.node):
         label = n.name or (n.output[0] if n.output else f"#{index}")
@@ -187,8 +236,10 @@ def graph_from_proto(proto: onnx.ModelProto) -> Graph:
     return graph
 
 
-def graph_to_proto(graph: Graph) -> onnx.ModelProto:
-    """The ONNX ModelProto of a graph (opset imports for ai.onnx and ai.sparse_rt)."""
+def graph_to_proto(graph: Graph, external: dict[str, TensorProto] | None = None) -> onnx.ModelProto:
+    """The ONNX ModelProto of a graph (opset imports for ai.onnx and ai.sparse_rt); the constants
+    in `external` as those TensorProtos (their data in a file, see `save`)."""
+    external = external or {}
     nodes = []
     for node in graph.nodes:
         proto_node = helper.make_node(
@@ -201,7 +252,8 @@ def graph_to_proto(graph: Graph) -> onnx.ModelProto:
         graph.name,
         [_value_to_proto(v) for v in graph.inputs],
         [_value_to_proto(v) for v in graph.outputs],
-        initializer=[numpy_helper.from_array(np.asarray(a), name) for name, a in graph.constants.items()],
+        initializer=[external[name] if name in external else numpy_helper.from_array(np.asarray(a), name)
+                     for name, a in graph.constants.items()],
         value_info=[_value_to_proto(v) for v in graph.value_info.values()],
     )
     opsets = [helper.make_opsetid("", graph.opset)]
@@ -213,13 +265,51 @@ def graph_to_proto(graph: Graph) -> onnx.ModelProto:
 
 
 def save(graph: Graph, path: str | os.PathLike) -> None:
-    """Write a graph as an ONNX file, atomically (a crash never leaves half a file)."""
+    """Write a graph as an ONNX file, atomically (a crash never leaves half a file). Constants
+    past EXTERNAL_DATA_BYTES go to `<name>.<digest>.data` beside it, written before the model
+    that names it; the data file a previous save left is then removed."""
     if not isinstance(graph, Graph):
         raise TypeError(f"save: expected a sparse_rt Graph, got {type(graph).__name__}")
-    proto = graph_to_proto(graph)
-    proto.metadata_props.add(key=CHECKSUM_KEY, value=_checksum(proto))
-    data = proto.SerializeToString(deterministic=True)
     path = Path(path)
+    data_file, external = None, {}
+    if sum(np.asarray(a).nbytes for a in graph.constants.values()) > EXTERNAL_DATA_BYTES:
+        data_file, external = _write_external_data(graph.constants, path)
+    proto = graph_to_proto(graph, external)
+    proto.metadata_props.add(key=CHECKSUM_KEY, value=_checksum(proto))
+    _write_atomically(path, proto.SerializeToString(deterministic=True))
+    for stale in path.parent.glob(f"{path.name}.*.data"):
+        if stale.name != data_file:
+            stale.unlink(missing_ok=True)
+
+
+def _write_external_data(constants: dict[str, Any], path: Path) -> tuple[str, dict[str, TensorProto]]:
+    """Write the numeric constants of 1 KiB or more into one file beside `path`, named after their
+    digest: (the file's name, {constant: TensorProto naming its place in the file})."""
+    arrays = {name: np.ascontiguousarray(a) for name, a in constants.items()}
+    arrays = {name: a for name, a in arrays.items() if a.nbytes >= 1024 and a.dtype.kind in "biuf"}
+    digest = hashlib.sha256()
+    for a in arrays.values():
+        digest.update(memoryview(a).cast("B"))
+    name = f"{path.name}.{digest.hexdigest()[:16]}.data"
+    tensors = {}
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for constant, a in arrays.items():
+                tensor = TensorProto(name=constant, data_type=helper.np_dtype_to_tensor_dtype(a.dtype), dims=a.shape,
+                                     data_location=TensorProto.EXTERNAL)
+                for key, value in (("location", name), ("offset", str(f.tell())), ("length", str(a.nbytes))):
+                    tensor.external_data.add(key=key, value=value)
+                f.write(memoryview(a).cast("B"))
+                tensors[constant] = tensor
+        os.replace(tmp, path.parent / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return name, tensors
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -231,7 +321,13 @@ def save(graph: Graph, path: str | os.PathLike) -> None:
 
 
 def load(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
-    """Read a model saved by `save` (or any ONNX model) into a Graph, as it is."""
-    graph = graph_from_proto(read_model_proto(model))
+    """Read a model saved by `save` (or any ONNX model) into a Graph, as it is; tensors in an
+    external data file are mapped from it (`external_arrays`)."""
+    return graph_from_file(read_model_proto(model, external_data=False), model)
+
+
+def graph_from_file(proto: onnx.ModelProto, model: Any) -> Graph:
+    """`load` of the proto already read from `model` (external tensors left unread)."""
+    graph = graph_from_proto(proto, external_arrays(proto, model))
     graph.validate()
     return graph
