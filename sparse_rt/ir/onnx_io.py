@@ -7,7 +7,9 @@ arrays are initializers. Reading parses protobuf only: no code is ever run.
 Protobuf cannot serialize a message of 2 GiB or more. Past EXTERNAL_DATA_BYTES of
 constants, `save` writes the tensors to a file beside the model (ONNX external data,
 as torch.onnx.export does for large models), named after their digest; models that
-arrive with external data are read the same way.
+arrive with external data are read the same way, their tensors mapped from the file.
+The model's checksum covers where each tensor lies in that file; the file itself is
+checked by its size (hashing it would read every page a mapping leaves on disk).
 """
 
 from __future__ import annotations
@@ -86,12 +88,13 @@ def external_arrays(proto: onnx.ModelProto, model: Any) -> dict[str, np.ndarray]
         count = int(np.prod(tensor.dims, dtype=np.int64))
         offset = max(int(info.offset or 0), 0)
         length = count * dtype.itemsize
-        available = path.stat().st_size - offset if path.is_file() and Path(info.location).name == info.location else -1
+        inside = not Path(info.location).is_absolute() and ".." not in Path(info.location).parts
+        available = path.stat().st_size - offset if inside and path.is_file() else -1
         if info.length not in (None, length) or available < length:
             raise ModelFormatError(
                 f"model file {str(model)!r}: initializer {tensor.name!r} expects {length} bytes at offset {offset} "
                 f"of its external data file {info.location!r}, which " + (
-                    "does not exist beside it" if available < 0 else f"holds {max(available, 0)} there"))
+                    "is not a file under the model's directory" if available < 0 else f"holds {max(available, 0)} there"))
         mapped = np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=tuple(tensor.dims)) if count else None
         arrays[tensor.name] = np.zeros(tensor.dims, dtype) if mapped is None else mapped.view(np.ndarray)
     return arrays
