@@ -88,8 +88,20 @@ def test_what_the_kernel_leaves_to_torch():
     assert not native_attention_applies(q[None].expand(3, 2, 4, 8), k_t, v, None)  # leading dims differ
     assert not native_attention_applies(q[:, :0], k_t, v, None)  # no queries
     assert not native_attention_applies(q[0], k_t[0], v[0], None)  # no leading dim
-    big = torch.randn(1, 4096, 8)
-    assert not native_attention_applies(big, big.transpose(-1, -2), big, None)  # scores past the scratch limit
+    keys = torch.randn(1, 70000, 64)  # a head's packed keys alone past the scratch limit
+    assert not native_attention_applies(torch.randn(1, 8, 64), keys.transpose(-1, -2), keys, None)
+
+
+@pytest.mark.parametrize("heads, length", [(1, 1000), (2, 517), (1, 9)])
+def test_few_heads_of_many_queries_split_into_blocks(heads, length):
+    """SegFormer's first stage: one head, thousands of queries, a few hundred keys; its queries
+    are split into tasks of at most QUERY_ROWS_MAX, the last one partial, each with its mask rows."""
+    g = torch.Generator().manual_seed(length)
+    q, k_t, v = torch.randn(heads, length, 32, generator=g), torch.randn(heads, 32, 50, generator=g), torch.randn(
+        heads, 50, 24, generator=g)
+    mask = torch.randn(1, length, 50, generator=g)  # a different mask for every query
+    assert native_attention_applies(q, k_t, v, mask)
+    assert torch.allclose(native_attention(q, k_t, v, mask, SCALE), _expected(q, k_t, v, mask), rtol=1e-5, atol=1e-5)
 
 
 OTHER_ISA_SCRIPT = r"""

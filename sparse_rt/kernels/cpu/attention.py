@@ -1,4 +1,5 @@
-"""Attention on the CPU: softmax(q kT * scale + mask) v, float32, one task per head.
+"""Attention on the CPU: softmax(q kT * scale + mask) v, float32, a task per head and block of
+at most QUERY_ROWS_MAX queries (blocks small enough that every thread gets two tasks).
 
 A task packs its head's kT and v into the panels of the dense kernel's register tiles
 (`_dense_native.TILE_SOURCE`), computes the scores of all its queries into a per-thread
@@ -22,9 +23,11 @@ from sparse_rt.kernels.cpu._dense_native import TILE_SOURCE
 from sparse_rt.kernels.cpu._launch import pointer, thread_scratch, threads
 from sparse_rt.kernels.cpu._native import declare, load_library, native_available
 
-# Above this many floats of scratch a thread (scores, packed kT and v of one head: 16 MiB),
-# the caller keeps torch's fused kernel, which never holds a head's whole score matrix.
+# Above this many floats of scratch a thread (a task's scores, its head's packed kT and v:
+# 16 MiB), the caller keeps torch's fused kernel, which never holds a head's whole score matrix.
 SCRATCH_FLOATS_MAX = 4 * 1024 * 1024
+# Queries of one head a task takes at most (its scores stay in L2: 256 x 512 keys is 512 KiB)
+QUERY_ROWS_MAX = 256
 
 SOURCE = TILE_SOURCE + r"""
 #include <math.h>
@@ -39,6 +42,7 @@ struct attention_job {
     float *out, *scratch;             /* scratch [workers, per_worker] */
     const int64_t* layout;
     int64_t per_worker, L, S, E, Ev, Sp, Evp;  /* Sp, Evp: S and Ev rounded up to NR */
+    int64_t rows, blocks;             /* a task: `rows` queries of one head, blocks = ceil(L / rows) a head */
     float scale;
 };
 
@@ -133,38 +137,41 @@ static void _attention_product(int64_t rows, int64_t kc, int64_t cols, const flo
     }
 }
 
-static void _attention_task(void* context, int64_t h, int worker) {
+static void _attention_task(void* context, int64_t task, int worker) {
     const struct attention_job* job = (const struct attention_job*)context;
-    int64_t L = job->L, S = job->S, E = job->E, Ev = job->Ev, Sp = job->Sp;
-    float* scores = job->scratch + worker * job->per_worker;  /* [L, Sp] */
-    float* k_panels = scores + L * Sp;                          /* [Sp / NR, E, NR] */
+    int64_t h = task / job->blocks, r0 = task % job->blocks * job->rows;
+    int64_t L = job->L - r0 < job->rows ? job->L - r0 : job->rows, S = job->S, E = job->E, Ev = job->Ev, Sp = job->Sp;
+    float* scores = job->scratch + worker * job->per_worker;  /* [rows, Sp] */
+    float* k_panels = scores + job->rows * Sp;                  /* [Sp / NR, E, NR] */
     float* v_panels = k_panels + Sp * E;                        /* [Evp / NR, S, NR] */
     const int64_t *layout = job->layout, *ld = layout + 18;
     int64_t at[5], i = h / (layout[1] * layout[2]), j = h / layout[2] % layout[1], k = h % layout[2];
     for (int n = 0; n < 5; n++) at[n] = i * layout[3 + 3 * n] + j * layout[4 + 3 * n] + k * layout[5 + 3 * n];
-    const float* q = job->q + at[0];
+    const float* q = job->q + at[0] + r0 * ld[0];
     if (ld[5] == 1) _attention_pack(job->k_t + at[1], ld[1], E, S, Sp, k_panels);
     else _pack_panels_transposed(job->k_t + at[1], ld[5], E, S, Sp, k_panels);  /* kT read as k */
     _attention_pack(job->v + at[2], ld[2], S, Ev, job->Evp, v_panels);
     _attention_product(L, E, Sp, k_panels, q, ld[0], scores, Sp);
-    const float* mask = job->mask ? job->mask + at[4] : NULL;
+    const float* mask = job->mask ? job->mask + at[4] + r0 * ld[4] : NULL;
     for (int64_t row = 0; row < L; row++)
         _attention_softmax(scores + row * Sp, mask ? mask + row * ld[4] : NULL, S, job->scale);
-    _attention_product(L, S, Ev, v_panels, scores, Sp, job->out + at[3], ld[3]);
+    _attention_product(L, S, Ev, v_panels, scores, Sp, job->out + at[3] + r0 * ld[3], ld[3]);
 }
 
-int64_t attention_scratch_floats(int64_t L, int64_t S, int64_t E, int64_t Ev) {
+/* rows: the queries of a task */
+int64_t attention_scratch_floats(int64_t rows, int64_t S, int64_t E, int64_t Ev) {
     int64_t Sp = (S + NR - 1) / NR * NR, Evp = (Ev + NR - 1) / NR * NR;
-    return L * Sp + Sp * E + Evp * S;
+    return rows * Sp + Sp * E + Evp * S;
 }
 
-void attention(int num_threads, int64_t heads, int64_t L, int64_t S, int64_t E, int64_t Ev,
+void attention(int num_threads, int64_t heads, int64_t L, int64_t S, int64_t E, int64_t Ev, int64_t rows,
                const float* q, const float* k_t, const float* v, const float* mask, float* out,
                const int64_t* layout, float scale, float* scratch) {
+    int64_t blocks = (L + rows - 1) / rows;
     struct attention_job job = {q, k_t, v, mask, out, scratch, layout,
-                                attention_scratch_floats(L, S, E, Ev), L, S, E, Ev,
-                                (S + NR - 1) / NR * NR, (Ev + NR - 1) / NR * NR, scale};
-    sr_parallel_for(num_threads, heads, _attention_task, &job);
+                                attention_scratch_floats(rows, S, E, Ev), L, S, E, Ev,
+                                (S + NR - 1) / NR * NR, (Ev + NR - 1) / NR * NR, rows, blocks, scale};
+    sr_parallel_for(num_threads, heads * blocks, _attention_task, &job);
 }
 """
 
@@ -187,13 +194,22 @@ def _scratch_floats():
 @functools.cache
 def _attention():
     return declare(_library(), "attention",
-                   [ctypes.c_int, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, ctypes.c_void_p, ctypes.c_float, _P])
+                   [ctypes.c_int, _I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, ctypes.c_void_p, ctypes.c_float, _P])
+
+
+def _query_rows(heads: int, L: int, num_threads: int) -> int:
+    """Queries a task takes: at most QUERY_ROWS_MAX, and few enough that the tasks give every
+    thread two (SegFormer's first stage has one head of 16384 queries); a multiple of 8 (the
+    tiles' rows) unless a head's whole L."""
+    blocks = max(-(-2 * num_threads // heads), -(-L // QUERY_ROWS_MAX))
+    rows = -(-L // blocks)
+    return L if blocks == 1 else -(-rows // 8) * 8
 
 
 def native_attention_applies(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """Whether `native_attention` takes these: float32 CPU tensors, q [..., L, E], kT [..., E, S],
     v [..., S, Ev] with the same one to three leading dims, no empty dim, a float32 mask broadcastable to
-    [..., L, S] or none, and a head's scratch within SCRATCH_FLOATS_MAX."""
+    [..., L, S] or none, and a task's scratch within SCRATCH_FLOATS_MAX."""
     tensors = (q, k_t, v) if mask is None else (q, k_t, v, mask)
     if not native_available() or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return False
@@ -207,7 +223,7 @@ def native_attention_applies(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor
             torch.broadcast_to(mask, (*q.shape[:-1], S))
         except RuntimeError:
             return False
-    return int(_scratch_floats()(L, S, E, Ev)) <= SCRATCH_FLOATS_MAX
+    return int(_scratch_floats()(_query_rows(q.shape[:-2].numel(), L, threads()), S, E, Ev)) <= SCRATCH_FLOATS_MAX
 
 
 def _unit_stride(tensor: torch.Tensor, dim: int) -> torch.Tensor:
@@ -222,7 +238,8 @@ def native_attention(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, mask: 
     the usual transpose back to tokens and merge of the heads then moves nothing."""
     lead, (L, E), S, Ev = q.shape[:-2], q.shape[-2:], k_t.shape[-1], v.shape[-1]
     heads = lead.numel()
-    num_threads = min(threads(), heads)
+    rows = _query_rows(heads, L, threads())
+    num_threads = min(threads(), heads * -(-L // rows))
     q, v = _unit_stride(q, -1), _unit_stride(v, -1)
     if k_t.stride(-2) != 1 and k_t.stride(-1) != 1:
         k_t = k_t.contiguous()
@@ -239,7 +256,7 @@ def native_attention(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, mask: 
     for tensor in operands:
         layout += [0] * pad + list(tensor.stride()[:-2])
     layout += [q.stride(-2), kt_rows, v.stride(-2), out.stride(-2), 0 if mask is None else mask.stride(-2), kt_columns]
-    scratch = thread_scratch("attention", num_threads * int(_scratch_floats()(L, S, E, Ev)))
-    _attention()(num_threads, heads, L, S, E, Ev, pointer(q), pointer(k_t), pointer(v), pointer(mask), pointer(out),
+    scratch = thread_scratch("attention", num_threads * int(_scratch_floats()(rows, S, E, Ev)))
+    _attention()(num_threads, heads, L, S, E, Ev, rows, pointer(q), pointer(k_t), pointer(v), pointer(mask), pointer(out),
                  (ctypes.c_int64 * len(layout))(*layout), scale, pointer(scratch))
     return out
