@@ -3,7 +3,8 @@
   Erf GELU  x * 0.5 * (1 + erf(x / sqrt 2))  (Div or Mul, Erf, Add, Mul, Mul) -> ai.sparse_rt::Gelu
   Tanh GELU  0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))  (Pow, Mul, Add, Mul, Tanh, Add, Mul,
              Mul: GPT-2's "gelu_new") -> ai.sparse_rt::Gelu approximate "tanh" (one pass, not eight)
-  Attention  MatMul(q, kT), Div or Mul by a scalar (optional), Add of a float mask (optional),
+  Attention  MatMul(q, kT), Div or Mul by a scalar (optional), Add of a float mask (optional;
+             two Adds: their terms summed first, once for every layer sharing them),
              Softmax over the last axis, MatMul by v -> ai.sparse_rt::ScaledDotProductAttention;
              also torch.export's decomposition of F.scaled_dot_product_attention: q and kT each
              multiplied by sqrt(scale) before the MatMul, and the softmax's NaNs set to zero
@@ -300,6 +301,7 @@ def fuse_attention(graph: Graph) -> int:
 
     removed: set[int] = set()
     replacement: dict[int, Node] = {}
+    sums: dict[tuple[str, str], Node] = {}
     for scores in graph.nodes:
         if scores.op_type != "MatMul" or scores.domain:
             continue
@@ -320,12 +322,20 @@ def fuse_attention(graph: Graph) -> int:
                 node = only_user(node.outputs[0])
         if node is not None and node.op_type == "Add":
             mask = _other(node, chain[-1].outputs[0]) or ""
-            mask_info = info.get(mask)
-            if (mask_info is None or mask_info.dtype != "float32" or mask_info.shape is None
-                    or not _mask_keeps_shape(mask_info.shape, score_info.shape)):
+            if not _mask_may_fit(info.get(mask), score_info.shape):
                 continue
             chain.append(node)
             node = only_user(node.outputs[0])
+            if node is not None and node.op_type == "Add":  # a second term (MPNet: position bias, then padding)
+                second = _other(node, chain[-1].outputs[0]) or ""
+                if not _mask_may_fit(info.get(second), score_info.shape):
+                    continue
+                if (mask, second) not in sums:  # one sum for every layer sharing both terms
+                    sums[(mask, second)] = Node("Add", [mask, second], [graph.fresh_name(f"{mask}_plus_{second}")],
+                                                name=graph.fresh_name(f"{mask}_plus_{second}_add"))
+                mask = sums[(mask, second)].outputs[0]
+                chain.append(node)
+                node = only_user(node.outputs[0])
         if node is None or node.op_type != "Softmax" or node.attributes.get("axis", -1) not in (-1, rank - 1):
             continue
         chain.append(node)
@@ -345,6 +355,14 @@ def fuse_attention(graph: Graph) -> int:
             "ScaledDotProductAttention", [q, k_t, v, mask], [weighted.outputs[0]],
             attributes, graph.fresh_name(f"{weighted.label()}_attention"), SPARSE_DOMAIN,
         )
+    summed = {node.outputs[0]: node for node in sums.values()}
+    nodes = []
+    for node in graph.nodes:  # each sum of two terms just before its first reader
+        fused = replacement.get(id(node))
+        if fused is not None and fused.inputs[3] in summed:
+            nodes.append(summed.pop(fused.inputs[3]))
+        nodes.append(node)
+    graph.nodes = nodes
     _replace(graph, replacement, removed)
     return len(replacement)
 
@@ -366,6 +384,15 @@ def _nan_guard(graph: Graph, softmax: Node, consumers: dict[str, list[Node]], ou
     if zero is None or zero.size != 1 or float(zero.reshape(())) != 0.0:
         return []
     return [is_nan, where]
+
+
+def _mask_may_fit(mask, scores: tuple) -> bool:
+    """Whether a term added to the scores may be taken as the fused op's mask: float32 and not
+    widening the scores as far as its known shape tells, or of no inferred type at all (then the
+    op checks at run time, and computes the chain as exported should the mask widen the scores)."""
+    if mask is None or mask.shape is None:
+        return mask is None or mask.dtype in (None, "float32")
+    return mask.dtype == "float32" and _mask_keeps_shape(mask.shape, scores)
 
 
 def _mask_keeps_shape(mask: tuple, scores: tuple) -> bool:

@@ -37,6 +37,9 @@ def bind_attention(node, ctx):
     nan_to_zero = bool(node.attributes.get("nan_to_zero", 0))
 
     def attention(q, k_t, v, mask=None):
+        if mask is not None and _widens(mask, q, k_t):  # a mask of no inferred shape: the chain as exported
+            weights = torch.softmax(torch.matmul(q, k_t) * scale + mask, dim=-1)
+            return torch.matmul(weights.nan_to_num(nan=0.0) if nan_to_zero else weights, v)
         if native_attention_applies(q, k_t, v, mask):
             out = native_attention(q, k_t, v, mask, scale)
         else:
@@ -47,6 +50,15 @@ def bind_attention(node, ctx):
         return out.nan_to_num_(nan=0.0, posinf=float("inf"), neginf=float("-inf")) if nan_to_zero else out
 
     return attention
+
+
+def _widens(mask: torch.Tensor, q: torch.Tensor, k_t: torch.Tensor) -> bool:
+    """Whether adding `mask` widens the scores q @ kT [..., L, S] (or does not broadcast to them)."""
+    scores = (*torch.broadcast_shapes(q.shape[:-2], k_t.shape[:-2]), q.shape[-2], k_t.shape[-1])
+    try:
+        return torch.broadcast_shapes(mask.shape, scores) != torch.Size(scores)
+    except RuntimeError:
+        return True
 
 
 @register_op("MatMulGatherElements", domain=SPARSE_DOMAIN)

@@ -279,3 +279,66 @@ def test_products_that_cannot_fuse_stay(kwargs):
     graph = import_onnx(gathered_product_chain(**kwargs))
     fuse_graph(graph)
     assert "MatMulGatherElements" not in [n.op_type for n in graph.nodes]
+
+
+def two_term_attention(layers=1, mask_rank=None):
+    """Layers of softmax(q kT / 2 + bias + mask) v sharing bias [batch, 2, queries, keys] and mask
+    (MPNet adds its position bias, then the padding mask). mask_rank None: mask [batch, 1, 1, keys];
+    else the mask is reshaped at run time to the shape fed, so that it has no inferred shape, and
+    the output is declared of that rank."""
+    nodes, y, mask = [], "q", "mask"
+    if mask_rank is not None:
+        nodes.append(helper.make_node("Reshape", ["mask_values", "mask_shape"], ["mask"]))
+    for i in range(layers):
+        nodes += [helper.make_node("MatMul", [y, "kt"], [f"s{i}"]), helper.make_node("Div", [f"s{i}", "c"], [f"d{i}"]),
+                  helper.make_node("Add", [f"d{i}", "bias"], [f"b{i}"]), helper.make_node("Add", [f"b{i}", mask], [f"m{i}"]),
+                  helper.make_node("Softmax", [f"m{i}"], [f"p{i}"], axis=-1), helper.make_node("MatMul", [f"p{i}", "v"], [f"y{i}"])]
+        y = f"y{i}"
+    inputs = [helper.make_tensor_value_info("q", TensorProto.FLOAT, ["batch", 2, "queries", 4]),
+              helper.make_tensor_value_info("kt", TensorProto.FLOAT, ["batch", 2, 4, "keys"]),
+              helper.make_tensor_value_info("v", TensorProto.FLOAT, ["batch", 2, "keys", 4]),
+              helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["batch", 2, "queries", "keys"])]
+    if mask_rank is None:
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", 1, 1, "keys"]))
+    else:
+        inputs += [helper.make_tensor_value_info("mask_values", TensorProto.FLOAT, ["n"]),
+                   helper.make_tensor_value_info("mask_shape", TensorProto.INT64, ["rank"])]
+    output = helper.make_tensor_value_info(y, TensorProto.FLOAT, [f"d{i}" for i in range(mask_rank or 4)])
+    graph = helper.make_graph(nodes, "attention", inputs, [output], [numpy_helper.from_array(np.array(2.0, np.float32), "c")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def two_term_feeds(mask_shape=(3, 1, 1, 5), reshaped=False):
+    rng = np.random.default_rng(2)
+    feeds = {"q": rng.standard_normal((3, 2, 5, 4)), "kt": rng.standard_normal((3, 2, 4, 5)),
+             "v": rng.standard_normal((3, 2, 5, 4)), "bias": rng.standard_normal((3, 2, 5, 5))}
+    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+    mask = np.where(rng.random(mask_shape) < 0.3, -1e4, 0.0).astype(np.float32)
+    if reshaped:
+        return {**feeds, "mask_values": mask.reshape(-1), "mask_shape": np.array(mask_shape, np.int64)}
+    return {**feeds, "mask": mask}
+
+
+def test_two_added_terms_are_summed_once_for_the_layers_sharing_them():
+    import onnxruntime as ort
+
+    model = two_term_attention(layers=2)
+    graph = sparse_rt.convert(model)
+    assert [n.op_type for n in graph.nodes] == ["Add", "ScaledDotProductAttention", "ScaledDotProductAttention"]
+    feeds = two_term_feeds()
+    (expected,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(sparse_rt.InferenceSession(graph).run(None, feeds)[0], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask_shape", [(3, 1, 1, 5), (2, 3, 2, 5, 5)], ids=["fits", "widens-at-run-time"])
+def test_a_mask_of_no_known_shape_fuses_and_is_checked_at_run_time(mask_shape):
+    import onnxruntime as ort
+
+    model = two_term_attention(mask_rank=len(mask_shape))
+    graph = sparse_rt.convert(model)
+    assert "ScaledDotProductAttention" in [n.op_type for n in graph.nodes]
+    feeds = two_term_feeds(mask_shape, reshaped=True)
+    (expected,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    (actual,) = sparse_rt.InferenceSession(graph).run(None, feeds)
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
