@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any, Mapping, Sequence
 
 import onnx
@@ -64,12 +65,16 @@ def convert(
     """
     structured = None
     if isinstance(model, torch.nn.Module):
-        from sparse_rt.converters.torch import export_module
+        from sparse_rt.converters.torch import export_module, exports_to_file
 
-        model, structured = export_module(model, example_inputs)
+        # past protobuf's limit the module goes through a file, whose weights conversion maps;
+        # they stay readable once the directory is gone (the mapping holds them)
+        workdir = tempfile.TemporaryDirectory(prefix="sparse_rt_export_") if exports_to_file(model) else None
+        model, structured = export_module(model, example_inputs, directory=workdir and workdir.name)
         if shapes is None and batch_sizes is None:  # the example inputs are the representative ones
             examples = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-            shapes = {value.name: tuple(t.shape) for value, t in zip(model.graph.input, examples)}
+            graph_inputs = (model if workdir is None else onnx.load(model, load_external_data=False)).graph.input
+            shapes = {value.name: tuple(t.shape) for value, t in zip(graph_inputs, examples)}
     elif example_inputs is not None:
         raise TypeError("example_inputs: only used when converting a torch.nn.Module")
     if isinstance(model, Graph):

@@ -13,6 +13,10 @@ signature of that weight, so lowering gives them back their structured format.
 
 The leading dim of every example input is exported as dynamic ("batch"); name
 more dynamic dims with `dynamic_dims` (e.g. {1: "seq"}).
+
+A module past EXPORT_TO_FILE_BYTES of parameters and buffers is exported to a file
+in the directory the caller gives, its weights in files beside it (protobuf cannot
+hold a message of 2 GiB), for the converter to map them from there.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import onnx
@@ -28,6 +33,14 @@ import torch
 from sparse_rt.formats.base import WeightFormat
 
 DEFAULT_OPSET = 18
+# Modules past this many bytes of parameters and buffers are exported to a file, not to memory
+EXPORT_TO_FILE_BYTES = 1536 << 20
+
+
+def exports_to_file(module: torch.nn.Module) -> bool:
+    """Whether `module` is past EXPORT_TO_FILE_BYTES of parameters and buffers."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors) > EXPORT_TO_FILE_BYTES
 
 
 def export_module(
@@ -37,14 +50,17 @@ def export_module(
     dynamic_dims: dict[int, str] | None = None,
     opset: int = DEFAULT_OPSET,
     exporter: str = "torchscript",
-) -> tuple[onnx.ModelProto, dict[str, WeightFormat]]:
+    directory: str | Path | None = None,
+) -> tuple[onnx.ModelProto | Path, dict[str, WeightFormat]]:
     """Export `module` (in eval mode) to ONNX with a dynamic batch dim.
 
     example_inputs: tensors like the ones the model will see. dynamic_dims: extra
     {axis: name} dynamic dims applied to every input of sufficient rank, e.g.
     {1: "seq"} for [batch, seq, ...] inputs. exporter: "torchscript" (fast, the
-    default) or "dynamo" (torch.export based). Returns the model and the
-    structured formats found, {weight signature: format}. `module` is not modified.
+    default) or "dynamo" (torch.export based). directory: write `model.onnx` there
+    (its weights beside it, as external data) instead of returning a ModelProto.
+    Returns the model (or its path) and the structured formats found, {weight
+    signature: format}. `module` is not modified.
     """
     if example_inputs is None:
         raise TypeError("example_inputs: required to convert a torch.nn.Module (a tuple of example tensors)")
@@ -60,13 +76,14 @@ def export_module(
         raise ValueError(f"exporter: expected 'torchscript' or 'dynamo', got {exporter!r}")
     module = copy.deepcopy(module).eval()
     structured = _replace_structured_layers(module)
+    path = None if directory is None else Path(directory) / "model.onnx"
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            proto = _export_torchscript(module, example_inputs, names, axes, opset)
+            model = _export_torchscript(module, example_inputs, names, axes, opset, path)
         else:
-            proto = _export_dynamo(module, example_inputs, names, axes, opset)
-    return proto, structured
+            model = _export_dynamo(module, example_inputs, names, axes, opset, path)
+    return model, structured
 
 
 class _StructuredAsLinear(torch.nn.Linear):
@@ -95,21 +112,26 @@ def _replace_structured_layers(module: torch.nn.Module) -> dict[str, WeightForma
     return found
 
 
-def _export_torchscript(module, inputs, names, axes, opset) -> onnx.ModelProto:
-    buffer = io.BytesIO()
+def _export_torchscript(module, inputs, names, axes, opset, path: Path | None) -> onnx.ModelProto | Path:
+    """To memory, or to `path` (torch writes tensors past 2 GiB of model to files beside it)."""
+    target = io.BytesIO() if path is None else str(path)
     dynamic_axes = {name: {a: n for a, n in axes.items() if a < t.dim()} for name, t in zip(names, inputs)}
     torch.onnx.export(
-        module, inputs, buffer, dynamo=False, input_names=names, opset_version=opset,
+        module, inputs, target, dynamo=False, input_names=names, opset_version=opset,
         dynamic_axes=dynamic_axes, do_constant_folding=True,
     )
-    return onnx.load_from_string(buffer.getvalue())
+    return onnx.load_from_string(target.getvalue()) if path is None else path
 
 
-def _export_dynamo(module, inputs, names, axes, opset) -> onnx.ModelProto:
+def _export_dynamo(module, inputs, names, axes, opset, path: Path | None) -> onnx.ModelProto | Path:
+    """To memory, or to `path` with every tensor in one data file beside it."""
     dims = {n: torch.export.Dim(n) for n in set(axes.values())}
     shapes = tuple({a: dims[n] for a, n in axes.items() if a < t.dim()} for t in inputs)
     program = torch.onnx.export(
         module, inputs, dynamo=True, input_names=names, opset_version=opset,
         dynamic_shapes=shapes, verbose=False,
     )
-    return program.model_proto
+    if path is None:
+        return program.model_proto
+    program.save(str(path), external_data=True)
+    return path

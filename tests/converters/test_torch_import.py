@@ -1,5 +1,7 @@
 """torch.nn.Module -> sparse_rt: every form pruned weights come in, and structured layers."""
 
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -90,3 +92,25 @@ def test_structured_layers_arrive_as_their_formats():
 def test_module_without_example_inputs_is_rejected():
     with pytest.raises(TypeError, match="example_inputs"):
         sparse_rt.convert(mlp())
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_a_module_past_the_limit_goes_through_a_file_and_its_weights_are_mapped(exporter, tmp_path, monkeypatch):
+    """Past EXPORT_TO_FILE_BYTES (2 GiB modules; lowered here) a module is exported to a file with
+    its weights beside it, which conversion maps; the graph stays whole once that directory is gone."""
+    from sparse_rt.converters import torch as torch_converter
+
+    model = mlp()
+    zeros_baked_in(model)
+    x = torch.randn(3, 64)
+    monkeypatch.setattr(torch_converter, "EXPORT_TO_FILE_BYTES", 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    exported, _ = torch_converter.export_module(model, (x,), exporter=exporter, directory=tmp_path)
+    assert exported == tmp_path / "model.onnx" and exported.exists()
+    graph = sparse_rt.convert(model, example_inputs=(x,))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("sparse_rt_export_")]  # removed after conversion
+    assert "SparseLinear" in [n.op_type for n in graph.nodes]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(sparse_rt.InferenceSession(graph).run(None, {"input": x.numpy()})[0], expected,
+                               rtol=1e-5, atol=1e-6)
