@@ -17,7 +17,7 @@ from sparse_rt.kernels.cpu import dense, depthwise, winograd
 from sparse_rt.kernels.cpu._launch import channels_last_operands
 from sparse_rt.kernels.cpu._native import native_available
 from sparse_rt.kernels.cpu.configs import DenseOptions, dense_configs, parse_options
-from sparse_rt.ops.common import check_attribute, constant_input
+from sparse_rt.ops.common import broadcast_shape, check_attribute, constant_input
 from sparse_rt.ops.registry import BindContext, register_op
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -157,7 +157,7 @@ def _activate_(y: torch.Tensor, activation: str | None, bounds: tuple[float, flo
 
 def _add_residual(y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """y + z, in place on y where z broadcasts to y's shape."""
-    if torch.broadcast_shapes(y.shape, z.shape) == y.shape and z.dtype == y.dtype:
+    if broadcast_shape(y.shape, z.shape) == tuple(y.shape) and z.dtype == y.dtype:
         return y.add_(z)
     return y + z
 

@@ -14,6 +14,7 @@ from sparse_rt.kernels.cpu.gelu_tanh import gelu_tanh
 from sparse_rt.kernels.cpu.layernorm import add_layer_norm
 from sparse_rt.kernels.cpu.rmsnorm import add_rms_norm, add_rms_norm_torch
 from sparse_rt.kernels.cpu.rotary import rotary, rotary_torch
+from sparse_rt.ops.common import broadcast_shape
 from sparse_rt.ops.conv import bind_conv_activation
 from sparse_rt.ops.indexing import wrap_negative
 from sparse_rt.ops.registry import register_op
@@ -54,11 +55,9 @@ def bind_attention(node, ctx):
 
 def _widens(mask: torch.Tensor, q: torch.Tensor, k_t: torch.Tensor) -> bool:
     """Whether adding `mask` widens the scores q @ kT [..., L, S] (or does not broadcast to them)."""
-    scores = (*torch.broadcast_shapes(q.shape[:-2], k_t.shape[:-2]), q.shape[-2], k_t.shape[-1])
-    try:
-        return torch.broadcast_shapes(mask.shape, scores) != torch.Size(scores)
-    except RuntimeError:
-        return True
+    lead = broadcast_shape(q.shape[:-2], k_t.shape[:-2])
+    scores = None if lead is None else (*lead, q.shape[-2], k_t.shape[-1])
+    return scores is None or broadcast_shape(mask.shape, scores) != scores
 
 
 @register_op("MatMulGatherElements", domain=SPARSE_DOMAIN)

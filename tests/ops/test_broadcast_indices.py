@@ -56,3 +56,15 @@ def test_tile_with_every_repeat_one_is_the_input():
     x = torch.randn(2, 3)
     assert tile(x, torch.tensor([1, 1])) is x
     assert torch.equal(tile(x, torch.tensor([2, 1])), torch.from_numpy(np.tile(x.numpy(), (2, 1))))
+
+
+@pytest.mark.parametrize("a, b", [((1, 12, 128, 128), (1, 1, 1, 128)), ((3, 1, 5), (4, 1)), ((), (2, 3)),
+                                  ((2, 3), (3, 2)), ((0, 1), (1, 4)), ((2, 1, 3), (2, 5, 1, 1))])
+def test_broadcast_shape_is_torchs(a, b):
+    from sparse_rt.ops.common import broadcast_shape
+
+    try:
+        expected = tuple(torch.broadcast_shapes(a, b))
+    except RuntimeError:
+        expected = None
+    assert broadcast_shape(a, b) == expected
