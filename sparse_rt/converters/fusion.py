@@ -417,7 +417,7 @@ def fuse_gathered_matmul(graph: Graph) -> int:
     consumers = graph.consumers()
     outputs = {v.name for v in graph.outputs}
     info = _value_info(graph)
-    producers = {name: node for node in graph.nodes for name in node.outputs}
+    producers = graph.producers()
     removed: set[int] = set()
     replacement: dict[int, Node] = {}
     for gather in graph.nodes:
