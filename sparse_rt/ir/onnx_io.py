@@ -14,11 +14,12 @@ checked by its size (hashing it would read every page a mapping leaves on disk).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import onnx
@@ -279,7 +280,8 @@ def save(graph: Graph, path: str | os.PathLike) -> None:
         data_file, external = _write_external_data(graph.constants, path)
     proto = graph_to_proto(graph, external)
     proto.metadata_props.add(key=CHECKSUM_KEY, value=_checksum(proto))
-    _write_atomically(path, proto.SerializeToString(deterministic=True))
+    with _replacing(path) as f:
+        f.write(proto.SerializeToString(deterministic=True))
     for stale in path.parent.glob(f"{path.name}.*.data"):
         if stale.name != data_file:
             stale.unlink(missing_ok=True)
@@ -295,28 +297,25 @@ def _write_external_data(constants: dict[str, Any], path: Path) -> tuple[str, di
         digest.update(memoryview(a).cast("B"))
     name = f"{path.name}.{digest.hexdigest()[:16]}.data"
     tensors = {}
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for constant, a in arrays.items():
-                tensor = TensorProto(name=constant, data_type=helper.np_dtype_to_tensor_dtype(a.dtype), dims=a.shape,
-                                     data_location=TensorProto.EXTERNAL)
-                for key, value in (("location", name), ("offset", str(f.tell())), ("length", str(a.nbytes))):
-                    tensor.external_data.add(key=key, value=value)
-                f.write(memoryview(a).cast("B"))
-                tensors[constant] = tensor
-        os.replace(tmp, path.parent / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _replacing(path.parent / name) as f:
+        for constant, a in arrays.items():
+            tensor = TensorProto(name=constant, data_type=helper.np_dtype_to_tensor_dtype(a.dtype), dims=a.shape,
+                                 data_location=TensorProto.EXTERNAL)
+            for key, value in (("location", name), ("offset", str(f.tell())), ("length", str(a.nbytes))):
+                tensor.external_data.add(key=key, value=value)
+            f.write(memoryview(a).cast("B"))
+            tensors[constant] = tensor
     return name, tensors
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[BinaryIO]:
+    """A file whose contents replace `path` when the block ends without an error, and are
+    deleted when it raises: `path` is never half written."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
